@@ -1,0 +1,83 @@
+"""The signatures file: the one format shared by `model embed`, `train` and `cluster`.
+
+`signatures.npz` holds
+- `uids`: unicode strings, in images.csv order (skipped images left out);
+- `vectors`: float32 (n, d), one unit-norm row per uid;
+- `skipped`: the uids that could not be read (reported, never replaced by zeros);
+- `meta`: a JSON string (architecture, resolution, weights, ...), for provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Signatures:
+    uids: list[str]
+    vectors: np.ndarray
+    skipped: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.vectors = np.asarray(self.vectors, dtype=np.float32)
+        if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.uids):
+            raise ValueError(
+                f"signatures: {len(self.uids)} uids but vectors of shape {self.vectors.shape}; expected ({len(self.uids)}, d)."
+            )
+        if len(set(self.uids)) != len(self.uids):
+            raise ValueError("signatures: duplicate uids; each image must appear once.")
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def index(self) -> dict[str, int]:
+        return {u: i for i, u in enumerate(self.uids)}
+
+
+def save_signatures(path: str | Path, sig: Signatures) -> None:
+    """Write atomically (temp file + rename) so a killed writer never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(
+        tmp,
+        uids=np.asarray(sig.uids, dtype=np.str_),
+        vectors=sig.vectors.astype(np.float32),
+        skipped=np.asarray(sig.skipped, dtype=np.str_),
+        meta=np.asarray(json.dumps(sig.meta, sort_keys=True)),
+    )
+    os.replace(tmp, path)
+
+
+def load_signatures(path: str | Path, *, check_norm: bool = True) -> Signatures:
+    """Read a signatures file; with `check_norm`, every row must have unit L2 norm (within 1e-3)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            uids = [str(u) for u in z["uids"]]
+            vectors = z["vectors"]
+            skipped = [str(u) for u in z["skipped"]] if "skipped" in z else []
+            meta = json.loads(str(z["meta"])) if "meta" in z else {}
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(
+            f"{path}: not a signatures file ({e}). Make one with `python -m model embed` or `python -m train`."
+        ) from e
+    sig = Signatures(uids=uids, vectors=vectors, skipped=skipped, meta=meta)
+    if check_norm and len(sig):
+        norms = np.linalg.norm(sig.vectors, axis=1)
+        bad = np.flatnonzero(np.abs(norms - 1.0) > 1e-3)
+        if bad.size:
+            raise ValueError(
+                f"{path}: {bad.size} rows are not unit-norm (first: uid {uids[bad[0]]!r}, norm {norms[bad[0]]:.4g})."
+            )
+    return sig
