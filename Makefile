@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m scripts_demo
 
-test: $(STAMP)
+# The annotation app is tested in a real headless Chromium (Debian's; no browser download).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver; \
+	  else echo "make test needs Debian's chromium and chromium-driver: sudo apt-get install chromium chromium-driver" >&2; exit 1; fi; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 lint: $(STAMP)

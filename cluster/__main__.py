@@ -1,0 +1,150 @@
+"""`python -m cluster COMMAND`: optics, evaluate, map (this module), annotate and accept (the web app).
+
+Thin: each command parses options and calls library functions that the tests call too.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+
+from cluster.accept import accept
+from cluster.annotate.cli import annotate
+
+
+@click.group()
+def cli() -> None:
+    """Cluster signatures, judge the clusters, map the collection, annotate and accept."""
+
+
+@cli.command("optics")
+@click.argument("signatures", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="clusters.csv to write."
+)
+@click.option(
+    "--method", type=click.Choice(["optics", "hdbscan", "dbscan"]), default="optics", show_default=True
+)
+@click.option("--min-samples", default=2, show_default=True, type=click.IntRange(min=2))
+@click.option("--max-eps", default=0.13, show_default=True, type=float, help="inf for no limit.")
+@click.option("--xi", default=0.05, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default="cosine", show_default=True)
+@click.option("--cluster-method", type=click.Choice(["xi", "dbscan"]), default="xi", show_default=True)
+@click.option("--eps", type=float, default=None, help="dbscan: eps [default 0.08]; optics --cluster-method dbscan: "
+              "extraction eps [default max_eps].")  # fmt: skip
+@click.option("--pca", type=click.IntRange(min=1), default=None, help="Reduce to K dimensions (PCA) first.")
+@click.option(
+    "--engine", type=click.Choice(["auto", "graph", "dense", "stream"]), default="auto", show_default=True
+)
+@click.option("--precision", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
+              help="float64 reproduces scikit-learn exactly; float32 is faster and approximate.")  # fmt: skip
+@click.option("--block-size", default=2048, show_default=True, type=click.IntRange(min=8))
+@click.option("--memory-budget-mb", default=2048.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Reachability plot PNG [default: reachability.png next to --out].")  # fmt: skip
+def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_eps: float, xi: float, metric: str,
+               cluster_method: str, eps: float | None, pca: int | None, engine: str, precision: str,
+               block_size: int, memory_budget_mb: float, plot: Path | None) -> None:  # fmt: skip
+    """Cluster SIGNATURES (a signatures.npz) and write clusters.csv (+ clusters.json, reachability.png).
+
+    The default method is OPTICS equal to scikit-learn's OPTICS with the same parameters.
+    """
+    from cluster.clusters_file import write_clusters
+    from cluster.optics import OpticsConfig, cluster_signatures
+    from cluster.plots import reachability_plot
+
+    cfg = OpticsConfig(
+        min_samples=min_samples,
+        max_eps=max_eps,
+        metric=metric,
+        cluster_method=cluster_method,
+        xi=xi,
+        eps=eps if method == "optics" else None,
+        engine=engine,
+        precision=precision,
+        block_size=block_size,
+        memory_budget_mb=memory_budget_mb,
+    )
+    try:
+        table, res = cluster_signatures(
+            str(signatures), cfg, method=method, pca=pca, eps=0.08 if eps is None else eps
+        )
+    except (ValueError, MemoryError) as e:
+        raise click.ClickException(str(e)) from e
+    write_clusters(out, table)
+    n_clusters = len(set(table.labels.tolist()) - {-1})
+    click.echo(
+        f"{out}: {len(table)} images, {n_clusters} clusters, {float((table.labels < 0).mean()):.1%} noise"
+    )
+    if res is not None:
+        plot = plot or out.with_name("reachability.png")
+        reachability_plot(
+            plot,
+            res.ordering,
+            res.reachability,
+            res.labels,
+            max_eps=max_eps if math.isfinite(max_eps) else None,
+        )
+        click.echo(f"{plot}: reachability plot")
+
+
+@cli.command("evaluate")
+@click.argument("clusters", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--collection", "collection_dir", required=True, type=click.Path(file_okay=False, path_type=Path)
+)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the figures as JSON here.")  # fmt: skip
+def evaluate_cmd(clusters: Path, collection_dir: Path, json_out: Path | None) -> None:
+    """Quality of CLUSTERS (clusters.csv) against the collection's known connections."""
+    from cluster.clusters_file import ClustersFileError, read_clusters
+    from cluster.quality import evaluate, format_report, write_report
+    from data.collection import CollectionError, load_collection
+
+    try:
+        report = evaluate(read_clusters(clusters), load_collection(collection_dir))
+    except (ClustersFileError, CollectionError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(format_report(report))
+    if json_out:
+        write_report(json_out, report)
+        click.echo(f"{json_out}: written")
+
+
+@cli.command("map")
+@click.argument("signatures", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--collection", "collection_dir", required=True, type=click.Path(file_okay=False, path_type=Path)
+)
+@click.option(
+    "--clusters", "clusters_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None
+)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--n-neighbors", default=15, show_default=True, type=click.IntRange(min=2))
+@click.option("--thumb-size", default=128, show_default=True, type=click.IntRange(min=16))
+def map_cmd(signatures: Path, collection_dir: Path, clusters_path: Path | None, out_dir: Path, seed: int,
+            n_neighbors: int, thumb_size: int) -> None:  # fmt: skip
+    """UMAP of SIGNATURES to 2-D: coords.csv, map.png, an offline interactive map.html, thumbs/."""
+    from cluster.clusters_file import ClustersFileError
+    from cluster.mapping import MapConfig, make_map
+    from data.collection import CollectionError
+
+    cfg = MapConfig(seed=seed, n_neighbors=n_neighbors, thumb_size=thumb_size)
+    try:
+        result = make_map(signatures, collection_dir, out_dir, clusters_path=clusters_path, cfg=cfg)
+    except (ValueError, ClustersFileError, CollectionError) as e:
+        raise click.ClickException(str(e)) from e
+    for uid, why in result.unreadable:
+        click.echo(f"warning: image {uid}: {why}; shown without thumbnail", err=True)
+    click.echo(f"{out_dir}: map.html, map.png, coords.csv, {result.n_thumbs} thumbnails")
+
+
+cli.add_command(annotate)
+cli.add_command(accept)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,67 @@
+"""`python -m cluster annotate`: serve the annotation page on the expert's machine."""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import sys
+from pathlib import Path
+
+import click
+from werkzeug.serving import make_server
+
+from cluster.annotate.app import WILDCARD_HOSTS, AnnotateSetupError, create_app
+from cluster.annotate.store import AnnotationError
+from cluster.clusters_file import ClustersFileError
+from data.collection import CollectionError
+
+
+def _default_annotator() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "expert"
+
+
+@click.command("annotate")
+@click.option("--collection", "collection_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Collection folder (images.csv, connections.csv); decisions go to its annotations.jsonl.")
+@click.option("--clusters", "clusters_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="clusters.csv written by `python -m cluster optics`.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Keep the loopback default unless you know who can reach this machine.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
+              help="Port (0 picks a free one).")
+@click.option("--annotator", default=None, help="Name stored with each decision [default: your login name].")
+def annotate(collection_dir: Path, clusters_path: Path, host: str, port: int, annotator: str | None) -> None:
+    """Review proposed clusters in the browser; every decision is appended to DIR/annotations.jsonl."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        app = create_app(collection_dir, clusters_path, annotator or _default_annotator(), bound_host=host)
+    except (CollectionError, ClustersFileError, AnnotationError, AnnotateSetupError) as e:
+        raise click.ClickException(str(e)) from e
+    session = app.extensions["annotation_session"]
+    for note in session.store.notes:
+        click.echo(f"warning: {note}", err=True)
+    if host in WILDCARD_HOSTS:
+        click.echo(f"warning: listening on {host or 'all addresses'}: anyone who can reach this machine can "
+                   "annotate and see the images.", err=True)
+    try:
+        server = make_server(host, port, app, threaded=True)
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port} ({e.strerror}); try another --port.") from e
+    shown = f"[{host}]" if ":" in host else host
+    p = session.progress()
+    click.echo(f"{p['total']} clusters ({p['done']} done, {p['left']} left); decisions -> {session.store.path}")
+    click.echo(f"Open http://{shown}:{server.server_port}/  (Ctrl-C to stop)", err=False)
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    annotate()

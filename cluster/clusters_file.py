@@ -1,0 +1,217 @@
+"""`clusters.csv` (+ its sidecar `clusters.json`): the one clustering result format.
+
+Every clustering command writes it and every consumer (evaluate, map, annotate, accept) reads it.
+
+clusters.csv has one row per image, in the order of the signatures file:
+
+    uid,cluster,order,reachability,core_distance
+
+- `cluster`: integer label, -1 = noise (never a cluster);
+- `order`: 0-based position of the image in the OPTICS ordering (methods without an ordering
+  write the row index, see the `ordering` entry of the parameters);
+- `reachability`, `core_distance`: floats; infinity is written `inf`, "not defined by this
+  method" is written `nan` (e.g. DBSCAN has neither).
+
+clusters.json holds the parameters that produced it (method, min_samples, max_eps, xi, metric,
+pca, the signatures file path and sha256, n, ...), so a result can always be traced back.
+
+Both files are written atomically (temp file, fsync, rename): a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = ("uid", "cluster", "order", "reachability", "core_distance")
+
+
+class ClustersFileError(ValueError):
+    """A clusters.csv that cannot be used; the message names the file, the line and what to do."""
+
+
+@dataclass
+class ClusterTable:
+    """A clustering result, row i = image i of the signatures file."""
+
+    uids: list[str]
+    labels: np.ndarray  # int64 (n,), -1 = noise
+    order: np.ndarray  # int64 (n,), position of each row in the OPTICS ordering
+    reachability: np.ndarray  # float64 (n,)
+    core_distance: np.ndarray  # float64 (n,)
+    params: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.uids = [str(u) for u in self.uids]
+        n = len(self.uids)
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.order = np.asarray(self.order, dtype=np.int64)
+        self.reachability = np.asarray(self.reachability, dtype=np.float64)
+        self.core_distance = np.asarray(self.core_distance, dtype=np.float64)
+        for name in ("labels", "order", "reachability", "core_distance"):
+            arr = getattr(self, name)
+            if arr.shape != (n,):
+                raise ValueError(f"ClusterTable: {name} has shape {arr.shape}, expected ({n},) like uids.")
+        if len(set(self.uids)) != n:
+            raise ValueError("ClusterTable: duplicate uids; each image must appear once.")
+        if n and np.any(self.labels < -1):
+            raise ValueError("ClusterTable: labels must be >= -1 (-1 = noise).")
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    @property
+    def ordering(self) -> np.ndarray:
+        """Row indices in OPTICS order (the inverse permutation of `order`)."""
+        out = np.empty_like(self.order)
+        out[self.order] = np.arange(len(self.order))
+        return out
+
+    def clusters(self) -> dict[int, list[str]]:
+        """Members (uids) of each non-noise cluster, keyed by label; noise is left out."""
+        out: dict[int, list[str]] = {}
+        for u, lab in zip(self.uids, self.labels.tolist(), strict=True):
+            if lab >= 0:
+                out.setdefault(lab, []).append(u)
+        return out
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """clusters.csv -> clusters.json (same folder, same stem)."""
+    path = Path(path)
+    return path.with_suffix(".json")
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fmt(x: float) -> str:
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return repr(float(x))  # shortest round-trip representation: reading back gives the same float
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_clusters(path: str | Path, table: ClusterTable) -> None:
+    """Write clusters.csv and clusters.json atomically (the CSV last, so its presence means both are complete)."""
+    path = Path(path)
+    rows = [",".join(COLUMNS)]
+    for u, lab, o, r, c in zip(
+        table.uids,
+        table.labels.tolist(),
+        table.order.tolist(),
+        table.reachability.tolist(),
+        table.core_distance.tolist(),
+        strict=True,
+    ):
+        if any(ch in u for ch in ',"\n\r'):
+            raise ValueError(f"uid {u!r} contains a comma, quote or newline; uids must be plain identifiers.")
+        rows.append(f"{u},{lab},{o},{_fmt(r)},{_fmt(c)}")
+    params = dict(table.params)
+    params.setdefault("n", len(table))
+    _atomic_write_text(sidecar_path(path), json.dumps(params, indent=2, sort_keys=True, default=str) + "\n")
+    _atomic_write_text(path, "\n".join(rows) + "\n")
+
+
+def _parse_float(text: str, path: Path, line: int, col: str) -> float:
+    try:
+        return float(text)  # accepts inf, -inf, nan
+    except ValueError:
+        raise ClustersFileError(
+            f"{path}:{line}: column {col!r} is {text!r}, not a number (or inf/nan)."
+        ) from None
+
+
+def _parse_int(text: str, path: Path, line: int, col: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ClustersFileError(f"{path}:{line}: column {col!r} is {text!r}, not an integer.") from None
+
+
+def read_clusters(path: str | Path) -> ClusterTable:
+    """Read clusters.csv (and clusters.json when present). Errors name the file and the line."""
+    path = Path(path)
+    try:
+        fh = open(path, newline="", encoding="utf-8")
+    except OSError as e:
+        raise ClustersFileError(
+            f"{path}: cannot open ({e.strerror}). Make it with `python -m cluster optics SIGNATURES --out {path}`."
+        ) from e
+    uids: list[str] = []
+    labels: list[int] = []
+    order: list[int] = []
+    reach: list[float] = []
+    core: list[float] = []
+    with fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header] != list(COLUMNS):
+            raise ClustersFileError(f"{path}:1: the header must be {','.join(COLUMNS)}; found {header}.")
+        for row in reader:
+            line = reader.line_num
+            if not row or not any(x.strip() for x in row):
+                continue
+            if len(row) != len(COLUMNS):
+                raise ClustersFileError(f"{path}:{line}: {len(row)} fields, expected {len(COLUMNS)}.")
+            u, lab, o, r, c = (x.strip() for x in row)
+            if not u:
+                raise ClustersFileError(f"{path}:{line}: empty uid.")
+            uids.append(u)
+            lab_i = _parse_int(lab, path, line, "cluster")
+            if lab_i < -1:
+                raise ClustersFileError(
+                    f"{path}:{line}: cluster {lab_i} for uid {u!r}; labels are >= -1 (-1 = noise)."
+                )
+            labels.append(lab_i)
+            order.append(_parse_int(o, path, line, "order"))
+            reach.append(_parse_float(r, path, line, "reachability"))
+            core.append(_parse_float(c, path, line, "core_distance"))
+    seen: dict[str, int] = {}
+    for i, u in enumerate(uids):
+        if u in seen:
+            raise ClustersFileError(f"{path}: uid {u!r} appears twice (rows {seen[u] + 1} and {i + 1}).")
+        seen[u] = i
+    n = len(uids)
+    if n and sorted(order) != list(range(n)):
+        raise ClustersFileError(f"{path}: the 'order' column must be a permutation of 0..{n - 1}.")
+    params: dict = {}
+    side = sidecar_path(path)
+    if side.exists():
+        try:
+            params = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ClustersFileError(
+                f"{side}: not valid JSON ({e}); delete it or re-run the clustering."
+            ) from e
+    return ClusterTable(
+        uids=uids,
+        labels=np.asarray(labels, dtype=np.int64),
+        order=np.asarray(order, dtype=np.int64),
+        reachability=np.asarray(reach, dtype=np.float64),
+        core_distance=np.asarray(core, dtype=np.float64),
+        params=params,
+    )

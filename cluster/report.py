@@ -1,0 +1,221 @@
+"""The run report: one self-contained HTML page that shows what a training + clustering round did.
+
+It is what a newcomer looks at after `make demo`, and what a team shares after a round on its own
+archive: retrieval before vs after fine-tuning (from the run's eval.json), the training curve, the
+reachability plot, the 2-D map, the cluster quality against known connections, and a gallery of the
+top proposed clusters (largest-new-first, the order the annotation app uses) with thumbnails, each
+marked with how many of its pairs are already known and how many are new.
+
+It reads files only (run directory, clusters.csv, quality JSON, map folder, the collection): never
+training code. Pictures are embedded as data URIs so the page can be mailed or archived as one file;
+the interactive map stays a separate page (linked) because it carries every thumbnail.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+from cluster.annotate.queue import order_clusters, pair
+from cluster.clusters_file import read_clusters
+from data.collection import Collection, load_collection
+from data.preprocess import ImageReadError, decode_rgb
+
+RETRIEVAL_KEYS = ("mAP", "recall@1", "recall@5", "recall@10", "recall@20", "recall@50", "recall@100",
+                  "median_first_rank")
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    collection: Path
+    clusters: Path
+    run_dir: Path | None = None
+    quality: Path | None = None
+    map_dir: Path | None = None
+    reachability: Path | None = None
+    top_clusters: int = 12
+    max_members: int = 8
+    thumb_size: int = 160
+
+
+def _esc(x) -> str:
+    return html.escape(str(x))
+
+
+def _img_uri(path: Path) -> str | None:
+    if not path or not path.exists():
+        return None
+    mime = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def _thumb_uri(collection: Collection, uid: str, size: int) -> str | None:
+    """A small JPEG thumbnail as a data URI, or None for an unreadable image (shown as a placeholder)."""
+    try:
+        img = decode_rgb(collection.image_path(uid))
+    except (ImageReadError, KeyError):
+        return None
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return f"data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def retrieval_table(eval_json: dict) -> str:
+    """Before/after rows per split from a run's eval.json ({"start": {split: metrics}, "trained": ...})."""
+    rows = []
+    for split in ("val", "test"):
+        start = (eval_json.get("start") or {}).get(split)
+        trained = (eval_json.get("trained") or {}).get(split)
+        if not start or not trained:
+            continue
+        for name, m in (("untrained (start)", start), ("fine-tuned", trained)):
+            cells = "".join(f"<td>{_fmt(m.get(k))}</td>" for k in RETRIEVAL_KEYS)
+            rows.append(f"<tr><td>{split}</td><td>{name}</td><td>{_fmt(m.get('num_queries'))}</td>{cells}</tr>")
+    if not rows:
+        return "<p>No retrieval figures in the run's eval.json.</p>"
+    head = "".join(f"<th>{_esc(k)}</th>" for k in RETRIEVAL_KEYS)
+    return f"<table><tr><th>split</th><th>network</th><th>queries</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _known_pairs(collection: Collection) -> dict[tuple[str, str], str]:
+    return {c.pair: c.type for c in collection.connections if c.a != c.b}
+
+
+def cluster_gallery(inputs: ReportInputs, collection: Collection) -> tuple[str, list[dict]]:
+    """HTML of the top proposed clusters, and a summary row per cluster (for tests and JSON)."""
+    table = read_clusters(inputs.clusters)
+    clusters = table.clusters()
+    known = _known_pairs(collection)
+    ids = order_clusters(clusters, set(known))[: inputs.top_clusters]
+    blocks, summary = [], []
+    for rank, cid in enumerate(ids, 1):
+        members = clusters[cid]
+        pairs = [pair(a, b) for a, b in combinations(members, 2)]
+        n_known = sum(1 for p in pairs if p in known)
+        summary.append({"cluster": cid, "size": len(members), "pairs": len(pairs), "known": n_known,
+                        "new": len(pairs) - n_known})
+        cards = []
+        for uid in members[: inputs.max_members]:
+            uri = _thumb_uri(collection, uid, inputs.thumb_size)
+            meta = collection.record(uid).meta if uid in collection else {}
+            caption = " · ".join(x for x in (meta.get("title", ""), meta.get("author", "")) if x) or uid
+            img = f'<img src="{uri}" alt="{_esc(uid)}">' if uri else '<div class="missing">unreadable</div>'
+            cards.append(f'<figure>{img}<figcaption title="{_esc(uid)}">{_esc(caption)}</figcaption></figure>')
+        more = len(members) - inputs.max_members
+        extra = f'<p class="more">+{more} more</p>' if more > 0 else ""
+        blocks.append(
+            f'<section class="cluster"><h3>#{rank}: cluster {cid} <span>{len(members)} images · '
+            f'{len(pairs)} pairs: <b class="known">{n_known} known</b>, <b class="new">{len(pairs) - n_known} new'
+            f'</b></span></h3><div class="cards">{"".join(cards)}</div>{extra}</section>'
+        )
+    if not blocks:
+        return "<p>OPTICS proposed no cluster (every image is noise at these parameters).</p>", summary
+    return "".join(blocks), summary
+
+
+def quality_table(quality: dict) -> str:
+    keys = [
+        ("n_images", "images"), ("n_clusters", "clusters"), ("noise_fraction", "noise fraction"),
+        ("median_cluster_size", "median cluster size"), ("precision", "pairwise precision"),
+        ("recall", "pairwise recall"), ("f1", "pairwise F1"), ("ari", "ARI"), ("nmi", "NMI"),
+        ("proposed_pairs_known", "proposed pairs already known"), ("proposed_pairs_new", "proposed pairs new"),
+    ]
+    rows = "".join(f"<tr><th>{label}</th><td>{_fmt(quality.get(k))}</td></tr>" for k, label in keys if k in quality)
+    return f"<table class='kv'>{rows}</table>"
+
+
+CSS = """
+body{font:15px/1.45 system-ui,sans-serif;margin:0;background:#f6f4ef;color:#222}
+header{background:#fff;border-bottom:1px solid #ddd;padding:18px 32px}
+main{padding:8px 32px 40px;max-width:1280px}
+h1{margin:0;font-size:24px} h2{margin-top:34px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;background:#fff;margin:8px 0}
+td,th{border:1px solid #ddd;padding:4px 9px;text-align:right} th{background:#f0ede6}
+td:first-child,td:nth-child(2){text-align:left}
+table.kv th{text-align:left}
+.figs{display:flex;flex-wrap:wrap;gap:16px}
+.figs figure{background:#fff;border:1px solid #ddd;margin:0;padding:8px;max-width:620px}
+.figs img{max-width:100%}
+.cluster{background:#fff;border:1px solid #ddd;border-radius:6px;margin:14px 0;padding:8px 14px}
+.cluster h3{margin:4px 0 8px;font-size:16px} .cluster h3 span{font-weight:normal;color:#555;margin-left:8px}
+.known{color:#2d6a3e} .new{color:#a4461b}
+.cards{display:flex;flex-wrap:wrap;gap:10px}
+.cards figure{margin:0;width:170px} .cards img{max-width:160px;max-height:160px;display:block}
+.cards figcaption{font-size:12px;color:#444;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.missing{width:160px;height:100px;background:#ddd;display:flex;align-items:center;justify-content:center}
+code{background:#fff;border:1px solid #ddd;padding:2px 6px;border-radius:4px}
+"""
+
+
+def build_report(inputs: ReportInputs) -> str:
+    """The report page as an HTML string (pure apart from reading the inputs)."""
+    collection = load_collection(inputs.collection)
+    parts = [f"<header><h1>Visual patterns: run report</h1><p>Collection <code>{_esc(inputs.collection)}</code>: "
+             f"{len(collection.images)} images, {len(collection.connections)} known connections.</p></header><main>"]
+
+    if inputs.run_dir:
+        eval_path = inputs.run_dir / "eval.json"
+        parts.append("<h2>Retrieval before and after fine-tuning</h2>")
+        if eval_path.exists():
+            ev = json.loads(eval_path.read_text())
+            parts.append("<p>For each image of a split that has known partners, the whole collection is ranked "
+                         "by signature similarity; mAP averages precision over all its true partners, recall@k is "
+                         "the share of partners found in the top k.</p>")
+            parts.append(retrieval_table(ev))
+        else:
+            parts.append(f"<p>No {_esc(eval_path)}: the run has not finished.</p>")
+    figs = []
+    for title, path in (
+        ("Training curve", inputs.run_dir / "curves.png" if inputs.run_dir else None),
+        ("Reachability plot (OPTICS order; valleys are clusters)", inputs.reachability),
+        ("Map of the collection (UMAP of the signatures)", inputs.map_dir / "map.png" if inputs.map_dir else None),
+    ):
+        uri = _img_uri(path) if path else None
+        if uri:
+            figs.append(f"<figure><figcaption><b>{_esc(title)}</b></figcaption><img src='{uri}' alt=''></figure>")
+    if figs:
+        parts.append(f"<h2>Figures</h2><div class='figs'>{''.join(figs)}</div>")
+    if inputs.map_dir and (inputs.map_dir / "map.html").exists():
+        rel = os.path.relpath(inputs.map_dir / "map.html", start=inputs.clusters.parent)
+        parts.append(f"<p>Interactive map (hover for the artwork, click for its cluster): "
+                     f"<a href='{_esc(rel)}'>{_esc(rel)}</a></p>")
+
+    if inputs.quality and inputs.quality.exists():
+        parts.append("<h2>Clusters against the known connections</h2>")
+        parts.append(quality_table(json.loads(inputs.quality.read_text())))
+    gallery, _ = cluster_gallery(inputs, collection)
+    parts.append(f"<h2>Top proposed clusters</h2><p>Largest-new-first: the clusters with the most pairs that "
+                 f"nobody has connected yet come first, as in the annotation app.</p>{gallery}")
+    parts.append(
+        "<h2>Next: judge the proposals</h2><p>Start the annotation app and confirm or reject clusters in the "
+        f"browser:</p><p><code>.venv/bin/python -m cluster annotate --collection {_esc(inputs.collection)} "
+        f"--clusters {_esc(inputs.clusters)}</code></p><p>then <code>python -m cluster accept --collection "
+        f"{_esc(inputs.collection)}</code> and retrain with <code>python -m train ... --resume-from RUN_DIR</code>.</p>"
+    )
+    parts.append("</main>")
+    return f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Run report</title><style>{CSS}</style>" \
+           f"</head><body>{''.join(parts)}</body></html>"
+
+
+def write_report(inputs: ReportInputs, out: Path) -> Path:
+    """Write the report atomically; returns its path."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(build_report(inputs), encoding="utf-8")
+    os.replace(tmp, out)
+    return out

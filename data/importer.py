@@ -1,0 +1,258 @@
+"""`python -m data import`: the original system's metadata export and morphograph -> a collection.
+
+The original's files (FIELD-NOTES section 1):
+- metadata export: semicolon-separated, ~38 columns, among them `uid`, Drawer, ImageNumber, Author,
+  AuthorOriginal, Description, BeginDate, EndDate, City, Country, ImageURL; the local image was
+  `{Drawer}/{Drawer}_{ImageNumber}.jpg` under the archive's image folder;
+- morphograph: `uid, img1, img2, type, annotated` (edge id, the two image uids, the edge type, a
+  timestamp), as CSV or parquet.
+
+Nothing is guessed and nothing is lost: every metadata column is kept; edges of a type we do not
+train on (NON-DUPLICATE, PROPOSAL, ...), without a type, or naming an image that is not in the
+metadata go to `connections_other.csv` with the reason, and are counted in the report.
+A pickle is never opened: unpickling runs arbitrary code, so the user converts a trusted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data.collection import (
+    CONNECTION_TYPES,
+    IMAGES_FILE,
+    Connection,
+    ImageRecord,
+    write_connections,
+    write_images,
+)
+
+OTHER_FILE = "connections_other.csv"
+REPORT_FILE = "import_report.json"
+_PICKLE_SUFFIXES = {".pkl", ".pickle", ".pck", ".p"}
+# Renamed to our column names; every other column is kept under its original name.
+_RENAME = {
+    "Author": "author",
+    "Description": "title",
+    "BeginDate": "begin_date",
+    "EndDate": "end_date",
+    "City": "city",
+    "Country": "country",
+}
+
+
+class ImportError_(ValueError):  # noqa: N801 - `ImportError` is a builtin with another meaning
+    """An input the importer cannot use; the message names the file, the line and what to do."""
+
+
+@dataclass
+class ImportResult:
+    out: Path
+    images: int = 0
+    local: int = 0
+    remote: int = 0
+    no_image: list[str] = field(default_factory=list)
+    connections: Counter = field(default_factory=Counter)
+    kept_out: Counter = field(default_factory=Counter)  # reason -> count
+    duplicate_uids: list[str] = field(default_factory=list)
+
+    def report_lines(self) -> list[str]:
+        lines = [
+            f"{self.out}: {self.images} images ({self.local} local files, {self.remote} by url; "
+            f"run `python -m data fetch {self.out}` for those)",
+            "connections: " + (", ".join(f"{t} {n}" for t, n in sorted(self.connections.items())) or "none"),
+        ]
+        if self.kept_out:
+            lines.append(
+                f"kept out of training, written to {OTHER_FILE}: "
+                + ", ".join(f"{r} {n}" for r, n in sorted(self.kept_out.items()))
+            )
+        if self.no_image:
+            lines.append(f"no local file and no ImageURL for {len(self.no_image)} uids (first: {self.no_image[:3]})")
+        if self.duplicate_uids:
+            lines.append(f"duplicate uids in the metadata, first row kept: {self.duplicate_uids[:5]}")
+        return lines
+
+    def as_dict(self) -> dict:
+        return {
+            "images": self.images,
+            "local": self.local,
+            "remote": self.remote,
+            "no_image": self.no_image,
+            "connections": dict(self.connections),
+            "kept_out": dict(self.kept_out),
+            "duplicate_uids": self.duplicate_uids,
+        }
+
+
+def refuse_pickle(path: Path) -> None:
+    """Raise if `path` is (or looks like) a pickle, with the conversion the user can run on a trusted file."""
+    is_pickle = path.suffix.lower() in _PICKLE_SUFFIXES
+    if not is_pickle:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        is_pickle = len(head) == 2 and head[0] == 0x80 and head[1] <= 5  # pickle protocol 2-5 opcode
+    if is_pickle:
+        raise ImportError_(
+            f"{path}: this is a Python pickle. It is not opened here, because unpickling a file runs any code it "
+            "contains. If you trust the file, convert it yourself, e.g.\n"
+            f"    python -c \"import pandas as pd; pd.read_pickle('{path}').to_csv('{path.with_suffix('.csv')}', "
+            "index=False)\"\n"
+            "(use sep=';' for the metadata export) and pass the CSV."
+        )
+
+
+def _read_table(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    refuse_pickle(path)
+    if path.suffix.lower() == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ModuleNotFoundError as e:
+            raise ImportError_(
+                f"{path}: reading parquet needs pyarrow (pip install pyarrow), or export the table as CSV."
+            ) from e
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for a bad file
+            raise ImportError_(f"{path}: not a readable parquet file ({e}).") from e
+        cols = table.column_names
+        data = table.to_pydict()
+        rows = []
+        for i in range(table.num_rows):
+            rows.append((i + 2, {c: "" if data[c][i] is None else str(data[c][i]).strip() for c in cols}))
+        return cols, rows
+    try:
+        fh = open(path, newline="", encoding="utf-8-sig")
+    except OSError as e:
+        raise ImportError_(f"{path}: cannot open ({e.strerror}).") from e
+    with fh:
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        rows = []
+        line = reader.line_num + 1
+        try:
+            for row in reader:
+                if None in row:
+                    raise ImportError_(f"{path}:{line}: more fields than the header has columns.")
+                clean = {k: (v or "").strip() for k, v in row.items()}
+                if any(clean.values()):
+                    rows.append((line, clean))
+                line = reader.line_num + 1
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise ImportError_(f"{path}:{line}: cannot parse ({e}).") from e
+    return header, rows
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def import_original(
+    metadata: str | Path,
+    morphograph: str | Path,
+    out: str | Path,
+    *,
+    images_root: str | Path | None = None,
+) -> ImportResult:
+    """Write a collection in `out` from the original's files; see the module docstring."""
+    metadata, morphograph, out = Path(metadata), Path(morphograph), Path(out)
+    if (out / IMAGES_FILE).exists():
+        raise ImportError_(f"{out}: already holds a collection ({IMAGES_FILE}); choose a new --out folder.")
+    header, rows = _read_table(metadata, ";")
+    if "uid" not in header:
+        hint = " (it looks comma-separated; the export is semicolon-separated)" if len(header) == 1 else ""
+        raise ImportError_(f"{metadata}:1: no 'uid' column{hint}; found {header[:8]}.")
+    if not ({"Drawer", "ImageNumber"} <= set(header) or "ImageURL" in header):
+        raise ImportError_(f"{metadata}:1: need Drawer and ImageNumber columns, or ImageURL; found {header[:8]}.")
+    res = ImportResult(out=out)
+    root = Path(images_root).resolve() if images_root else None
+    out.mkdir(parents=True, exist_ok=True)
+    records: list[ImageRecord] = []
+    seen: set[str] = set()
+    for line, row in rows:
+        uid = row.get("uid", "")
+        if not uid:
+            raise ImportError_(f"{metadata}:{line}: empty uid.")
+        if uid in seen:
+            res.duplicate_uids.append(uid)
+            continue
+        seen.add(uid)
+        meta = {_RENAME.get(k, k): v for k, v in row.items() if k not in ("uid",)}
+        meta["place"] = ", ".join(x for x in (row.get("City", ""), row.get("Country", "")) if x)
+        date = row.get("BeginDate", "")
+        if row.get("EndDate") and row.get("EndDate") != date:
+            date = f"{date}-{row['EndDate']}" if date else row["EndDate"]
+        meta["date"] = date
+        path = url = None
+        drawer, number = row.get("Drawer", ""), row.get("ImageNumber", "")
+        if root is not None and drawer and number:
+            local = root / drawer / f"{drawer}_{number}.jpg"
+            if local.exists():
+                path = str(local)
+        if path is None and row.get("ImageURL"):
+            url = row["ImageURL"]
+        if path:
+            res.local += 1
+        elif url:
+            res.remote += 1
+        else:
+            res.no_image.append(uid)
+            # point at where the file should be, so `data check` reports it missing by uid
+            if root is not None and drawer and number:
+                path = str(root / drawer / f"{drawer}_{number}.jpg")
+            else:
+                path = f"images/{uid}.jpg"
+        records.append(ImageRecord(uid=uid, path=path, url=url, meta=meta, line=len(records) + 2))
+    res.images = len(records)
+
+    mheader, mrows = _read_table(morphograph, ",")
+    need = {"img1", "img2", "type"}
+    if not need <= set(mheader):
+        raise ImportError_(f"{morphograph}:1: need columns uid,img1,img2,type,annotated; found {mheader}.")
+    kept: list[Connection] = []
+    other: list[dict[str, str]] = []
+    for line, row in mrows:
+        a, b, t = row.get("img1", ""), row.get("img2", ""), row.get("type", "").upper()
+        reason = None
+        if not t:
+            reason = "no type"
+        elif t not in CONNECTION_TYPES:
+            reason = f"type {t}"
+        elif a not in seen or b not in seen:
+            reason = "unknown uid"
+        elif a == b:
+            reason = "self connection"
+        if reason:
+            res.kept_out[reason] += 1
+            other.append({"line": str(line), "reason": reason, **row})
+            continue
+        res.connections[t] += 1
+        edge = row.get("uid", "")
+        kept.append(
+            Connection(a=a, b=b, type=t, source=f"morphograph:{edge}" if edge else "morphograph",
+                       annotated_at=row.get("annotated") or None, line=line)
+        )
+
+    _atomic_write(out / IMAGES_FILE, lambda p: write_images(p, records))
+    _atomic_write(out / "connections.csv", lambda p: write_connections(p, kept))
+    if other:
+        cols = ["line", "reason"] + [c for c in mheader if c not in ("line", "reason")]
+
+        def write_other(p: Path) -> None:
+            with open(p, "w", newline="", encoding="utf-8") as fh:
+                w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(other)
+
+        _atomic_write(out / OTHER_FILE, write_other)
+    _atomic_write(out / REPORT_FILE, lambda p: p.write_text(json.dumps(res.as_dict(), indent=1) + "\n"))
+    return res

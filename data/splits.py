@@ -1,0 +1,208 @@
+"""Train / val / test splits by pattern group, stable under new annotations.
+
+Why by group: two images of one pattern group in different splits would let the model see the
+test pattern during training. So whole connected components go to one split. DUPLICATE edges join
+components too (the same object photographed twice is one object).
+
+Determinism: each uid gets a key `sha256(uid)`; a component's representative is the member with
+the smallest key, and its split is a fixed bucket (~2/3 train, 1/6 val, 1/6 test) of a second,
+independent hash of that representative (the smallest of k keys is biased low; a fresh hash is
+uniform). This is independent of row order, and when two components merge, the merged component's
+representative is one of theirs, so it takes one of their splits: a merge never invents a third.
+
+Stability (the original re-split merged components and moved test images into train; we don't):
+- a uid with a previous split (from `previous`, usually the saved `splits.json`) keeps it, always;
+- a `split` given in connections.csv pins both endpoints (a previous split wins over it);
+- a component with pinned members gives its new members the most protected pinned split
+  (test > val > train), so new images never dilute a held-out group into training;
+- a connection whose endpoints end up in different splits (a new annotation joined a test group
+  with a train group) is used nowhere and listed in `excluded` with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data.collection import DUPLICATE, NEGATIVE, POSITIVE, SPLITS, Collection, Connection
+from data.graph import UnionFind
+
+SPLITS_FILE = "splits.json"
+# Order of protection: a component touching a held-out split is held out.
+_RANK = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class SplitFractions:
+    train: float = 2 / 3
+    val: float = 1 / 6
+
+    def bucket(self, key: int) -> str:
+        u = key / 2**64
+        if u < self.train:
+            return "train"
+        if u < self.train + self.val:
+            return "val"
+        return "test"
+
+
+@dataclass
+class SplitAssignment:
+    """Which split each pattern-group image is in, and which connections each split may use."""
+
+    split_of: dict[str, str]
+    groups: dict[str, list[str]]  # component name (smallest uid) -> sorted members
+    excluded: list[tuple[Connection, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # pin conflicts, reported by `data check`
+    _usable: list[Connection] = field(default_factory=list, repr=False)
+
+    def connections(self, split: str) -> list[Connection]:
+        """POSITIVE connections with both ends in `split` (one per unordered pair)."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}.")
+        return [c for c in self._usable if self.split_of[c.a] == split]
+
+    def uids(self, split: str) -> list[str]:
+        return sorted(u for u, s in self.split_of.items() if s == split)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images, groups and usable connections per split."""
+        out = {s: {"images": 0, "groups": 0, "connections": 0} for s in SPLITS}
+        for u in self.split_of.values():
+            out[u]["images"] += 1
+        for members in self.groups.values():
+            splits = {self.split_of[m] for m in members}
+            for s in splits:
+                out[s]["groups"] += 1
+        for c in self._usable:
+            out[self.split_of[c.a]]["connections"] += 1
+        return out
+
+    def to_json(self) -> dict:
+        return {"version": 1, "split_of": dict(sorted(self.split_of.items()))}
+
+
+def _key(uid: str) -> int:
+    return int.from_bytes(hashlib.sha256(uid.encode("utf-8")).digest()[:8], "big")
+
+
+def assign_splits(
+    collection: Collection,
+    previous: dict[str, str] | None = None,
+    *,
+    fractions: SplitFractions = SplitFractions(),
+) -> SplitAssignment:
+    """Assign every image of a pattern group to train/val/test; see the module docstring for the rules.
+
+    `previous` maps uid -> split from an earlier run (`load_splits`); uids no longer in a group are ignored.
+    """
+    previous = dict(previous or {})
+    for u, s in previous.items():
+        if s not in SPLITS:
+            raise ValueError(f"previous split of uid {u!r} is {s!r}; expected one of {SPLITS}.")
+    known = [c for c in collection.connections if c.a != c.b and c.a in collection and c.b in collection]
+    positive = [c for c in known if c.type == POSITIVE]
+    negative_pairs = {c.pair for c in known if c.type == NEGATIVE}
+
+    uf = UnionFind()
+    for c in known:
+        if c.type in (POSITIVE, DUPLICATE):
+            uf.union(c.a, c.b)
+    pos_nodes = {u for c in positive for u in (c.a, c.b)}
+    groups = {name: members for name, members in uf.groups().items() if pos_nodes.intersection(members)}
+
+    notes: list[str] = []
+    pins: dict[str, str] = {}
+    for c in known:
+        if c.split is None or c.type not in (POSITIVE, DUPLICATE):
+            continue
+        if c.split not in SPLITS:
+            notes.append(f"connections.csv:{c.line}: split {c.split!r} is not one of {SPLITS}; ignored.")
+            continue
+        for u in (c.a, c.b):
+            old = pins.get(u)
+            if old is not None and old != c.split:
+                keep = max(old, c.split, key=_RANK.__getitem__)
+                notes.append(
+                    f"connections.csv:{c.line}: uid {u} is given split {c.split!r} here and {old!r} on an "
+                    f"earlier line; it stays {keep!r}."
+                )
+                pins[u] = keep
+            else:
+                pins[u] = c.split
+    for u, s in previous.items():
+        if u in pins and pins[u] != s:
+            notes.append(f"uid {u}: connections.csv says split {pins[u]!r} but it was {s!r} before; it stays {s!r}.")
+        pins[u] = s
+
+    split_of: dict[str, str] = {}
+    for members in groups.values():
+        pinned = {pins[m] for m in members if m in pins}
+        if pinned:
+            default = max(pinned, key=_RANK.__getitem__)
+        else:
+            representative = min(members, key=_key)
+            default = fractions.bucket(_key("split:" + representative))
+        for m in members:
+            split_of[m] = pins.get(m, default)
+
+    excluded: list[tuple[Connection, str]] = []
+    usable: list[Connection] = []
+    seen: set[tuple[str, str]] = set()
+    for c in known:
+        if c.type not in (POSITIVE, DUPLICATE):
+            continue
+        if c.a not in split_of:  # a DUPLICATE-only component: no pattern group, no split
+            continue
+        sa, sb = split_of[c.a], split_of[c.b]
+        if sa != sb:
+            excluded.append(
+                (c, f"joins {c.a} ({sa}) and {c.b} ({sb}): a new connection merged groups that were split "
+                    "before; kept out of every split so no held-out image leaks into training")
+            )
+            continue
+        if c.type != POSITIVE:
+            continue
+        if c.pair in negative_pairs:
+            excluded.append((c, "the same pair is also marked NEGATIVE (contradiction); fix connections.csv"))
+            continue
+        if c.pair in seen:
+            continue
+        seen.add(c.pair)
+        usable.append(c)
+    return SplitAssignment(split_of=split_of, groups=groups, excluded=excluded, notes=notes, _usable=usable)
+
+
+def save_splits(path: str | Path, assignment: SplitAssignment) -> None:
+    """Write the assignment as JSON atomically (temp file + fsync + rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(assignment.to_json(), fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_splits(path: str | Path) -> dict[str, str]:
+    """Read a saved assignment as uid -> split, to pass as `previous`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        split_of = data["split_of"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a splits file ({e}); written by `python -m data splits` or the trainer.") from e
+    bad = {u: s for u, s in split_of.items() if s not in SPLITS}
+    if bad:
+        u, s = next(iter(bad.items()))
+        raise ValueError(f"{path}: uid {u!r} has split {s!r}; expected one of {SPLITS}.")
+    return dict(split_of)
+
+
+def load_previous(collection: Collection) -> dict[str, str] | None:
+    """The collection's saved `splits.json`, if any."""
+    p = collection.root / SPLITS_FILE
+    return load_splits(p) if p.exists() else None

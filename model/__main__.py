@@ -1,0 +1,110 @@
+"""`python -m model`: list the architectures, convert torchvision weights, embed a collection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from model.lowering import GROUPED_IMPLS
+from model.registry import ARCHS, DTYPES, build_abstract, param_count
+from model.signature import POOLINGS
+
+_ARCH = click.Choice(list(ARCHS))
+
+
+def _fail(e: Exception) -> click.ClickException:
+    return click.ClickException(str(e))
+
+
+@click.group()
+def cli() -> None:
+    """Flax backbones with exact torchvision weights, and visual signatures."""
+
+
+@cli.command("list")
+def list_cmd() -> None:
+    """Architectures with their parameter counts (without classifier), signature widths, eval resolutions."""
+    click.echo(f"{'arch':<20} {'family':<13} {'params':>12} {'signature':>9} {'eval_res':>8}  torchvision weights")
+    for name, spec in ARCHS.items():
+        n = param_count(build_abstract(name))
+        click.echo(
+            f"{name:<20} {spec.family:<13} {n:>12,} {spec.signature_dim:>9} {spec.eval_resolution:>8}  "
+            f"{spec.torchvision_weights}"
+        )
+
+
+@cli.command()
+@click.option("--arch", type=_ARCH, required=True, help="Architecture the weights are for.")
+@click.option("--state-dict", "state_dict", type=click.Path(dir_okay=False, path_type=Path), help="A .pth file.")
+@click.option("--torchvision-weights", help="torchvision weights name, e.g. ResNeXt101_32X8D_Weights.IMAGENET1K_V2.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Weights directory.")
+def convert(arch: str, state_dict: Path | None, torchvision_weights: str | None, out: Path) -> None:
+    """Convert a torchvision state_dict (file or torchvision download) into a weights directory."""
+    from model.convert import (
+        ConversionError,
+        convert_state_dict,
+        download_torchvision_weights,
+        ignored_keys,
+        read_state_dict_file,
+    )
+    from model.weights import WeightsError, save_weights
+
+    if (state_dict is None) == (torchvision_weights is None):
+        raise click.UsageError("pass exactly one of --state-dict FILE.pth or --torchvision-weights NAME.")
+    try:
+        if state_dict is not None:
+            sd, source = read_state_dict_file(state_dict), {"state_dict": str(state_dict.absolute())}
+        else:
+            sd, source = download_torchvision_weights(torchvision_weights, arch), {"torchvision": torchvision_weights}
+        model = convert_state_dict(arch, sd)
+        skipped = ignored_keys(sd)
+        save_weights(model, out, meta={"source": source})
+    except (ConversionError, WeightsError) as e:
+        raise _fail(e) from e
+    head = [k for k in skipped if not k.endswith("num_batches_tracked")]
+    if head:
+        click.echo(f"ignored the classifier (not part of a signature network): {', '.join(head)}", err=True)
+    if len(skipped) > len(head):
+        click.echo(f"dropped {len(skipped) - len(head)} BatchNorm num_batches_tracked counters", err=True)
+    click.echo(f"{arch}: {param_count(model):,} parameters -> {out}")
+
+
+@cli.command()
+@click.option("--arch", type=_ARCH, help="Architecture (optional with a weights directory; must agree).")
+@click.option("--weights", required=True, help="A weights directory, or 'random' (initialised from --seed).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --weights random.")
+@click.option(
+    "--collection", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+    help="Collection folder with images.csv.",
+)
+@click.option("--resolution", type=click.IntRange(min=32), required=True, help="Images are squash-resized to R x R.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
+@click.option("--pooling", type=click.Choice(list(POOLINGS)), help="Default: the stored pooling, or mean.")
+@click.option("--grouped-impl", type=click.Choice(list(GROUPED_IMPLS)), default="auto", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="signatures.npz")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def embed(
+    arch, weights, seed, collection, resolution, batch_size, dtype, pooling, grouped_impl, out, no_progress
+) -> None:
+    """Compute one unit-norm signature per image of a collection (unreadable images are reported and skipped)."""
+    from data.collection import CollectionError
+    from data.signatures import save_signatures
+    from model.embed import embed_collection
+    from model.weights import WeightsError, load_or_init
+
+    try:
+        model = load_or_init(weights, arch, seed=seed, dtype=dtype, pooling=pooling, grouped_impl=grouped_impl)
+        sig = embed_collection(collection, model, resolution=resolution, batch_size=batch_size, progress=not no_progress)
+    except (WeightsError, CollectionError, ValueError) as e:
+        raise _fail(e) from e
+    sig.meta["weights"] = weights if weights == "random" else str(Path(weights).absolute())
+    if weights == "random":
+        sig.meta["seed"] = seed
+    save_signatures(out, sig)
+    click.echo(f"{len(sig)} signatures ({sig.dim}-d), {len(sig.skipped)} skipped -> {out}")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,153 @@
+"""Signatures for every image of a collection with a given network (no training involved).
+
+Pipeline: a small thread pool decodes and squash-resizes images on the host (uint8, `data.preprocess`),
+while the device runs the previous batch (JAX dispatch is asynchronous); batches are padded to a fixed
+size so the jitted function compiles once; normalisation to ImageNet mean/std happens on the device
+inside the jitted function (uint8 transfers are 4x smaller than float32).
+
+An image that cannot be read is reported on stderr with its uid and path, left out of the vectors and
+listed in `skipped`: it is never replaced by a zero vector.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from data.collection import load_collection
+from data.preprocess import ImageReadError, load_uint8, normalize
+from data.signatures import Signatures
+from model.registry import get_spec
+from model.signature import SignatureNet, set_mode
+
+
+@partial(jax.jit, static_argnums=0)
+def _embed_batch(graphdef, state, pixels):
+    net = nnx.merge(graphdef, state)
+    set_mode(net, training=False)
+    return net(normalize(pixels, xp=jnp))
+
+
+def make_embed_fn(model: SignatureNet):
+    """(fn, state): fn(state, uint8 NHWC batch) -> (N, D) float32 signatures, in inference mode, jitted.
+
+    The compiled function is cached per network structure (graphdef) and batch shape, so embedding
+    again with updated weights (e.g. after each training epoch) does not recompile.
+    """
+    graphdef, state = nnx.split(model)
+    return partial(_embed_batch, graphdef), state
+
+
+def _decode_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2)))
+
+
+def _load(path: Path, resolution: int) -> np.ndarray | ImageReadError:
+    try:
+        return load_uint8(path, resolution)
+    except ImageReadError as e:
+        return e
+
+
+def _decoded(paths: list[Path], resolution: int, prefetch: int) -> Iterator[np.ndarray | ImageReadError]:
+    """Decoded images (or their errors) in order, decoding up to `prefetch` images ahead."""
+    with ThreadPoolExecutor(max_workers=_decode_workers(), thread_name_prefix="decode") as pool:
+        queue: deque[Future] = deque()
+        it = iter(paths)
+        for p in it:
+            queue.append(pool.submit(_load, p, resolution))
+            if len(queue) >= prefetch:
+                break
+        while queue:
+            yield queue.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                queue.append(pool.submit(_load, nxt, resolution))
+
+
+def embed_collection(
+    collection_dir: str | Path,
+    model: SignatureNet,
+    *,
+    resolution: int,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> Signatures:
+    """Signatures of the images of `collection_dir/images.csv`, in its order, unreadable ones skipped."""
+    if resolution < 32:
+        raise ValueError(f"resolution {resolution} is too small: the networks downsample by 32.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    coll = load_collection(collection_dir)
+    seen: dict[str, int] = {}
+    for rec in coll.images:
+        if rec.uid in seen:
+            raise ValueError(
+                f"{coll.images_file}:{rec.line}: uid {rec.uid!r} already used on line {seen[rec.uid]}; "
+                f"uids must be unique (run `python -m data validate`)."
+            )
+        seen[rec.uid] = rec.line
+    records = coll.images
+    paths = [coll.image_path(r) for r in records]
+    embed, state = make_embed_fn(model)
+
+    uids: list[str] = []
+    skipped: list[str] = []
+    chunks: list[np.ndarray] = []
+    pending: list[tuple[jax.Array, int]] = []  # dispatched batches not yet copied back
+    batch = np.zeros((batch_size, resolution, resolution, 3), np.uint8)
+    fill = 0
+
+    def dispatch(n: int) -> None:
+        pending.append((embed(state, jnp.asarray(batch)), n))
+
+    def collect(keep: int) -> None:
+        while len(pending) > keep:
+            out, n = pending.pop(0)
+            chunks.append(np.asarray(out[:n], dtype=np.float32))
+
+    bar = tqdm(total=len(records), desc=f"embed {model.arch}", unit="img", disable=not progress, file=sys.stderr)
+    try:
+        for rec, path, img in zip(records, paths, _decoded(paths, resolution, 2 * batch_size), strict=True):
+            bar.update(1)
+            if isinstance(img, ImageReadError):
+                print(f"skipped uid {rec.uid} ({path}): {img}", file=sys.stderr)
+                skipped.append(rec.uid)
+                continue
+            batch[fill] = img
+            uids.append(rec.uid)
+            fill += 1
+            if fill == batch_size:
+                dispatch(fill)
+                batch = np.zeros_like(batch)
+                fill = 0
+                collect(keep=1)  # the device works on the newest batch while the host decodes the next
+        if fill:
+            dispatch(fill)
+        collect(keep=0)
+    finally:
+        bar.close()
+
+    dim = get_spec(model.arch).signature_dim
+    vectors = np.concatenate(chunks, axis=0) if chunks else np.zeros((0, dim), np.float32)
+    if skipped:
+        print(f"{len(skipped)} of {len(records)} images could not be read and were left out.", file=sys.stderr)
+    meta = {
+        "arch": model.arch,
+        "pooling": model.pooling,
+        "resolution": resolution,
+        "dtype": jnp.dtype(model.dtype).name,
+        "collection": str(Path(collection_dir).absolute()),
+    }
+    return Signatures(uids=uids, vectors=vectors, skipped=skipped, meta=meta)

@@ -1,0 +1,208 @@
+"""Saving and loading a SignatureNet's weights with orbax-checkpoint.
+
+A weights directory holds
+- `state/`: an orbax checkpoint of a flat dict "backbone.layer1.0.conv1.kernel" -> array with every
+  `nnx.Param` and `nnx.BatchStat` (float32);
+- `meta.json`: {"format", "version", "arch", "pooling", "gem_p", "gem_learnable", "param_count", "meta"},
+  so loading needs only the directory ("meta" is free-form provenance from the caller: source weights,
+  training run, ...).
+Writes are atomic: everything is written to a temporary sibling directory that is renamed into place, so
+a killed process leaves either the old weights or the new ones, never a half-written directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from model.registry import build, build_abstract, get_spec, param_count
+from model.signature import SignatureNet
+from model.state import assign, init_value
+
+FORMAT = "visual-signatures-weights"
+VERSION = 1
+META_FILE = "meta.json"
+STATE_DIR = "state"
+
+
+class WeightsError(ValueError):
+    """A weights directory that cannot be used; the message names the directory and what to do."""
+
+
+def _key(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _saved_variables(model: SignatureNet) -> dict[str, jax.Array]:
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
+    return {_key(path): var.get_value() for path, var in flat}
+
+
+def model_meta(model: SignatureNet) -> dict:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": model.arch,
+        "pooling": model.pooling,
+        "gem_p": model.gem_p,
+        "gem_learnable": model.gem_learnable,
+        "param_count": param_count(model),
+    }
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_weights(model: SignatureNet, directory: str | Path, meta: dict | None = None) -> Path:
+    """Write the model's weights to `directory` (replacing earlier weights there, atomically).
+
+    Refuses to overwrite a non-empty directory that is not a weights directory, so a typo cannot
+    delete unrelated files.
+    """
+    directory = Path(directory).absolute()
+    if directory.exists() and not (directory / META_FILE).is_file():
+        if not directory.is_dir() or any(directory.iterdir()):
+            raise WeightsError(f"{directory}: exists and is not a weights directory; choose a new --out path.")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        ckpt = ocp.StandardCheckpointer()
+        ckpt.save(tmp / STATE_DIR, _saved_variables(model))
+        ckpt.wait_until_finished()
+        ckpt.close()
+        info = {**model_meta(model), "meta": meta or {}}
+        with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
+            json.dump(info, fh, indent=2, sort_keys=True, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        old = None
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        _fsync_dir(directory.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_meta(directory: str | Path) -> dict:
+    """The metadata of a weights directory, with clear errors for anything that is not one."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise WeightsError(f"{directory}: no such weights directory. Make one with `python -m model convert`.")
+    meta_file = directory / META_FILE
+    if not directory.is_dir() or not meta_file.is_file() or not (directory / STATE_DIR).is_dir():
+        raise WeightsError(
+            f"{directory}: not a weights directory (expected {META_FILE} and {STATE_DIR}/ written by "
+            f"`python -m model convert` or training)."
+        )
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"{meta_file}: unreadable ({e}).") from e
+    if meta.get("format") != FORMAT or "arch" not in meta:
+        raise WeightsError(f"{meta_file}: not a {FORMAT} metadata file.")
+    if meta.get("version", 0) > VERSION:
+        raise WeightsError(f"{meta_file}: format version {meta['version']} is newer than this code ({VERSION}).")
+    get_spec(meta["arch"])
+    return meta
+
+
+def load_weights(
+    directory: str | Path, *, dtype="float32", pooling: str | None = None, grouped_impl: str = "auto"
+) -> SignatureNet:
+    """The SignatureNet stored in `directory`, computing in `dtype`.
+
+    `pooling=None` keeps the stored pooling. Another pooling may be asked for: loading "mean" weights
+    as "gem" starts p at the stored (or default) gem_p; loading "gem" weights as "mean" drops p.
+    """
+    directory = Path(directory)
+    meta = read_meta(directory)
+    arch = meta["arch"]
+    pooling = pooling or meta.get("pooling", "mean")
+    gem_p = float(meta.get("gem_p", 3.0))
+    model = build_abstract(
+        arch,
+        dtype=dtype,
+        pooling=pooling,
+        grouped_impl=grouped_impl,
+        gem_p=gem_p,
+        gem_learnable=bool(meta.get("gem_learnable", True)),
+    )
+    ckpt = ocp.StandardCheckpointer()
+    try:
+        stored = ckpt.metadata(directory / STATE_DIR).item_metadata.tree
+        device = jax.devices()[0]
+        target = {
+            k: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=jax.sharding.SingleDeviceSharding(device))
+            for k, m in stored.items()
+        }
+        values = ckpt.restore(directory / STATE_DIR, target)
+    except (OSError, ValueError, KeyError) as e:
+        raise WeightsError(f"{directory / STATE_DIR}: cannot restore the checkpoint ({e}).") from e
+    finally:
+        ckpt.close()
+
+    wanted = {_key(p) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))}
+    optional = {"pool.p"}  # GeM's exponent: present only with gem pooling
+    missing = sorted(wanted - set(values) - optional)
+    extra = sorted(set(values) - wanted - optional)
+    if missing or extra:
+        raise WeightsError(
+            f"{directory}: the checkpoint does not fit {arch} (missing {missing[:5]}, unexpected {extra[:5]})."
+        )
+
+    def value_of(path, var):
+        key = _key(path)
+        if key in values and isinstance(var, nnx.Param | nnx.BatchStat):
+            if tuple(values[key].shape) != tuple(var.get_value().shape):
+                raise WeightsError(
+                    f"{directory}: {key} has shape {values[key].shape}, {arch} expects {var.get_value().shape}."
+                )
+            return np.asarray(values[key])
+        return init_value(0, path, var, {"gem_p": gem_p})
+
+    assign(model, value_of)
+    return model
+
+
+def load_or_init(
+    weights: str,
+    arch: str | None,
+    *,
+    seed: int = 0,
+    dtype="float32",
+    pooling: str | None = None,
+    grouped_impl: str = "auto",
+) -> SignatureNet:
+    """`weights="random"`: `build(arch, seed=seed)`; otherwise load the weights directory.
+
+    With a directory, `arch` may be None; if given it must match the stored architecture.
+    `pooling=None`: "mean" for random weights, the stored pooling for a directory.
+    """
+    if weights == "random":
+        if arch is None:
+            raise WeightsError("random weights need an architecture: pass --arch (see `python -m model list`).")
+        return build(arch, seed=seed, dtype=dtype, pooling=pooling or "mean", grouped_impl=grouped_impl)
+    meta = read_meta(weights)
+    if arch is not None and arch != meta["arch"]:
+        raise WeightsError(f"{weights}: holds {meta['arch']} weights, not {arch}; drop --arch or fix it.")
+    return load_weights(weights, dtype=dtype, pooling=pooling, grouped_impl=grouped_impl)

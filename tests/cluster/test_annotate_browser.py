@@ -1,0 +1,188 @@
+"""The annotation page in a real headless Chromium (Debian's `chromium` + `chromium-driver`).
+
+One browser session drives everything: ticking by click and by number keys, deciding by button and
+by letter, an error shown for an impossible decision, undo, and a server restart that resumes at
+the next cluster. Set VSIG_SCREENSHOT_DIR to also keep the page's screenshot (docs/img/annotate.png
+is made that way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+from werkzeug.serving import make_server
+
+from cluster.annotate.app import create_app
+from tests.cluster.conftest import EXPECTED_QUEUE
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--window-size=1400,1000", "--hide-scrollbars",
+]
+
+
+class Server:
+    """The real app on a free loopback port, served by werkzeug in a thread."""
+
+    def __init__(self, coll, annotator="ada"):
+        app = create_app(coll.root, coll.clusters, annotator)
+        self.httpd = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager look for a driver online
+    profile = tempfile.mkdtemp(prefix="vsig-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for f in FLAGS:
+        opts.add_argument(f)
+    opts.add_argument(f"--user-data-dir={profile}")
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _records(coll):
+    return [json.loads(x) for x in (coll.root / "annotations.jsonl").read_text().splitlines()]
+
+
+def _text(driver, css):
+    return driver.find_element(By.CSS_SELECTOR, css).text
+
+
+def _wait(driver, cond, what, timeout=15):
+    # the page re-renders after each reply: an element found a moment ago may be gone
+    wait = WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException, NoSuchElementException))
+    return wait.until(lambda d: cond(d), message=what)
+
+
+def _wait_cluster(driver, cid):
+    _wait(driver, lambda d: _text(d, "#cluster-head h2") == f"Cluster {cid}", f"cluster {cid} shown")
+
+
+def _key(driver, key):
+    driver.find_element(By.TAG_NAME, "body").send_keys(key)
+
+
+def _uid_of(driver, n):
+    return driver.find_element(By.ID, f"card-{n}").get_attribute("data-uid")
+
+
+@pytest.mark.slow
+def test_click_through_decisions_undo_and_resume(browser, annot_collection, tmp_path):
+    d = browser
+    server = Server(annot_collection)
+    try:
+        d.get(server.url)
+        _wait_cluster(d, EXPECTED_QUEUE[0])
+        assert _text(d, "#progress-text") == "0 done · 4 left"
+        cards = d.find_elements(By.CSS_SELECTOR, ".card")
+        assert len(cards) == 6
+        _wait(d, lambda d: d.execute_script(
+            "return [...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)"),
+            "all thumbnails loaded")
+        # known links are visible: three badges pairs -> six badges, and the list below the grid
+        assert len(d.find_elements(By.CSS_SELECTOR, ".card .badge")) == 6
+        assert "Already connected" in _text(d, "#links")
+
+        # tick members 1 and 3 by clicking their labels
+        d.find_element(By.CSS_SELECTOR, "label[for='tick-1']").click()
+        d.find_element(By.CSS_SELECTOR, "label[for='tick-3']").click()
+        assert "ticked" in d.find_element(By.ID, "card-1").get_attribute("class")
+        ticked = [_uid_of(d, 1), _uid_of(d, 3)]
+        shot = tmp_path / "annotate.png"
+        d.save_screenshot(str(shot))
+        with Image.open(shot) as im:
+            assert im.size[0] >= 1000 and sum(1 for h in im.convert("L").histogram() if h) > 50  # a real rendered page
+        if os.environ.get("VSIG_SCREENSHOT_DIR"):
+            out = Path(os.environ["VSIG_SCREENSHOT_DIR"])
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, out / "annotate.png")
+
+        d.find_element(By.CSS_SELECTOR, "button[data-decision='confirm']").click()
+        _wait_cluster(d, EXPECTED_QUEUE[1])
+        assert _text(d, "#progress-text") == "1 done · 3 left"
+        assert "Saved" in _text(d, "#message")
+        rec = _records(annot_collection)[-1]
+        assert rec["decision"] == "confirm" and rec["cluster"] == EXPECTED_QUEUE[0]
+        assert rec["ticked"] == ticked and rec["edges"] == [[*sorted(ticked), "POSITIVE"]]
+
+        # keyboard: an impossible decision shows an error and writes nothing
+        _key(d, "c")
+        _wait(d, lambda d: "at least two" in _text(d, "#message"), "error message shown")
+        assert len(_records(annot_collection)) == 1
+        # keyboard: tick 1 and 2, then "s" = similar
+        _key(d, "1")
+        _key(d, "2")
+        ticked = [_uid_of(d, 1), _uid_of(d, 2)]
+        _key(d, "s")
+        _wait_cluster(d, EXPECTED_QUEUE[2])
+        rec = _records(annot_collection)[-1]
+        assert rec["decision"] == "similar" and rec["edges"] == [[*sorted(ticked), "SIMILAR"]]
+
+        # undo with "u": the cluster comes back, the log gets an undo record
+        _key(d, "u")
+        _wait_cluster(d, EXPECTED_QUEUE[1])
+        assert _text(d, "#progress-text") == "1 done · 3 left"
+        last = _records(annot_collection)[-1]
+        assert last["kind"] == "undo" and last["undoes"] == rec["id"]
+        # "w" = wrong cluster, with nothing ticked
+        _key(d, "w")
+        _wait_cluster(d, EXPECTED_QUEUE[2])
+        assert _records(annot_collection)[-1]["decision"] == "wrong"
+    finally:
+        server.stop()
+
+    # restart: a new server on the same folder resumes at the next cluster
+    server = Server(annot_collection)
+    try:
+        d.get(server.url)
+        _wait_cluster(d, EXPECTED_QUEUE[2])
+        assert _text(d, "#progress-text") == "2 done · 2 left"
+        # "#cluster=ID" opens one cluster (the map links here): a decided one is shown read-only
+        d.get(server.url + f"#cluster={EXPECTED_QUEUE[0]}")
+        _wait_cluster(d, EXPECTED_QUEUE[0])
+        assert "already decided: confirm" in _text(d, "#cluster-head")
+        assert not d.find_element(By.CSS_SELECTOR, "button[data-decision='skip']").is_enabled()
+        d.find_element(By.CSS_SELECTOR, "#cluster-head a.back").click()
+        _wait_cluster(d, EXPECTED_QUEUE[2])
+        # finish with the buttons; the page says everything is reviewed
+        for cid in EXPECTED_QUEUE[2:]:
+            _wait_cluster(d, cid)
+            d.find_element(By.CSS_SELECTOR, "button[data-decision='skip']").click()
+        _wait(d, lambda d: d.find_element(By.ID, "finished").is_displayed(), "finished panel shown")
+        assert _text(d, "#progress-text") == "4 done · 0 left"
+    finally:
+        server.stop()
+    severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
+    # the only expected console errors are the 400s of the impossible decision
+    assert all("400" in e["message"] for e in severe), severe

@@ -1,0 +1,241 @@
+"""OPTICS parity with scikit-learn: ordering, reachability, core distances, predecessors and labels.
+
+The graph engine recomputes every distance that enters the result with scikit-learn's arithmetic, so
+the comparison is exact (array_equal), not approximate. The device engines use XLA's distances, which
+differ in the last ulps: they are checked where no near-ties exist (min_samples=2) with a tolerance.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.cluster import OPTICS
+from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score, pairwise_distances
+
+from cluster.optics import OpticsConfig, optics, prepare
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _clustered_unit(n, d, seed, spread=0.3, noise=0.4):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(max(2, n // 12), d))
+    lab = rng.integers(0, len(centres), n)
+    g = rng.normal(size=(n, d))
+    x = np.where((rng.random(n) < noise)[:, None], g, centres[lab] + spread * g)
+    return _unit(x).astype(np.float32)
+
+
+def _datasets():
+    rng = np.random.default_rng(7)
+    blobs2, _ = make_blobs(300, n_features=2, centers=5, random_state=0)
+    blobs64, _ = make_blobs(150, n_features=64, centers=4, cluster_std=2.0, random_state=1)
+    cos = _clustered_unit(300, 32, seed=2)
+    cos_big_d = _clustered_unit(200, 512, seed=3)
+    # ties: exact duplicate rows and a lattice (many equal distances)
+    dup = np.concatenate([cos[:120], cos[:40], cos[10:20]])
+    lattice = np.stack(np.meshgrid(np.arange(12), np.arange(10)), -1).reshape(-1, 2).astype(float)
+    lattice = np.concatenate([lattice, lattice[:15], rng.normal(size=(30, 2)) * 4 + 5])
+    return {
+        "blobs2": (blobs2, "euclidean"),
+        "blobs64": (blobs64, "euclidean"),
+        "cos32": (cos, "cosine"),
+        "cos512": (cos_big_d, "cosine"),
+        "dup_cos": (dup, "cosine"),
+        "lattice": (lattice, "euclidean"),
+    }
+
+
+DATA = _datasets()
+EPS = {"blobs2": 1.0, "blobs64": 25.0, "cos32": 0.5, "cos512": 0.6, "dup_cos": 0.5, "lattice": 1.5}
+
+CASES = [
+    # (data, min_samples, finite max_eps?, xi, cluster_method)
+    ("blobs2", 5, True, 0.05, "xi"),
+    ("blobs2", 2, False, 0.1, "xi"),
+    ("blobs64", 5, True, 0.05, "dbscan"),
+    ("blobs64", 2, True, 0.1, "xi"),
+    ("cos32", 2, True, 0.05, "xi"),
+    ("cos32", 5, False, 0.1, "dbscan"),
+    ("cos512", 2, True, 0.05, "xi"),
+    ("cos512", 5, True, 0.1, "xi"),
+    ("dup_cos", 2, True, 0.05, "xi"),
+    ("dup_cos", 5, False, 0.05, "xi"),
+    ("lattice", 2, True, 0.05, "xi"),
+    ("lattice", 5, True, 0.1, "dbscan"),
+]
+
+
+def _sklearn(x, metric, min_samples, max_eps, xi, method, eps=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return OPTICS(
+            min_samples=min_samples, max_eps=max_eps, metric=metric, xi=xi, cluster_method=method, eps=eps
+        ).fit(x)
+
+
+def _assert_equal(ours, sk):
+    np.testing.assert_array_equal(ours.ordering, sk.ordering_)
+    np.testing.assert_array_equal(ours.predecessor, sk.predecessor_)
+    np.testing.assert_array_equal(ours.core_distances, sk.core_distances_)
+    np.testing.assert_array_equal(ours.reachability, sk.reachability_)
+    np.testing.assert_array_equal(ours.labels, sk.labels_)
+
+
+@pytest.mark.parametrize(("name", "min_samples", "finite", "xi", "method"), CASES)
+def test_graph_engine_equals_sklearn_exactly(name, min_samples, finite, xi, method):
+    x, metric = DATA[name]
+    max_eps = EPS[name] if finite else np.inf
+    eps = 0.8 * EPS[name] if method == "dbscan" else None
+    sk = _sklearn(x, metric, min_samples, max_eps, xi, method, eps)
+    cfg = OpticsConfig(
+        min_samples=min_samples,
+        max_eps=max_eps,
+        metric=metric,
+        xi=xi,
+        cluster_method=method,
+        eps=eps,
+        engine="graph",
+    )
+    ours = optics(x, cfg)
+    assert ours.engine == "graph"
+    _assert_equal(ours, sk)
+    assert len(set(sk.labels_.tolist()) - {-1}) >= 1  # the case has real clusters, so labels are a real check
+
+
+@pytest.mark.parametrize("min_samples", [2, 4])
+def test_pairs_exactly_at_max_eps(min_samples):
+    """On an integer lattice many distances are exactly max_eps (1.0): inclusive, as sklearn's radius query."""
+    x, metric = DATA["lattice"]
+    sk = _sklearn(x, metric, min_samples, 1.0, 0.05, "xi")
+    ours = optics(x, OpticsConfig(min_samples=min_samples, max_eps=1.0, metric=metric))
+    _assert_equal(ours, sk)
+    assert np.sum(ours.reachability == 1.0) > 50  # the boundary really is exercised
+
+
+@pytest.mark.parametrize("engine", ["dense", "stream"])
+@pytest.mark.parametrize("name", ["blobs2", "cos32", "cos512"])
+def test_device_engines_match_sklearn_without_near_ties(engine, name):
+    x, metric = DATA[name]
+    sk = _sklearn(x, metric, 2, EPS[name], 0.05, "xi")
+    ours = optics(x, OpticsConfig(min_samples=2, max_eps=EPS[name], metric=metric, engine=engine))
+    assert ours.engine == engine
+    np.testing.assert_array_equal(ours.ordering, sk.ordering_)
+    np.testing.assert_array_equal(ours.predecessor, sk.predecessor_)
+    np.testing.assert_array_equal(ours.labels, sk.labels_)
+    np.testing.assert_array_equal(ours.core_distances, sk.core_distances_)  # exact host recomputation
+    np.testing.assert_allclose(ours.reachability, sk.reachability_, rtol=0, atol=1e-12)
+
+
+def test_auto_engine_picks_graph_for_finite_eps_and_device_for_inf():
+    x, metric = DATA["cos32"]
+    assert optics(x, OpticsConfig(min_samples=2, max_eps=0.5, metric=metric)).engine == "graph"
+    assert optics(x, OpticsConfig(min_samples=2, metric=metric)).engine == "dense"
+    tiny = OpticsConfig(min_samples=2, metric=metric, memory_budget_mb=0.01)
+    assert optics(x, tiny).engine == "stream"
+
+
+def test_graph_over_budget_falls_back_and_stays_correct():
+    x, metric = DATA["cos32"]
+    sk = _sklearn(x, metric, 2, 0.5, 0.05, "xi")
+    ours = optics(x, OpticsConfig(min_samples=2, max_eps=0.5, metric=metric, memory_budget_mb=0.001))
+    assert ours.engine == "stream"
+    np.testing.assert_array_equal(ours.labels, sk.labels_)
+    with pytest.raises(MemoryError, match="memory-budget-mb"):
+        optics(
+            x, OpticsConfig(min_samples=2, max_eps=0.5, metric=metric, engine="graph", memory_budget_mb=0.001)
+        )
+
+
+def test_small_blocks_give_the_same_result():
+    """Several tiles (and padding) must not change anything: the blocking is only about memory."""
+    x, metric = DATA["cos32"]
+    a = optics(x, OpticsConfig(min_samples=3, max_eps=0.5, metric=metric))
+    b = optics(x, OpticsConfig(min_samples=3, max_eps=0.5, metric=metric, block_size=100))
+    assert a.labels.max() >= 1
+    for f in ("ordering", "reachability", "core_distances", "predecessor", "labels"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+
+
+def test_float32_mode_finds_the_same_clusters_on_separated_data():
+    x, metric = DATA["cos32"]
+    sk = _sklearn(x, metric, 2, 0.5, 0.05, "xi")
+    ours = optics(x, OpticsConfig(min_samples=2, max_eps=0.5, metric=metric, precision="float32"))
+    np.testing.assert_allclose(ours.reachability, sk.reachability_, atol=1e-5)
+    assert adjusted_rand_score(sk.labels_, ours.labels) > 0.99
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_host_distances_are_bitwise_sklearns(metric):
+    """The claim the exact path stands on: our 1 x m distances are sklearn's pairwise_distances, bit for bit."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 300)) * 3
+    pts = prepare(x, metric, 2)
+    for p in (0, 17, 199):
+        cols = np.sort(rng.choice(200, 57, replace=False))
+        np.testing.assert_array_equal(
+            pts.dist_1xm(p, cols), pairwise_distances(x[[p]], x[cols], metric=metric)[0]
+        )
+    rows = np.arange(10, 30)
+    cols = np.arange(0, 200, 3)
+    np.testing.assert_array_equal(
+        pts.dist_block(rows, cols), pairwise_distances(x[rows], x[cols], metric=metric)
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"min_samples": 500}, "larger than the number of points"),
+        ({"min_samples": 1}, "integer >= 2"),
+        ({"metric": "manhattan"}, "not supported"),
+        ({"cluster_method": "dbscan", "eps": 2.0, "max_eps": 1.0}, "must not exceed"),
+    ],
+)
+def test_bad_parameters_are_reported(kwargs, message):
+    x, _ = DATA["cos32"]
+    with pytest.raises(ValueError, match=message):
+        optics(x, OpticsConfig(**kwargs))
+
+
+def test_non_finite_rows_are_named():
+    x = np.ones((5, 3))
+    x[3, 1] = np.nan
+    with pytest.raises(ValueError, match="row 3"):
+        optics(x, OpticsConfig(min_samples=2))
+
+
+@pytest.fixture(scope="module")
+def demo_signatures(tmp_path_factory):
+    """Real signatures: the demo collection (offline Met paintings and their derivatives) embedded by a
+    randomly initialised ResNet-18 at 64 px (no pretrained weights can be downloaded here)."""
+    from data.demo import build_demo
+    from model.embed import embed_collection
+    from model.registry import build
+
+    root = tmp_path_factory.mktemp("demo")
+    build_demo(root, seed=0, max_side=96)
+    sig = embed_collection(root, build("resnet18", seed=0), resolution=64, batch_size=32, progress=False)
+    return sig.vectors
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"min_samples": 2, "max_eps": 0.13, "xi": 0.05},  # the thesis's setting
+        {"min_samples": 5, "max_eps": 0.02, "xi": 0.1},
+        {"min_samples": 3, "max_eps": 0.03, "xi": 0.05},
+        {"min_samples": 2, "max_eps": np.inf, "cluster_method": "dbscan", "eps": 0.01},
+    ],
+)
+def test_parity_on_demo_signatures(demo_signatures, kwargs):
+    x = demo_signatures
+    sk = _sklearn(x, "cosine", kwargs["min_samples"], kwargs["max_eps"], kwargs.get("xi", 0.05),
+                  kwargs.get("cluster_method", "xi"), kwargs.get("eps"))  # fmt: skip
+    ours = optics(x, OpticsConfig(metric="cosine", engine="graph", **kwargs))
+    _assert_equal(ours, sk)
+    assert sk.labels_.max() >= 0

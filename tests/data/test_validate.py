@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import csv
+
+import pytest
+from click.testing import CliRunner
+
+from data.__main__ import cli
+from data.validate import validate
+
+UIDS = ["a", "b", "c", "d"]
+
+
+def _only_error(rep):
+    assert len(rep.errors) == 1, [str(p) for p in rep.problems]
+    return rep.errors[0]
+
+
+def test_clean_collection_has_no_problems(collection_factory):
+    root = collection_factory(UIDS, [("a", "b", "POSITIVE"), ("b", "c", ""), ("c", "d", "NEGATIVE")])
+    rep = validate(root)
+    assert rep.problems == []
+    assert rep.summary["images"] == 4
+    assert rep.summary["connections"] == {"NEGATIVE": 1, "POSITIVE": 2}
+    assert rep.summary["groups"] == 1
+    assert rep.summary["group_sizes"] == {3: 1}
+    assert sum(s["images"] for s in rep.summary["splits"].values()) == 3
+
+
+@pytest.mark.parametrize(
+    "connections,line,uid,words",
+    [
+        ([("a", "b"), ("a", "zz", "POSITIVE")], 3, "zz", "unknown uid"),
+        ([("a", "b"), ("c", "c", "POSITIVE")], 3, "c", "self connection"),
+        ([("a", "b", "POSITIVE"), ("b", "a", "NEGATIVE")], 3, "b", "contradictory"),
+        ([("a", "b", "POSITIVE"), ("c", "d", "SIMILARISH")], 3, "c", "unknown type"),
+    ],
+)
+def test_connection_errors_name_file_line_uid(collection_factory, connections, line, uid, words):
+    rep = validate(collection_factory(UIDS, connections))
+    err = _only_error(rep)
+    assert (err.file, err.line, err.uid) == ("connections.csv", line, uid)
+    assert words in err.message
+    assert not rep.ok
+
+
+def test_duplicate_pair_is_a_warning(collection_factory):
+    rep = validate(collection_factory(UIDS, [("a", "b"), ("c", "d"), ("b", "a", "POSITIVE")]))
+    assert rep.errors == []
+    (w,) = [p for p in rep.warnings if "duplicate pair" in p.message]
+    assert (w.file, w.line, w.uid) == ("connections.csv", 4, "b")
+
+
+def test_missing_image_file(collection_factory):
+    root = collection_factory(UIDS, [("a", "b")])
+    (root / "img" / "c.png").unlink()
+    err = _only_error(validate(root))
+    assert (err.file, err.line, err.uid) == ("images.csv", 4, "c")
+    assert "missing" in err.message
+
+
+def test_unreadable_image(collection_factory):
+    root = collection_factory(UIDS, [("a", "b")])
+    (root / "img" / "d.png").write_bytes(b"not an image at all")
+    err = _only_error(validate(root))
+    assert (err.file, err.line, err.uid) == ("images.csv", 5, "d")
+    assert "unreadable" in err.message
+    # existence-only mode does not decode
+    assert validate(root, decode_images=False).ok
+
+
+def test_truncated_image_is_unreadable(collection_factory, tmp_path):
+    root = collection_factory(UIDS, [("a", "b")])
+    from PIL import Image
+
+    p = root / "img" / "a.jpg"
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(p, quality=90)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with open(root / "images.csv", "a", newline="") as fh:
+        csv.writer(fh).writerow(["e", "img/a.jpg", "trunc"])
+    err = _only_error(validate(root))
+    assert (err.line, err.uid) == (6, "e")
+
+
+def test_duplicate_uid(collection_factory):
+    root = collection_factory(UIDS, [("a", "b")])
+    with open(root / "images.csv", "a", newline="") as fh:
+        csv.writer(fh).writerow(["b", "img/b.png", "again"])
+    err = _only_error(validate(root))
+    assert (err.file, err.line, err.uid) == ("images.csv", 6, "b")
+    assert "duplicate uid" in err.message and "line 3" in err.message
+
+
+def test_cli_exit_codes_and_output(collection_factory):
+    runner = CliRunner()
+    good = collection_factory(UIDS, [("a", "b")])
+    res = runner.invoke(cli, ["check", str(good)])
+    assert res.exit_code == 0, res.output
+    assert "pattern groups: 1" in res.output
+    bad = collection_factory(UIDS, [("a", "q")])
+    res = runner.invoke(cli, ["check", str(bad)])
+    assert res.exit_code == 1
+    assert "connections.csv:2: uid q: unknown uid" in res.output
+    res = runner.invoke(cli, ["check", str(bad.parent / "nope")])
+    assert res.exit_code == 2 and "not a folder" in res.output

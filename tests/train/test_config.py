@@ -1,0 +1,41 @@
+import pytest
+
+from train.config import TrainConfig, apply_overrides, load_config, preset, save_config
+
+
+def test_thesis_preset_is_the_original():
+    c = preset("thesis")
+    assert (c.arch, c.resolution, c.batch_size, c.optimizer, c.lr, c.weight_decay) == (
+        "resnext101_32x8d", 320, 4, "adam", 1e-6, 1e-4)
+    assert (c.margin, c.beta, c.num_negatives, c.epochs, c.compute_dtype, c.schedule) == (
+        0.01, 0.1, 10, 5, "float32", "constant")
+    assert c.swap and c.intra and c.reduction == "sum" and c.decay_all
+
+
+def test_default_is_fast_bf16():
+    assert preset() == TrainConfig() and preset().compute_dtype == "bfloat16" and preset().batch_size > 4
+
+
+def test_overrides_typed():
+    c = apply_overrides(preset("demo"), ["lr=1e-4", "batch_size=8", "swap=false", "frozen_stages=stem,layer1"])
+    assert c.lr == 1e-4 and c.batch_size == 8 and c.swap is False and c.frozen_stages == ("stem", "layer1")
+    c2 = apply_overrides(c, {"batch-size": "2"})
+    assert c2.batch_size == 2
+
+
+@pytest.mark.parametrize("bad,msg", [(["nope=1"], "unknown config field"), (["lr"], "key=value"),
+                                     (["swap=maybe"], "true/false"), (["optimizer=sgd"], "optimizer")])
+def test_bad_overrides(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        apply_overrides(preset(), bad)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="preset"):
+        preset("huge")
+
+
+def test_roundtrip(tmp_path):
+    c = apply_overrides(preset("demo"), ["slow_stages=layer1"])
+    save_config(c, tmp_path / "config.json", {"preset": "demo"})
+    assert load_config(tmp_path / "config.json") == c

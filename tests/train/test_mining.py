@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+
+from data.collection import Collection, Connection, ImageRecord
+from train.mining import MiningInputs, mine_triplets, mining_inputs, nearest_non_group
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _brute(sig, q, group, k, pool):
+    sims = sig @ sig[q].T  # (n,)
+    order = []
+    for j in np.argsort(-sims, kind="stable"):
+        if j != q and group[j] != group[q] and pool[j]:
+            order.append(j)
+    return order[:k]
+
+
+@pytest.mark.parametrize("gallery_block,query_block", [(16, 8), (1000, 1000)])
+def test_matches_brute_force_and_never_returns_group(gallery_block, query_block):
+    rng = np.random.default_rng(0)
+    n, k = 77, 5
+    # clustered data: group members are each other's nearest neighbours, so masking matters
+    centers = rng.normal(size=(12, 8))
+    labels = rng.integers(0, 12, size=n)
+    sig = _unit(centers[labels] + 0.3 * rng.normal(size=(n, 8)))
+    group = np.where(labels < 8, labels, -1 - np.arange(n))  # groups 0-7, the rest ungrouped
+    pool = rng.random(n) > 0.1
+    queries = np.arange(0, n, 3)
+    idx, sims = nearest_non_group(sig, queries, group, k, pool=pool, gallery_block=gallery_block,
+                                  query_block=query_block)
+    assert idx.shape == (len(queries), k)
+    for row, q in enumerate(queries):
+        assert all(group[j] != group[q] and j != q for j in idx[row])
+        assert all(pool[j] for j in idx[row])
+        np.testing.assert_array_equal(idx[row], _brute(sig, q, group, k, pool))
+        np.testing.assert_allclose(sims[row], sig[idx[row]] @ sig[q], atol=1e-5)
+
+
+def test_fewer_candidates_than_k_gives_minus_one():
+    sig = _unit(np.eye(4) + 0.1)
+    group = np.array([0, 0, 0, 1])
+    idx, _ = nearest_non_group(sig, np.array([0]), group, 3)
+    assert idx[0, 0] == 3 and (idx[0, 1:] == -1).all()
+
+
+def _toy_collection():
+    uids = [f"u{i}" for i in range(10)]
+    imgs = [ImageRecord(uid=u, path=f"{u}.jpg", url=None, meta={}, line=i + 2) for i, u in enumerate(uids)]
+    conns = [
+        Connection("u0", "u1", "POSITIVE"), Connection("u1", "u2", "POSITIVE"),  # group {0,1,2}
+        Connection("u2", "u3", "DUPLICATE"),  # duplicate of a mate: never a negative
+        Connection("u4", "u5", "POSITIVE"),  # held-out group
+        Connection("u0", "u9", "NEGATIVE"),  # annotated negative
+        Connection("u0", "u4", "NEGATIVE"),  # negative with a held-out image: not used (leak)
+    ]
+    return Collection(root=__import__("pathlib").Path("."), images=imgs, connections=conns)
+
+
+def test_mining_inputs_and_triplets():
+    col = _toy_collection()
+    split_of = {"u0": "train", "u1": "train", "u2": "train", "u3": "train", "u4": "test", "u5": "test"}
+    inp = mining_inputs(col, split_of)
+    np.testing.assert_array_equal(inp.positives, [[0, 1], [1, 2]])
+    assert inp.group[0] == inp.group[1] == inp.group[2] == inp.group[3]
+    assert not inp.pool[4] and not inp.pool[5] and inp.pool[6]
+    np.testing.assert_array_equal(inp.negatives, [[0, 9]])
+    # signatures: make 3 (duplicate of a mate) and 4 (held out) the closest to everyone
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(10, 6))
+    base[3] = base[:3].mean(0)
+    base[4] = base[:3].mean(0) * 1.01
+    sig = _unit(base)
+    t = mine_triplets(sig, inp, num_negatives=2)
+    assert t.shape[1] == 3 and len(t) > 0
+    assert set(t[:, 2]).isdisjoint({0, 1, 2, 3, 4, 5})
+    assert (0, 1, 9) in {tuple(r) for r in t}
+    # anchors with every partner: 0->1, 1->0, 1->2, 2->1; 2 negatives each (+ annotated one)
+    assert {(int(a), int(b)) for a, b, _ in t} == {(0, 1), (1, 0), (1, 2), (2, 1)}
+    # deterministic
+    np.testing.assert_array_equal(t, mine_triplets(sig, inp, num_negatives=2))
+
+
+def test_no_positives_is_an_error():
+    inp = MiningInputs(np.zeros((0, 2), np.int64), -1 - np.arange(3), np.zeros((0, 2), np.int64), np.ones(3, bool))
+    with pytest.raises(ValueError, match="POSITIVE"):
+        mine_triplets(np.eye(3, dtype=np.float32), inp)

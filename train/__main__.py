@@ -1,0 +1,108 @@
+"""`python -m train`: fine-tune a backbone on a collection's connections; `python -m train evaluate`: retrieval metrics.
+
+Thin: options are parsed here, the work is in train.loop / train.metrics (which the tests call).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from train.config import DEFAULT_PRESET, PRESETS, apply_overrides, load_config, preset
+
+
+class _DefaultGroup(click.Group):
+    """`python -m train --collection ...` runs training; `python -m train evaluate ...` evaluates."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultGroup)
+def cli() -> None:
+    """Triplet fine-tuning (compound hinge loss, hard negatives) and retrieval evaluation.
+
+    `python -m train --collection DIR --arch ARCH --weights DIR|random --out RUN_DIR` trains (the `run`
+    command is the default); `python -m train evaluate SIGNATURES --collection DIR` scores signatures.
+    """
+
+
+@cli.command("run")
+@click.option("--collection", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Collection folder (images.csv, connections.csv).")
+@click.option("--arch", default=None, help="Architecture (see `python -m model list`); default: the preset's.")
+@click.option("--weights", default="random", show_default=True,
+              help="Start weights: a weights directory (`python -m model convert`) or 'random' (from --seed).")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
+@click.option("--preset", "preset_name", type=click.Choice(PRESETS), default=DEFAULT_PRESET, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed (initialisation with --weights random, data order).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config field, e.g. --set lr=1e-4 --set batch_size=8 (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint.")
+@click.option("--resume-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Start a new run (new round) from another run's best weights and splits.")
+@click.option("--coordinator", default=None, help="Multi-process: coordinator HOST:PORT (process 0's address).")
+@click.option("--num-processes", type=int, default=None, help="Multi-process: number of processes.")
+@click.option("--process-id", type=int, default=None, help="Multi-process: this process's id (0-based).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (logs still go to metrics.jsonl).")
+def run_cmd(collection, arch, weights, out, preset_name, seed, overrides, resume, resume_from, coordinator,
+            num_processes, process_id, no_progress) -> None:
+    """Train: prepare, split, mine, train, validate each epoch, test the best, export signatures."""
+    from train.distributed import maybe_initialize
+
+    maybe_initialize(coordinator, num_processes, process_id)
+    from train.loop import RunError, run_training
+
+    try:
+        if resume:
+            cfg = load_config(out / "config.json") if (out / "config.json").exists() else preset(preset_name)
+        else:
+            cfg = preset(preset_name)
+        explicit = {}
+        if arch:
+            explicit["arch"] = arch
+        if seed is not None:
+            explicit["seed"] = seed
+        cfg = apply_overrides(apply_overrides(cfg, explicit), list(overrides))
+        result = run_training(collection, out, cfg, weights=weights, resume=resume, resume_from=resume_from,
+                              progress=not no_progress,
+                              extra_config={"preset": preset_name, "argv": sys.argv[1:]})
+    except (RunError, ValueError, FileNotFoundError, KeyError) as e:
+        raise click.ClickException(str(e)) from e
+    if result.status != "finished":
+        sys.exit(3)
+
+
+@cli.command("evaluate")
+@click.argument("signatures", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--collection", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--splits-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A splits.json to use (default: the collection's, else computed as training would).")
+def evaluate_cmd(signatures, collection, split, splits_file) -> None:
+    """Retrieval metrics of SIGNATURES (a signatures.npz) on the queries of one split, as JSON."""
+    from data.collection import load_collection
+    from data.signatures import load_signatures
+    from data.splits import assign_splits, load_previous, load_splits
+    from train.metrics import evaluate_split
+
+    try:
+        coll = load_collection(collection)
+        sig = load_signatures(signatures)
+        previous = load_splits(splits_file) if splits_file else load_previous(coll)
+        assignment = assign_splits(coll, previous)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    group = {m: name for name, members in assignment.groups.items() for m in members}
+    result = evaluate_split(sig.vectors, sig.uids, group, assignment.split_of, split)
+    result = {"split": split, "signatures": str(signatures), **result}
+    click.echo(json.dumps(result, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    cli()

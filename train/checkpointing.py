@@ -1,0 +1,155 @@
+"""Checkpoints of a training run (orbax), graceful stop on signals, and the non-finite-loss guard.
+
+A checkpoint (RUN_DIR/checkpoints/<step>/) holds everything needed to continue bit-for-bit:
+- `state`: the TrainState (parameters, optimizer state, step, BN statistics / RNG state, base key);
+- `mining`: the current triplets (the mining state: re-mining from restored parameters would give the
+  same triplets, but storing them is cheap and removes any doubt);
+- `meta` (JSON): epoch, mining round, steps done in the epoch, the grain iterator state (None at an
+  epoch boundary), the best validation score so far, and the resolved config.
+Retention: the last `keep` checkpoints plus the best one by validation mAP (only checkpoints taken
+after a validation carry a metric; never selected on test). Saving is asynchronous: training goes
+on while the arrays are written; `wait()` before reading or exiting.
+
+Typed PRNG keys (nnx RNG streams) are stored as their raw key data and re-wrapped on restore.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
+
+METRIC = "val_mAP"
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the run stops and the last good checkpoint is kept."""
+
+
+def _is_key(x) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def to_saveable(tree):
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def from_saveable(tree, like):
+    return jax.tree.map(
+        lambda x, ref: jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref)) if _is_key(ref) else x, tree, like
+    )
+
+
+class RunCheckpoints:
+    """Thin wrapper around an orbax CheckpointManager with this project's retention policy."""
+
+    def __init__(self, directory: str | Path, *, keep: int = 3, async_save: bool = True):
+        self.directory = Path(directory).resolve()
+        policy = cm.AnyPreservationPolicy(
+            [
+                cm.LatestN(n=max(1, keep)),
+                cm.BestN(get_metric_fn=lambda m: m[METRIC], n=1, keep_checkpoints_without_metrics=False),
+            ]
+        )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy,
+            best_fn=lambda m: m[METRIC],
+            best_mode="max",
+            keep_checkpoints_without_metrics=True,
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state, triplets: np.ndarray, meta: dict, *, val_map: float | None = None,
+             force: bool = True) -> None:
+        metrics = {METRIC: float(val_map)} if val_map is not None else None
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(to_saveable(state)),
+                mining=ocp.args.StandardSave({"triplets": np.asarray(triplets, np.int64)}),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            metrics=metrics,
+            force=force,
+        )
+
+    def restore(self, step: int, like_state) -> tuple[Any, np.ndarray, dict]:
+        """Restore (state, triplets, meta) of `step`; `like_state` gives structure, dtypes and shardings."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_saveable(like_state))
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        n = int(meta["num_triplets"])
+        out = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract),
+                mining=ocp.args.StandardRestore({"triplets": np.zeros((n, 3), np.int64)}),
+            ),
+        )
+        state = from_saveable(out["state"], like_state)
+        return state, np.asarray(out["mining"]["triplets"]), meta
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+class GracefulStop:
+    """Context manager: SIGTERM/SIGINT ask the loop to checkpoint and stop; a second signal aborts.
+
+    The loop polls `requested` after every step. Handlers are restored on exit. Only installed in
+    the main thread (signal handlers cannot be set elsewhere).
+    """
+
+    def __init__(self, on_request: Callable[[int], None] | None = None):
+        self.requested: int | None = None
+        self._old: dict[int, Any] = {}
+        self._on_request = on_request
+
+    def _handler(self, signum, frame):
+        if self.requested is not None:
+            raise KeyboardInterrupt(f"second signal {signum}: aborting without a checkpoint")
+        self.requested = signum
+        if self._on_request:
+            self._on_request(signum)
+
+    def __enter__(self) -> GracefulStop:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def check_finite(loss: float, step: int, last_checkpoint: int | None, run_dir: Path) -> None:
+    if not np.isfinite(loss):
+        where = f"checkpoint at step {last_checkpoint}" if last_checkpoint is not None else "no checkpoint yet"
+        raise NonFiniteLoss(
+            f"loss is {loss} at step {step}: the update was skipped and the run stopped. The last good state is "
+            f"the {where} in {run_dir / 'checkpoints'}. Lower the learning rate (--set lr=...), enable gradient "
+            f"clipping (--set grad_clip=1.0) or use float32 (--set compute_dtype=float32), then --resume."
+        )

@@ -1,0 +1,34 @@
+"""Multi-process start-up: `jax.distributed.initialize()` when the job runs as several processes.
+
+Launch modes:
+- one process per node driving all its GPUs (the usual case): nothing to do on a single node;
+- several nodes under SLURM (`srun` with one task per node): detected from SLURM_NTASKS > 1 and
+  initialised from the SLURM environment (jax reads the coordinator address from it);
+- explicit: `--coordinator HOST:PORT --num-processes N --process-id I` on every process.
+Must run before anything queries the devices.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+
+def maybe_initialize(coordinator: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None) -> bool:
+    """Initialise jax.distributed if this looks like a multi-process launch; returns whether it did."""
+    if coordinator or (num_processes and num_processes > 1):
+        if not (coordinator and num_processes and process_id is not None):
+            raise ValueError("multi-process launch needs all of --coordinator, --num-processes and --process-id")
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id)
+        return True
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+def is_main() -> bool:
+    return jax.process_index() == 0

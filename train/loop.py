@@ -1,0 +1,512 @@
+"""The training run: prepare, split, embed + mine, train epochs, validate, keep the best, test, export.
+
+RUN_DIR layout
+- config.json        the resolved config (+ preset, arguments, start weights)
+- splits.json        the split assignment used (uid -> split)
+- checkpoints/       orbax checkpoints (last few + best by val mAP)
+- metrics.jsonl      one JSON line per log interval ({"step", "epoch", "loss", "img_per_s", "lr"}) and per
+                     epoch ({"epoch", "val": {...}})
+- start_eval.json    retrieval of the starting network (val and test), computed once
+- start_signatures.npz  the starting network's signatures (identical to `python -m model embed` with the
+                     same weights / seed and resolution)
+- eval.json          retrieval of the starting and of the trained (best-on-val) network, same splits and code
+- signatures.npz     the trained network's signatures of the whole collection (`model embed`'s format)
+- weights/           the trained network's weights (`model.weights` format: `--weights RUN_DIR/weights`)
+- curves.png         training loss and val mAP
+
+Exact resume: the train step is deterministic, triplets are stored in each checkpoint, the data
+iterator's state too (grain), and every epoch's iterator seed derives from (seed, epoch, mining round).
+So a run interrupted after any checkpoint and resumed ends with the same parameters as an
+uninterrupted one (tests/train/test_loop.py checks this bit for bit on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from data.augment import AugmentConfig
+from data.collection import Collection, load_collection
+from data.pipeline import PreparedSource, open_prepared, triplet_dataset
+from data.prepare import prepare_collection
+from data.signatures import Signatures, save_signatures
+from data.splits import SPLITS_FILE, assign_splits, load_previous, load_splits, save_splits
+from model.embed import embed_collection
+from model.registry import build_abstract
+from model.signature import set_mode
+from model.weights import load_or_init, save_weights
+from train.checkpointing import GracefulStop, RunCheckpoints, check_finite
+from train.config import TrainConfig, resolved_workers, save_config
+from train.distributed import is_main
+from train.embedding import embed_indices, local_copy, make_embed_fn
+from train.metrics import evaluate_split
+from train.mining import MiningInputs, mine_triplets, mining_inputs
+from train.optim import make_optimizer, make_schedule
+from train.step import (
+    global_batch,
+    global_groups,
+    init_state,
+    make_mesh,
+    make_train_step,
+    replicate,
+    split_model,
+)
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+START_EVAL_FILE = "start_eval.json"
+EVAL_FILE = "eval.json"
+SIGNATURES_FILE = "signatures.npz"
+START_SIGNATURES_FILE = "start_signatures.npz"
+WEIGHTS_DIR = "weights"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or continue; the message says what to do."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str  # "finished" | "stopped" (max_steps or a signal)
+    step: int
+    start_eval: dict = field(default_factory=dict)
+    final_eval: dict = field(default_factory=dict)
+    best_step: int | None = None
+    losses: list[float] = field(default_factory=list)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
+    os.replace(tmp, path)
+
+
+class _MetricsLog:
+    """Append-only JSON lines; on resume, records after the restored step are dropped."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def truncate_after(self, step: int) -> None:
+        if not (self.enabled and self.path.exists()):
+            return
+        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        _write_json_lines(self.path, keep)
+
+    def write(self, rec: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(rec, sort_keys=True, default=float) + "\n")
+
+
+def _write_json_lines(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in lines))
+    os.replace(tmp, path)
+
+
+class _WaitOnError:
+    """On an exception (NaN loss, Ctrl-C twice), let in-flight async checkpoints finish before unwinding."""
+
+    def __init__(self, ckpts: RunCheckpoints):
+        self.ckpts = ckpts
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.ckpts.close()
+
+
+def _iterator_seed(seed: int, epoch: int, rnd: int) -> int:
+    return (seed * 1_000_003 + epoch * 1_009 + rnd) % (2**31 - 1)
+
+
+@dataclass
+class _Context:
+    """Everything a run computes once: collection, splits, data source, model graphs, meshes."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    collection: Collection
+    split_of: dict
+    group_name: dict
+    inputs: MiningInputs
+    source: PreparedSource
+    present: np.ndarray  # (n,) bool: image readable (in the prepared dataset)
+    mesh: object
+    eval_mesh: object
+    train_graphdef: object
+    eval_graphdef: object
+    params: object
+    rest: object
+    start_meta: dict
+
+
+def _prepare(collection_dir, cfg: TrainConfig, run_dir: Path, weights: str, previous_splits: dict | None,
+             log) -> _Context:
+    collection = load_collection(collection_dir)
+    prepared = prepare_collection(collection, max_side=max(cfg.resolution + 100, 256))
+    source = open_prepared(prepared.path)
+    if source.skipped:
+        log(f"{len(source.skipped)} unreadable images skipped (first: {sorted(source.skipped.items())[:3]})")
+    previous = previous_splits if previous_splits is not None else load_previous(collection)
+    assignment = assign_splits(collection, previous)
+    if is_main():
+        save_splits(run_dir / SPLITS_FILE, assignment)
+        coll_splits = collection.root / SPLITS_FILE
+        if not coll_splits.exists():
+            try:  # keep later rounds on the same splits (a test image never becomes a training image)
+                save_splits(coll_splits, assignment)
+            except OSError as e:
+                log(f"could not write {coll_splits} ({e}); later rounds should pass this run's splits.json")
+    group_name = {m: name for name, members in assignment.groups.items() for m in members}
+    inputs = mining_inputs(collection, assignment.split_of, skipped=list(source.skipped),
+                           train_connections=assignment.connections("train"))
+    if len(inputs.positives) == 0:
+        raise RunError(f"{collection.connections_file}: no POSITIVE connection falls in the train split; "
+                       "add connections (or annotate) before training.")
+    present = np.array([collection.uids[i] not in source.skipped for i in range(len(collection.uids))], bool)
+
+    # Start weights: f32 parameters (and the same ones `model embed --weights W --seed N` uses).
+    model = load_or_init(weights, cfg.arch, seed=cfg.seed, dtype="float32", pooling=cfg.pooling)
+    set_mode(model, training=False)
+    eval_graphdef, params, rest = split_model(model)
+    train_model = build_abstract(model.arch, dtype=cfg.compute_dtype, pooling=model.pooling, gem_p=model.gem_p,
+                                 gem_learnable=model.gem_learnable)
+    set_mode(train_model, training=True, freeze_bn=cfg.freeze_bn)
+    train_graphdef = nnx.split(train_model, nnx.Param, ...)[0]
+    mesh = make_mesh()
+    eval_mesh = make_mesh(jax.local_devices())
+    if cfg.batch_size % mesh.devices.size:
+        raise RunError(f"batch_size {cfg.batch_size} must be a multiple of the {mesh.devices.size} devices "
+                       f"(--set batch_size=...).")
+    return _Context(cfg, run_dir, collection, assignment.split_of, group_name, inputs, source, present, mesh,
+                    eval_mesh, train_graphdef, eval_graphdef, params, rest,
+                    {"arch": model.arch, "pooling": model.pooling, "weights": str(weights)})
+
+
+def _embed_all(ctx: _Context, embed_fn, params, rest) -> np.ndarray:
+    """(n, D) signatures of the whole collection in images.csv order (zero rows for skipped images)."""
+    idx = np.flatnonzero(ctx.present)
+    sig = embed_indices(embed_fn, local_copy(params, ctx.eval_mesh), local_copy(rest, ctx.eval_mesh), ctx.source,
+                        idx, resolution=ctx.cfg.resolution, batch_size=ctx.cfg.eval_batch_size, mesh=ctx.eval_mesh,
+                        workers=resolved_workers(ctx.cfg))
+    out = np.zeros((len(ctx.present), sig.shape[1]), np.float32)
+    out[idx] = sig
+    return out
+
+
+def _embed_files(ctx: _Context, params, rest, *, progress: bool) -> Signatures:
+    """Signatures from the original image files with `model.embed` (what `python -m model embed` writes)."""
+    params, rest = local_copy(params, ctx.eval_mesh), local_copy(rest, ctx.eval_mesh)
+    model = nnx.merge(ctx.eval_graphdef, jax.device_get(params), jax.device_get(rest))
+    return embed_collection(ctx.collection.root, model, resolution=ctx.cfg.resolution,
+                            batch_size=ctx.cfg.eval_batch_size, progress=progress)
+
+
+def _evaluate_sig(ctx: _Context, sig: Signatures, split: str) -> dict:
+    return evaluate_split(sig.vectors, sig.uids, ctx.group_name, ctx.split_of, split)
+
+
+def _evaluate(ctx: _Context, sig: np.ndarray, split: str) -> dict:
+    idx = np.flatnonzero(ctx.present)
+    uids = [ctx.collection.uids[i] for i in idx]
+    return evaluate_split(sig[idx], uids, ctx.group_name, ctx.split_of, split)
+
+
+def _mine(ctx: _Context, sig: np.ndarray) -> np.ndarray:
+    return mine_triplets(sig, ctx.inputs, num_negatives=ctx.cfg.num_negatives)
+
+
+def _make_iterator(ctx: _Context, triplets: np.ndarray, epoch: int, rnd: int, data_state):
+    cfg = ctx.cfg
+    nproc = jax.process_count()
+    if cfg.batch_size % nproc:
+        raise RunError(f"batch_size {cfg.batch_size} must be a multiple of the {nproc} processes")
+    aug = AugmentConfig() if cfg.augment else AugmentConfig.off()
+    it = triplet_dataset(
+        ctx.source, triplets, resolution=cfg.resolution, batch_size=cfg.batch_size // nproc,
+        seed=_iterator_seed(cfg.seed, epoch, rnd), augment=aug, shuffle=True, num_epochs=None,
+        shard_index=jax.process_index(), shard_count=nproc, workers=resolved_workers(cfg), output="uint8",
+    )
+    if data_state is not None:
+        it.set_state(data_state)
+    return it
+
+
+def _plot(run_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(ln) for ln in (run_dir / METRICS_FILE).read_text().splitlines() if ln.strip()]
+    steps = [r for r in recs if "loss" in r]
+    epochs = [r for r in recs if "val" in r and "mAP" in r["val"]]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.plot([r["step"] for r in steps], [r["loss"] for r in steps])
+    a1.set_xlabel("step")
+    a1.set_ylabel("training loss (mean over the log interval)")
+    a2.plot([r["epoch"] for r in epochs], [r["val"]["mAP"] for r in epochs], marker="o", label="val mAP")
+    a2.plot([r["epoch"] for r in epochs], [r["val"].get("recall@10", float("nan")) for r in epochs], marker="s",
+            label="val recall@10")
+    a2.set_xlabel("epoch (0 = start)")
+    a2.legend()
+    fig.tight_layout()
+    tmp = run_dir / "curves.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, run_dir / "curves.png")
+
+
+def run_training(
+    collection_dir: str | Path,
+    run_dir: str | Path,
+    cfg: TrainConfig,
+    *,
+    weights: str = "random",
+    resume: bool = False,
+    resume_from: str | Path | None = None,
+    progress: bool = True,
+    extra_config: dict | None = None,
+) -> RunResult:
+    """Train (or continue training) into `run_dir`; see the module docstring for what is written."""
+    run_dir = Path(run_dir)
+    main = is_main()
+
+    def log(msg: str) -> None:
+        if main:
+            print(msg, flush=True)
+
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    if resume:
+        if not (run_dir / CONFIG_FILE).exists():
+            raise RunError(f"{run_dir}: nothing to resume (no {CONFIG_FILE}); start a run with --out {run_dir}.")
+        saved = json.loads((run_dir / CONFIG_FILE).read_text())
+        weights = saved.get("weights", weights)
+        previous_splits = load_splits(run_dir / SPLITS_FILE)
+    else:
+        if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+            raise RunError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out.")
+        previous_splits = None
+        if resume_from is not None:
+            src = Path(resume_from)
+            if not (src / WEIGHTS_DIR).exists():
+                raise RunError(f"{src}: no {WEIGHTS_DIR}/ (a finished run's best weights); cannot --resume-from it.")
+            weights = str(src / WEIGHTS_DIR)
+            previous_splits = load_splits(src / SPLITS_FILE) if (src / SPLITS_FILE).exists() else None
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        save_config(cfg, run_dir / CONFIG_FILE, {"weights": str(weights), **(extra_config or {})})
+
+    ctx = _prepare(collection_dir, cfg, run_dir, weights, previous_splits, log)
+    embed_fn = make_embed_fn(ctx.eval_graphdef, ctx.eval_mesh)
+    metrics_log = _MetricsLog(run_dir / METRICS_FILE, main)
+
+    # The starting network, embedded exactly as `python -m model embed` does (original files), once.
+    start_file = run_dir / START_EVAL_FILE
+    sig0 = None
+    if start_file.exists() and (run_dir / START_SIGNATURES_FILE).exists():
+        start_eval = json.loads(start_file.read_text())
+    else:
+        t0 = time.time()
+        start_sig = _embed_files(ctx, ctx.params, ctx.rest, progress=progress and main)
+        start_sig.meta.update({**ctx.start_meta, "seed": cfg.seed, "trained": False})
+        start_eval = {s: _evaluate_sig(ctx, start_sig, s) for s in ("val", "test")}
+        if main:
+            save_signatures(run_dir / START_SIGNATURES_FILE, start_sig)
+            _write_json(start_file, start_eval)
+        # Epoch 0 of the curves and the first mining use the same path as every later epoch.
+        sig0 = _embed_all(ctx, embed_fn, ctx.params, ctx.rest)
+        metrics_log.write({"step": 0, "epoch": 0, "val": _evaluate(ctx, sig0, "val")})
+        log(f"start: val mAP {start_eval['val'].get('mAP', float('nan')):.4f} ({time.time() - t0:.1f}s to embed)")
+
+    ckpts = RunCheckpoints(ckpt_dir, keep=cfg.keep_checkpoints)
+    latest = ckpts.latest_step() if resume else None
+
+    # Triplets of the first epoch fix the number of steps per epoch (and the schedule length).
+    if latest is None:
+        if sig0 is None:
+            sig0 = _embed_all(ctx, embed_fn, ctx.params, ctx.rest)
+        triplets = _mine(ctx, sig0)
+    else:
+        triplets = None
+    steps_per_epoch_0 = None
+
+    def build(num_triplets: int):
+        spe = num_triplets // cfg.batch_size
+        if spe == 0:
+            raise RunError(f"{num_triplets} triplets < batch_size {cfg.batch_size}: lower --set batch_size.")
+        total = spe * cfg.epochs
+        opt = make_optimizer(cfg, ctx.params, total)
+        return spe, total, opt
+
+    if latest is None:
+        steps_per_epoch_0, total_steps, opt = build(len(triplets))
+        state = replicate(init_state(ctx.params, ctx.rest, opt, cfg.seed), ctx.mesh)
+        epoch, rnd, step_in_epoch, data_state, best = 0, 0, 0, None, None
+    else:
+        meta0 = ckpts.manager.restore(latest, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"]
+        steps_per_epoch_0, total_steps = meta0["steps_per_epoch"], meta0["total_steps"]
+        opt = make_optimizer(cfg, ctx.params, total_steps)
+        like = replicate(init_state(ctx.params, ctx.rest, opt, cfg.seed), ctx.mesh)
+        state, triplets, meta = ckpts.restore(latest, like)
+        state = replicate(state, ctx.mesh)
+        epoch, rnd, step_in_epoch = meta["epoch"], meta["round"], meta["step_in_epoch"]
+        data_state, best = meta["data_state"], meta.get("best")
+        metrics_log.truncate_after(int(meta["step"]))
+        log(f"resumed from step {latest} (epoch {epoch}, {step_in_epoch}/{steps_per_epoch_0} steps done)")
+
+    schedule = make_schedule(cfg, total_steps)
+    with_groups = cfg.in_batch_negatives
+    step_fn = make_train_step(ctx.train_graphdef, opt, cfg, ctx.mesh, with_groups=with_groups)
+    group_ids = ctx.inputs.group.astype(np.int32)
+    losses: list[float] = []
+    last_ckpt = latest
+    status = "finished"
+    global_step = int(state.step)
+
+    def meta_now(data_state_now):
+        return {"epoch": epoch, "round": rnd, "step_in_epoch": step_in_epoch, "data_state": data_state_now,
+                "best": best, "num_triplets": int(len(triplets)), "steps_per_epoch": steps_per_epoch_0,
+                "total_steps": total_steps, "step": global_step, "config": cfg.to_json()}
+
+    def save(data_state_now, val_map=None):
+        nonlocal last_ckpt
+        ckpts.save(global_step, state, triplets, meta_now(data_state_now), val_map=val_map)
+        last_ckpt = global_step
+
+    stop = GracefulStop()
+    with stop, _WaitOnError(ckpts):
+        while epoch < cfg.epochs:
+            it = _make_iterator(ctx, triplets, epoch, rnd, data_state)
+            bar = None
+            if progress and main:
+                from tqdm import tqdm
+
+                bar = tqdm(total=steps_per_epoch_0, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                           unit="step", dynamic_ncols=True)
+            pending: list = []
+            t_last, n_last = time.time(), 0
+            stopped = False
+            while step_in_epoch < steps_per_epoch_0:
+                batch = next(it)
+                args = [state, global_batch(batch["images"], ctx.mesh)]
+                if with_groups:
+                    args.append(global_groups(group_ids[batch["triplets"].T], ctx.mesh))
+                state, m = step_fn(*args)
+                global_step += 1
+                step_in_epoch += 1
+                pending.append(m["loss"])
+                n_last += 1
+                if bar is not None:
+                    bar.update(1)
+                boundary = step_in_epoch == steps_per_epoch_0
+                want_ckpt = (cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0)
+                hit_max = cfg.max_steps and global_step >= cfg.max_steps
+                if len(pending) >= cfg.log_every or boundary or want_ckpt or hit_max or stop.requested:
+                    vals = [float(v) for v in pending]
+                    for k, v in enumerate(vals):
+                        check_finite(v, global_step - len(vals) + k + 1, last_ckpt, run_dir)
+                    losses.extend(vals)
+                    dt = time.time() - t_last
+                    rec = {"step": global_step, "epoch": epoch + step_in_epoch / steps_per_epoch_0,
+                           "loss": float(np.mean(vals)), "img_per_s": 3 * cfg.batch_size * n_last / max(dt, 1e-9),
+                           "lr": float(schedule(global_step - 1))}
+                    metrics_log.write(rec)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_s']:.1f}")
+                    pending, t_last, n_last = [], time.time(), 0
+                if cfg.remine_every and step_in_epoch % cfg.remine_every == 0 and not boundary:
+                    sig = _embed_all(ctx, embed_fn, state.params, state.rest)
+                    triplets, rnd = _mine(ctx, sig), rnd + 1
+                    it = _make_iterator(ctx, triplets, epoch, rnd, None)
+                if boundary:
+                    break  # the epoch-end block below checkpoints (and stops if asked to)
+                if want_ckpt or hit_max or stop.requested:
+                    save(it.get_state())
+                if hit_max or stop.requested:
+                    stopped = True
+                    break
+            if bar is not None:
+                bar.close()
+            if stopped:
+                status = "stopped"
+                log(f"stopped at step {global_step} ({'signal' if stop.requested else 'max_steps'}); "
+                    f"continue with --resume")
+                break
+            # Epoch boundary: embed with the new parameters, validate, mine the next epoch's triplets.
+            sig = _embed_all(ctx, embed_fn, state.params, state.rest)
+            val = _evaluate(ctx, sig, "val")
+            epoch, rnd, step_in_epoch, data_state = epoch + 1, 0, 0, None
+            metrics_log.write({"step": global_step, "epoch": epoch, "val": val})
+            vmap = val.get("mAP")
+            if vmap is not None and (best is None or vmap > best["mAP"]):
+                best = {"mAP": vmap, "step": global_step, "epoch": epoch}
+            log(f"epoch {epoch}: val mAP {vmap if vmap is not None else float('nan'):.4f} "
+                f"recall@10 {val.get('recall@10', float('nan')):.4f}")
+            if epoch < cfg.epochs:
+                triplets = _mine(ctx, sig)
+            save(None, val_map=vmap)
+            if (stop.requested or (cfg.max_steps and global_step >= cfg.max_steps)) and epoch < cfg.epochs:
+                status = "stopped"
+                log(f"stopped at step {global_step} (end of epoch {epoch}); continue with --resume")
+                break
+    ckpts.wait()
+
+    result = RunResult(run_dir, status, global_step, start_eval=start_eval, losses=losses,
+                       best_step=best["step"] if best else None)
+    if status != "finished":
+        ckpts.close()
+        return result
+
+    # Finished: the best state by val mAP (or the last one if there was no val query).
+    final_state = state
+    if best is not None and best["step"] != global_step:
+        final_state, _, _ = ckpts.restore(best["step"], state)
+    ckpts.close()
+    final_sig = _embed_files(ctx, final_state.params, final_state.rest, progress=progress and main)
+    final_eval = {s: _evaluate_sig(ctx, final_sig, s) for s in ("val", "test")}
+    result.final_eval = final_eval
+    if main:
+        meta = {**ctx.start_meta, "run": str(run_dir.resolve()), "step": best["step"] if best else global_step,
+                "seed": cfg.seed, "trained": True}
+        final_sig.meta.update(meta)
+        save_signatures(run_dir / SIGNATURES_FILE, final_sig)
+        _write_json(run_dir / EVAL_FILE, {
+            "start": start_eval, "trained": final_eval, "best": best, "steps": global_step,
+            "selected_by": "val mAP", "weights_start": str(weights),
+            "note": "both rows: signatures from the original image files (as `python -m model embed`), "
+                    "whole collection ranked, same splits and metric code",
+        })
+        model = nnx.merge(ctx.eval_graphdef, jax.device_get(final_state.params), jax.device_get(final_state.rest))
+        save_weights(model, run_dir / WEIGHTS_DIR, meta)
+        _plot(run_dir)
+        log(f"done: test mAP {start_eval['test'].get('mAP', float('nan')):.4f} -> "
+            f"{final_eval['test'].get('mAP', float('nan')):.4f}; outputs in {run_dir}")
+    return result
+
+
+def final_params(run_dir: str | Path):
+    """The parameters of a run's newest checkpoint as a NumPy tree (for tests and tools)."""
+    ck = RunCheckpoints(Path(run_dir) / CHECKPOINT_DIR)
+    step = ck.latest_step()
+    raw = ck.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))
+    ck.close()
+    return raw["state"]
+
+

@@ -1,0 +1,169 @@
+"""Retrieval metrics: rank the whole collection for each query and score where its partners land.
+
+A query is an image of the chosen split that has at least one *partner*: another image of its
+pattern group (POSITIVE component, joined by DUPLICATE edges - a duplicate scan of a mate shows
+the same artwork) that is present in the gallery. The gallery is the whole collection minus the
+query itself (and minus images without a signature).
+
+Standard definitions (what we report as the headline numbers):
+- `recall@k`: the fraction of a query's partners found in its top k, averaged over queries;
+- `hit@k`: the fraction of queries with at least one partner in the top k;
+- `mAP`: mean over queries of AP = (1/m) * sum_i i / r_i over ALL m partners at 1-based ranks r_i;
+- `median_first_rank`: median over queries of the rank of the best-ranked partner.
+
+Thesis-style numbers (FIELD-NOTES section 1), kept under their own names because they differ:
+- `thesis_mAP`: AP computed on the top-`cutoff` (400) list only, dividing by the number of partners
+  found there (h), not by all partners: a query with one hit at rank 1 out of ten partners scores 1.0
+  instead of 0.1. A query with no hit in the list scores 0.
+- `thesis_mean_position` / `thesis_median_position`: mean / median over all (query, partner) pairs
+  of the partner's rank, with partners beyond the cutoff counted as `cutoff` (so they are capped,
+  optimistic); `thesis_min_position`: mean over queries of the best such position.
+- `thesis_recall@k` for k in 20, 50, 100, 200, 400: same as our recall@k, at the thesis's cut-offs.
+
+Ranks treat ties optimistically against non-partners (rank = 1 + number of strictly more similar
+gallery images) and break ties among partners by order, so ranks of one query are strictly increasing.
+The similarity work runs on the accelerator in query blocks of fixed shape (memory: block x n floats).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+RECALL_KS = (1, 5, 10, 20, 50, 100)
+THESIS_KS = (20, 50, 100, 200, 400)
+THESIS_CUTOFF = 400
+
+
+@partial(jax.jit, static_argnames=())
+def _ranks_block(q, q_idx, partners, gallery, g_ok):
+    """1-based ranks of each query's partners; q: (B, D), partners: (B, P) indices (-1 = pad)."""
+    sims = jnp.dot(q, gallery.T, preferred_element_type=jnp.float32)  # (B, n)
+    n = gallery.shape[0]
+    cols = jnp.arange(n)
+    sims = jnp.where(g_ok[None, :] & (cols[None, :] != q_idx[:, None]), sims, -jnp.inf)
+    psims = jnp.take_along_axis(sims, jnp.maximum(partners, 0), axis=1)  # (B, P)
+    srt = -jnp.sort(sims, axis=1)[:, ::-1]  # ascending of the negated similarities
+    greater = jax.vmap(lambda row, v: jnp.searchsorted(row, -v, side="left"))(srt, psims)
+    return jnp.where(partners >= 0, greater + 1, jnp.iinfo(jnp.int32).max)
+
+
+def partner_ranks(
+    signatures: np.ndarray,
+    queries: np.ndarray,
+    partners: Sequence[Sequence[int]],
+    *,
+    gallery_ok: np.ndarray | None = None,
+    block: int = 256,
+) -> list[np.ndarray]:
+    """For each query index, the sorted, strictly increasing 1-based ranks of its partners."""
+    sig = jnp.asarray(signatures, jnp.float32)
+    n = sig.shape[0]
+    ok = jnp.asarray(np.ones(n, bool) if gallery_ok is None else gallery_ok)
+    width = max(1, max((len(p) for p in partners), default=1))
+    queries = np.asarray(queries, np.int64)
+    block = min(block, max(8, -(-len(queries) // 8) * 8))
+    out: list[np.ndarray] = []
+    for s in range(0, len(queries), block):
+        qi = queries[s : s + block]
+        m = len(qi)
+        pad_q = np.zeros(block, np.int64)
+        pad_q[:m] = qi
+        pad_p = np.full((block, width), -1, np.int64)
+        for r, p in enumerate(partners[s : s + m]):
+            pad_p[r, : len(p)] = p
+        ranks = np.asarray(
+            _ranks_block(sig[pad_q], jnp.asarray(pad_q, jnp.int32), jnp.asarray(pad_p, jnp.int32), sig, ok)
+        )
+        for r in range(m):
+            out.append(_strictly_increasing(np.sort(ranks[r, : len(partners[s + r])]).astype(np.int64)))
+    return out
+
+
+def _strictly_increasing(r: np.ndarray) -> np.ndarray:
+    """Break ties among partners: the i-th partner is at least one place after the (i-1)-th."""
+    r = r.copy()
+    for i in range(1, len(r)):
+        r[i] = max(r[i], r[i - 1] + 1)
+    return r
+
+
+def summarize_ranks(
+    ranks: Sequence[np.ndarray],
+    *,
+    ks: Sequence[int] = RECALL_KS,
+    thesis_ks: Sequence[int] = THESIS_KS,
+    cutoff: int = THESIS_CUTOFF,
+) -> dict[str, float]:
+    """Pure aggregation of per-query partner ranks (each sorted ascending, 1-based) into metrics."""
+    ranks = [np.asarray(r, np.float64) for r in ranks if len(r)]
+    out: dict[str, float] = {"num_queries": float(len(ranks))}
+    if not ranks:
+        return out
+    for k in ks:
+        out[f"recall@{k}"] = float(np.mean([np.mean(r <= k) for r in ranks]))
+        out[f"hit@{k}"] = float(np.mean([r[0] <= k for r in ranks]))
+    aps = [float(np.mean(np.arange(1, len(r) + 1) / r)) for r in ranks]
+    out["mAP"] = float(np.mean(aps))
+    out["median_first_rank"] = float(np.median([r[0] for r in ranks]))
+    out["mean_first_rank"] = float(np.mean([r[0] for r in ranks]))
+    t_aps = []
+    for r in ranks:
+        hits = r[r <= cutoff]
+        t_aps.append(float(np.mean(np.arange(1, len(hits) + 1) / hits)) if len(hits) else 0.0)
+    out["thesis_mAP"] = float(np.mean(t_aps))
+    capped = [np.minimum(r, cutoff) for r in ranks]
+    pooled = np.concatenate(capped)
+    out["thesis_mean_position"] = float(np.mean(pooled))
+    out["thesis_median_position"] = float(np.median(pooled))
+    out["thesis_min_position"] = float(np.mean([c[0] for c in capped]))
+    for k in thesis_ks:
+        out[f"thesis_recall@{k}"] = float(np.mean([np.mean(r <= k) for r in ranks]))
+    return out
+
+
+def split_queries(
+    uids: Sequence[str],
+    group: Mapping[str, str],
+    split_of: Mapping[str, str],
+    split: str,
+    present: np.ndarray | None = None,
+) -> tuple[np.ndarray, list[list[int]]]:
+    """Queries of `split` (grouped images of that split) and their partners, as row indices.
+
+    uids: the rows of the signature matrix; group: uid -> pattern-group name; present: rows
+    that are usable (default all). Queries without any present partner are dropped.
+    """
+    present = np.ones(len(uids), bool) if present is None else present
+    members: dict[str, list[int]] = {}
+    for i, u in enumerate(uids):
+        if u in group and present[i]:
+            members.setdefault(group[u], []).append(i)
+    queries, partners = [], []
+    for i, u in enumerate(uids):
+        if u in group and present[i] and split_of.get(u) == split:
+            p = [j for j in members[group[u]] if j != i]
+            if p:
+                queries.append(i)
+                partners.append(p)
+    return np.asarray(queries, np.int64), partners
+
+
+def evaluate_split(
+    signatures: np.ndarray,
+    uids: Sequence[str],
+    group: Mapping[str, str],
+    split_of: Mapping[str, str],
+    split: str,
+    *,
+    block: int = 256,
+) -> dict[str, float]:
+    """All metrics for the queries of one split, ranking the whole collection (signature rows)."""
+    queries, partners = split_queries(uids, group, split_of, split)
+    if len(queries) == 0:
+        return {"num_queries": 0.0}
+    return summarize_ranks(partner_ranks(signatures, queries, partners, block=block))
