@@ -15,8 +15,36 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: $(STAMP)
-	$(PY) -m scripts_demo
+# The main job on the bundled demo collection; each stage is a file target, so a second run reuses
+# what is already built (delete demo-output/ to start over).
+DEMO := demo-output
+COLL := $(DEMO)/collection
+RUN := $(DEMO)/run
+
+$(COLL)/images.csv: | $(STAMP)
+	$(PY) -m data demo $(COLL)
+
+$(RUN)/signatures.npz: $(COLL)/images.csv
+	$(PY) -m train --collection $(COLL) --preset demo --weights random --out $(RUN) $(if $(wildcard $(RUN)/config.json),--resume)
+
+$(DEMO)/clusters.csv: $(RUN)/signatures.npz
+	$(PY) -m cluster optics $< --min-samples 2 --max-eps 0.13 --xi 0.05 --metric cosine --out $@
+
+$(DEMO)/quality.json: $(DEMO)/clusters.csv
+	$(PY) -m cluster evaluate $< --collection $(COLL) --json $@
+
+$(DEMO)/map/map.html: $(RUN)/signatures.npz $(DEMO)/clusters.csv
+	$(PY) -m cluster map $< --collection $(COLL) --clusters $(DEMO)/clusters.csv --out $(DEMO)/map
+
+$(DEMO)/report.html: $(DEMO)/quality.json $(DEMO)/map/map.html
+	$(PY) -m cluster report --collection $(COLL) --clusters $(DEMO)/clusters.csv --run $(RUN) \
+		--quality $(DEMO)/quality.json --map $(DEMO)/map --out $@
+
+demo: $(STAMP) $(DEMO)/report.html
+	@echo
+	@echo "Report: $(abspath $(DEMO)/report.html)"
+	@echo "Judge the proposed clusters in your browser:"
+	@echo "  $(PY) -m cluster annotate --collection $(COLL) --clusters $(DEMO)/clusters.csv"
 
 # The annotation app is tested in a real headless Chromium (Debian's; no browser download).
 browser:

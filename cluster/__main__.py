@@ -142,6 +142,40 @@ def map_cmd(signatures: Path, collection_dir: Path, clusters_path: Path | None, 
     click.echo(f"{out_dir}: map.html, map.png, coords.csv, {result.n_thumbs} thumbnails")
 
 
+@cli.command("report")
+@click.option(
+    "--collection", "collection_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--clusters", "clusters_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path))  # fmt: skip
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A training run directory (eval.json, curves.png) for retrieval before/after.")  # fmt: skip
+@click.option("--quality", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The JSON written by `cluster evaluate --json`.")  # fmt: skip
+@click.option("--map", "map_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="The folder written by `cluster map`.")  # fmt: skip
+@click.option("--reachability", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Reachability PNG [default: reachability.png next to --clusters, if present].")  # fmt: skip
+@click.option("--top", default=12, show_default=True, type=click.IntRange(min=1), help="Clusters in the gallery.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def report_cmd(collection_dir: Path, clusters_path: Path, run_dir: Path | None, quality: Path | None,
+               map_dir: Path | None, reachability: Path | None, top: int, out: Path) -> None:  # fmt: skip
+    """One self-contained HTML page: retrieval before/after, curves, reachability, map, top clusters."""
+    from cluster.clusters_file import ClustersFileError
+    from cluster.report import ReportInputs, write_report
+    from data.collection import CollectionError
+
+    if reachability is None and (clusters_path.parent / "reachability.png").exists():
+        reachability = clusters_path.parent / "reachability.png"
+    inputs = ReportInputs(collection=collection_dir, clusters=clusters_path, run_dir=run_dir, quality=quality,
+                          map_dir=map_dir, reachability=reachability, top_clusters=top)  # fmt: skip
+    try:
+        write_report(inputs, out)
+    except (ClustersFileError, CollectionError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"{out}: written")
+
+
 cli.add_command(annotate)
 cli.add_command(accept)
 

@@ -321,6 +321,11 @@ function draw() {
     if (p.g) { ctx.strokeStyle = "#000"; ctx.lineWidth = 1; ctx.beginPath(); ctx.arc(sx(p), sy(p), r + 1.5, 0, 7); ctx.stroke(); }
   }
   ctx.globalAlpha = 1;
+  if (selected !== null) {  // the open cluster: a red ring on each member, on top of everything
+    ctx.strokeStyle = "#c00"; ctx.lineWidth = 2;
+    for (const p of P) if (p.c === selected.c) { ctx.beginPath(); ctx.arc(sx(p), sy(p), 8, 0, 7); ctx.stroke(); }
+  }
+  ctx.globalAlpha = 1;
   if (hover >= 0) { const p = P[hover]; ctx.strokeStyle = "#d00"; ctx.lineWidth = 2; ctx.beginPath(); ctx.arc(sx(p), sy(p), 7, 0, 7); ctx.stroke(); }
 }
 function nearest(mx, my) {

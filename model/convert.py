@@ -151,9 +151,14 @@ def read_state_dict_file(path: str | Path) -> dict[str, object]:
 
 def download_torchvision_weights(name: str, arch: str | None = None) -> dict[str, object]:
     """torchvision's own download (cached in torch hub's cache) of weights `name`, e.g.
-    "ResNeXt101_32X8D_Weights.IMAGENET1K_V2". Without internet: ConversionError saying to pass --state-dict."""
+    "ResNeXt101_32X8D_Weights.IMAGENET1K_V2" (with `arch`, the bare "IMAGENET1K_V2" or "DEFAULT" is
+    completed from that architecture's weights). Without internet: ConversionError saying to pass --state-dict."""
     import torchvision
 
+    if arch is not None and "." not in name:
+        # A bare value such as "IMAGENET1K_V2" or "DEFAULT": complete it from the architecture's enum.
+        enum = torchvision.models.get_model_weights(get_spec(arch).torchvision_name)
+        name = f"{enum.__name__}.{name}"
     try:
         weights = torchvision.models.get_weight(name)
     except (ValueError, KeyError, AttributeError) as e:

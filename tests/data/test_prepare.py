@@ -67,3 +67,15 @@ def test_prepare_and_read_without_tensorflow(collection_factory):
     repo = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_source_reopens_eagerly_when_unpickled(collection_factory):
+    # Worker processes get the source by pickle; it must open its files there at once (in the worker's
+    # main thread), not lazily from reader threads, where concurrent lazy imports deadlocked.
+    import pickle
+
+    root = collection_factory(["a", "b"], [("a", "b")])
+    prepare_collection(root, max_side=16)
+    src = open_prepared(root / "prepared")
+    copy = pickle.loads(pickle.dumps(src))
+    assert copy._ds is not None and copy[1] == src[1]

@@ -126,6 +126,21 @@ def test_offline_download_says_to_pass_a_state_dict(monkeypatch):
     assert res.exit_code != 0 and "--state-dict" in res.output
 
 
+def test_bare_weights_name_is_completed_from_the_arch(monkeypatch):
+    import torchvision.models._api as api
+
+    asked = []
+
+    def fake_download(url, *args, **kwargs):
+        asked.append(url)
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", fake_download)
+    with pytest.raises(ConversionError, match=r"ResNeXt101_32X8D_Weights\.IMAGENET1K_V2"):
+        download_torchvision_weights("IMAGENET1K_V2", "resnext101_32x8d")
+    assert asked and asked[0].endswith(".pth")
+
+
 def test_bad_weights_names():
     with pytest.raises(ConversionError, match="unknown torchvision weights.*ResNet18_Weights.IMAGENET1K_V1"):
         download_torchvision_weights("ResNet18_Weights.NOPE", "resnet18")

@@ -17,6 +17,7 @@ from flax import nnx
 
 from model.convert import convert_state_dict
 from model.registry import ARCHS, build, param_count
+from model.signature import l2_normalize
 from tests.model.helpers import random_input, randomized_torchvision, run_features, torchvision_pooled
 
 TOL = 1e-4
@@ -54,6 +55,13 @@ def test_matches_torchvision(arch, impl):
     assert param_count(model) == torch_params  # torchvision without its classifier
     if arch in BF16_ARCHS and impl != "split":
         check_bfloat16(arch, net.state_dict(), impl, x, feats, sig)
+
+
+def test_call_is_normalised_features():
+    model = build("resnet18", seed=0)
+    x = jnp.asarray(random_input(2, 32))
+    np.testing.assert_allclose(model(x), l2_normalize(model.features(x)), atol=1e-7)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(model(x)), axis=1), 1.0, atol=1e-6)
 
 
 def test_signature_rows_are_independent():

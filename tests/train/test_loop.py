@@ -18,8 +18,11 @@ from train.loop import RunError, final_params, run_training
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train_loop")]
 
+# The demo preset shrunk to seconds. BN frozen and lr 3e-4 (the demo preset trains BN live at 1e-4, for
+# random weights on the bundled collection): with 8 triplets per step live batch statistics make ten
+# steps too noisy to show a falling loss on this tiny collection.
 CFG = apply_overrides(preset("demo"), {"resolution": 32, "batch_size": 8, "epochs": 2, "num_negatives": 1,
-                                       "eval_batch_size": 16, "log_every": 1})
+                                       "eval_batch_size": 16, "log_every": 1, "freeze_bn": True, "lr": 3e-4})
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,68 @@
+"""The run report: retrieval before/after, the gallery's known/new pair counts, embedded pictures, CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from click.testing import CliRunner
+from PIL import Image
+
+from cluster.__main__ import cli
+from cluster.report import ReportInputs, build_report, cluster_gallery, retrieval_table
+from data.collection import load_collection
+
+from .conftest import CLUSTERS, EXPECTED_QUEUE
+
+
+def _metrics(m_ap: float) -> dict:
+    return {"mAP": m_ap, "recall@1": m_ap / 2, "recall@10": m_ap, "num_queries": 7, "median_first_rank": 3.0}
+
+
+def _run_dir(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    ev = {"start": {"val": _metrics(0.125), "test": _metrics(0.25)},
+          "trained": {"val": _metrics(0.5), "test": _metrics(0.625)}}
+    (run / "eval.json").write_text(json.dumps(ev))
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(run / "curves.png")
+    return run
+
+
+def test_retrieval_table_lists_start_and_trained_per_split():
+    ev = {"start": {"test": _metrics(0.25)}, "trained": {"test": _metrics(0.625)}}
+    html = retrieval_table(ev)
+    assert html.count("<tr>") == 3  # header + start + trained
+    assert "0.250" in html and "0.625" in html and "untrained" in html and "fine-tuned" in html
+
+
+def test_gallery_counts_known_and_new_pairs_in_review_order(annot_collection):
+    inputs = ReportInputs(collection=annot_collection.root, clusters=annot_collection.clusters)
+    _, summary = cluster_gallery(inputs, load_collection(annot_collection.root))
+    assert [s["cluster"] for s in summary] == EXPECTED_QUEUE
+    by_id = {s["cluster"]: s for s in summary}
+    # cluster 2 has 6 members (15 pairs), 3 of them known (POSITIVE, DUPLICATE, NEGATIVE) in conftest.KNOWN
+    assert by_id[2]["pairs"] == 15 and by_id[2]["known"] == 3 and by_id[2]["new"] == 12
+    # cluster 1: its three members are all connected already
+    assert by_id[1]["size"] == len(CLUSTERS[1]) and by_id[1]["known"] == 3 and by_id[1]["new"] == 0
+
+
+def test_report_cli_writes_self_contained_page(annot_collection, tmp_path):
+    run = _run_dir(tmp_path)
+    out = tmp_path / "report.html"
+    res = CliRunner().invoke(cli, ["report", "--collection", str(annot_collection.root), "--clusters",
+                                   str(annot_collection.clusters), "--run", str(run), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    page = out.read_text()
+    assert "0.625" in page and "0.125" in page
+    assert page.count("data:image/jpeg;base64,") >= sum(min(len(m), 8) for m in CLUSTERS.values())
+    assert "data:image/png;base64," in page  # the training curve is embedded
+    assert not re.search(r"src=['\"]https?://", page)  # nothing fetched from the network
+    assert "python -m cluster annotate" in page
+
+
+def test_report_marks_unreadable_images_without_failing(annot_collection, tmp_path):
+    uid = annot_collection.members(2)[0]
+    (annot_collection.root / "images" / f"{uid}.jpg").write_bytes(b"not a jpeg")
+    page = build_report(ReportInputs(collection=annot_collection.root, clusters=annot_collection.clusters))
+    assert "unreadable" in page
