@@ -1,0 +1,56 @@
+"""The main job end to end at a tiny size: what `make demo` runs, through the same CLIs.
+
+Demo collection (small images) -> train (demo preset, a few steps) -> OPTICS -> evaluate -> map ->
+report. It checks that every stage reads what the previous one wrote and that the report carries the
+retrieval of the starting and of the trained network. Retrieval *quality* is tested in tests/train.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cluster.__main__ import cli as cluster_cli
+from data.__main__ import cli as data_cli
+from data.signatures import load_signatures
+from train.__main__ import cli as train_cli
+
+
+def _ok(res):
+    assert res.exit_code == 0, f"{res.output}\n{res.exception!r}"
+    return res
+
+
+@pytest.mark.slow
+def test_demo_pipeline_tiny(tmp_path):
+    run = CliRunner()
+    coll, run_dir, out = tmp_path / "collection", tmp_path / "run", tmp_path
+    _ok(run.invoke(data_cli, ["demo", str(coll), "--max-side", "48"]))
+    _ok(run.invoke(train_cli, [
+        "--collection", str(coll), "--preset", "demo", "--weights", "random", "--out", str(run_dir), "--no-progress",
+        "--set", "resolution=32", "--set", "epochs=1", "--set", "num_negatives=1",
+    ]))  # fmt: skip
+    sig = load_signatures(run_dir / "signatures.npz")
+    images = (coll / "images.csv").read_text().strip().splitlines()[1:]
+    assert len(sig) + len(sig.skipped) == len(images)
+    assert np.allclose(np.linalg.norm(sig.vectors, axis=1), 1.0, atol=1e-4)
+
+    clusters = out / "clusters.csv"
+    _ok(run.invoke(cluster_cli, ["optics", str(run_dir / "signatures.npz"), "--out", str(clusters)]))
+    quality = out / "quality.json"
+    _ok(run.invoke(cluster_cli, ["evaluate", str(clusters), "--collection", str(coll), "--json", str(quality)]))
+    assert json.loads(quality.read_text())["n_images"] == len(sig)
+    _ok(run.invoke(cluster_cli, ["map", str(run_dir / "signatures.npz"), "--collection", str(coll),
+                                 "--clusters", str(clusters), "--out", str(out / "map"), "--n-neighbors", "5"]))
+    report = out / "report.html"
+    _ok(run.invoke(cluster_cli, ["report", "--collection", str(coll), "--clusters", str(clusters), "--run",
+                                 str(run_dir), "--quality", str(quality), "--map", str(out / "map"),
+                                 "--out", str(report)]))  # fmt: skip
+    page = report.read_text()
+    ev = json.loads((run_dir / "eval.json").read_text())
+    for who in ("start", "trained"):
+        assert f"{ev[who]['test']['mAP']:.3f}" in page
+    assert "Top proposed clusters" in page and "map.html" in page
