@@ -85,7 +85,9 @@ def retrieval_table(eval_json: dict) -> str:
             continue
         for name, m in (("untrained (start)", start), ("fine-tuned", trained)):
             cells = "".join(f"<td>{_fmt(m.get(k))}</td>" for k in RETRIEVAL_KEYS)
-            rows.append(f"<tr><td>{split}</td><td>{name}</td><td>{_fmt(m.get('num_queries'))}</td>{cells}</tr>")
+            queries = m.get("num_queries")
+            queries = int(queries) if isinstance(queries, int | float) else queries
+            rows.append(f"<tr><td>{split}</td><td>{name}</td><td>{_fmt(queries)}</td>{cells}</tr>")
     if not rows:
         return "<p>No retrieval figures in the run's eval.json.</p>"
     head = "".join(f"<th>{_esc(k)}</th>" for k in RETRIEVAL_KEYS)
