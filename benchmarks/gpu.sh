@@ -17,7 +17,9 @@ JSONL="$OUTDIR/gpu.jsonl"
 LOG="$OUTDIR/gpu.log"
 : >"$JSONL"
 : >"$LOG"
-PY="${PYTHON:-python3}"
+# The project's .venv when there is one (here), else the machine's python3 (the GPU image has jax, torch...).
+if [[ -z "${PYTHON:-}" && -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY="${PYTHON:-python3}"; fi
+FAILED=0
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}"
 # XLA GPU flags that help conv nets (documented in benchmarks/RESULTS.md): latency-hiding scheduler
@@ -32,6 +34,7 @@ step() {  # step LIMIT_S NAME CMD...
   timeout "$limit" "$@" 2>>"$LOG" | tee -a "$JSONL"
   local rc=${PIPESTATUS[0]}
   echo "-- $name: rc=$rc, $((SECONDS - t0)) s" | tee -a "$LOG"
+  [[ $rc == 0 ]] || FAILED=$((FAILED + 1))
 }
 
 { date -u; "$PY" -c "import jax, flax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'torch', torch.__version__, jax.devices())"; } | tee -a "$LOG"
@@ -66,4 +69,5 @@ for arch in $R50 efficientnet_b0; do
   done
 done
 step "$LIMIT" rx101-224-bf16 "$PY" $TT --arch $RX --resolution $RES_A --precision bf16 --baseline torch
-echo "results: $JSONL ($(wc -l <"$JSONL") lines), log: $LOG"
+echo "results: $JSONL ($(wc -l <"$JSONL") lines), log: $LOG; steps failed: $FAILED"
+exit $((FAILED > 0))
