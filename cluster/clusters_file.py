@@ -24,11 +24,12 @@ import csv
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from data.atomic import atomic_write_text
 
 COLUMNS = ("uid", "cluster", "order", "reachability", "core_distance")
 
@@ -105,16 +106,6 @@ def _fmt(x: float) -> str:
     return repr(float(x))  # shortest round-trip representation: reading back gives the same float
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def write_clusters(path: str | Path, table: ClusterTable) -> None:
     """Write clusters.csv and clusters.json atomically (the CSV last, so its presence means both are complete)."""
     path = Path(path)
@@ -132,8 +123,8 @@ def write_clusters(path: str | Path, table: ClusterTable) -> None:
         rows.append(f"{u},{lab},{o},{_fmt(r)},{_fmt(c)}")
     params = dict(table.params)
     params.setdefault("n", len(table))
-    _atomic_write_text(sidecar_path(path), json.dumps(params, indent=2, sort_keys=True, default=str) + "\n")
-    _atomic_write_text(path, "\n".join(rows) + "\n")
+    atomic_write_text(sidecar_path(path), json.dumps(params, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(path, "\n".join(rows) + "\n")
 
 
 def _parse_float(text: str, path: Path, line: int, col: str) -> float:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cluster.clusters_file import read_clusters
+from data.atomic import atomic_write_text
 from data.collection import POSITIVE, Collection, load_collection
 from data.graph import pattern_groups
 from data.preprocess import ImageReadError, decode_rgb
@@ -256,9 +257,7 @@ def write_map_html(
     page = _TEMPLATE.replace("__DATA__", blob).replace(
         "__TITLE__", html.escape(f"Map of {collection.root.name}")
     )
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, page)
 
 
 _TEMPLATE = r"""<!DOCTYPE html>

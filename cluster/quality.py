@@ -19,7 +19,6 @@ Definitions (the images are the rows of clusters.csv, U; noise = label -1):
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from cluster.clusters_file import ClusterTable
+from data.atomic import atomic_write_text
 from data.collection import Collection
 from data.graph import pattern_groups
 
@@ -221,8 +221,4 @@ def report_dict(r: QualityReport) -> dict:
 
 
 def write_report(path: str | Path, r: QualityReport) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report_dict(r), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(report_dict(r), indent=2) + "\n")

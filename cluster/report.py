@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cluster.annotate.queue import order_clusters, pair
 from cluster.clusters_file import read_clusters
+from data.atomic import atomic_write_text
 from data.collection import Collection, load_collection
 from data.preprocess import ImageReadError, decode_rgb
 
@@ -216,8 +217,5 @@ def build_report(inputs: ReportInputs) -> str:
 
 def write_report(inputs: ReportInputs, out: Path) -> Path:
     """Write the report atomically; returns its path."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(build_report(inputs), encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write_text(out, build_report(inputs))
     return out

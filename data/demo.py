@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from data.atomic import atomic_write
 from data.collection import Connection, ImageRecord, write_connections, write_images
 from data.graph import components
 
@@ -302,8 +303,8 @@ def build_demo(out: str | Path, *, seed: int = 0, max_side: int = 384) -> DemoRe
 
     for uid, img in pixels.items():
         _save_jpeg(img, out / "images" / f"{uid}.jpg")
-    _atomic(out / "images.csv", lambda p: write_images(p, records))
-    _atomic(out / "connections.csv", lambda p: write_connections(p, connections))
+    atomic_write(out / "images.csv", lambda p: write_images(p, records))
+    atomic_write(out / "connections.csv", lambda p: write_connections(p, connections))
 
     pos_groups = components([(c.a, c.b) for c in connections if c.type == "POSITIVE"])
     res = DemoResult(
@@ -316,7 +317,7 @@ def build_demo(out: str | Path, *, seed: int = 0, max_side: int = 384) -> DemoRe
         distractors=sum(1 for i in range(len(objs)) if uid_of[i] not in group_of),
     )
     manifest = {"seed": seed, "max_side": max_side, **res.as_dict()}
-    _atomic(out / "demo.json", lambda p: p.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n"))
+    atomic_write(out / "demo.json", lambda p: p.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n"))
     return res
 
 
@@ -326,7 +327,3 @@ def _save_jpeg(img: Image.Image, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.atomic import atomic_write
 from data.collection import (
     CONNECTION_TYPES,
     IMAGES_FILE,
@@ -148,14 +148,6 @@ def _read_table(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, 
     return header, rows
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def import_original(
     metadata: str | Path,
     morphograph: str | Path,
@@ -242,8 +234,8 @@ def import_original(
                        annotated_at=row.get("annotated") or None, line=line)
         )
 
-    _atomic_write(out / IMAGES_FILE, lambda p: write_images(p, records))
-    _atomic_write(out / "connections.csv", lambda p: write_connections(p, kept))
+    atomic_write(out / IMAGES_FILE, lambda p: write_images(p, records))
+    atomic_write(out / "connections.csv", lambda p: write_connections(p, kept))
     if other:
         cols = ["line", "reason"] + [c for c in mheader if c not in ("line", "reason")]
 
@@ -253,6 +245,6 @@ def import_original(
                 w.writeheader()
                 w.writerows(other)
 
-        _atomic_write(out / OTHER_FILE, write_other)
-    _atomic_write(out / REPORT_FILE, lambda p: p.write_text(json.dumps(res.as_dict(), indent=1) + "\n"))
+        atomic_write(out / OTHER_FILE, write_other)
+    atomic_write(out / REPORT_FILE, lambda p: p.write_text(json.dumps(res.as_dict(), indent=1) + "\n"))
     return res

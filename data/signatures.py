@@ -10,11 +10,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from data.atomic import atomic_write
 
 
 @dataclass
@@ -45,18 +46,17 @@ class Signatures:
 
 
 def save_signatures(path: str | Path, sig: Signatures) -> None:
-    """Write atomically (temp file + rename) so a killed writer never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(
-        tmp,
-        uids=np.asarray(sig.uids, dtype=np.str_),
-        vectors=sig.vectors.astype(np.float32),
-        skipped=np.asarray(sig.skipped, dtype=np.str_),
-        meta=np.asarray(json.dumps(sig.meta, sort_keys=True)),
+    """Write atomically (`data.atomic`) so a killed writer never leaves half a file."""
+    atomic_write(
+        path,
+        lambda tmp: np.savez(
+            tmp,
+            uids=np.asarray(sig.uids, dtype=np.str_),
+            vectors=sig.vectors.astype(np.float32),
+            skipped=np.asarray(sig.skipped, dtype=np.str_),
+            meta=np.asarray(json.dumps(sig.meta, sort_keys=True)),
+        ),
     )
-    os.replace(tmp, path)
 
 
 def load_signatures(path: str | Path, *, check_norm: bool = True) -> Signatures:

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from data.atomic import atomic_write_text
+
 PRESETS = ("fast", "thesis", "demo")
 DEFAULT_PRESET = "fast"
 
@@ -173,10 +175,7 @@ def validate(cfg: TrainConfig) -> None:
 
 def save_config(cfg: TrainConfig, path: str | Path, extra: dict | None = None) -> None:
     """Atomic JSON write of the resolved config (plus run facts such as the preset and arguments)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"config": cfg.to_json(), **(extra or {})}, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"config": cfg.to_json(), **(extra or {})}, indent=2, sort_keys=True))
 
 
 def load_config(path: str | Path) -> TrainConfig:

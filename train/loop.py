@@ -33,6 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from data.atomic import atomic_write_text
 from data.augment import AugmentConfig
 from data.collection import Collection, load_collection
 from data.pipeline import PreparedSource, open_prepared, triplet_dataset
@@ -86,9 +87,7 @@ class RunResult:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=float))
 
 
 class _MetricsLog:
@@ -110,9 +109,7 @@ class _MetricsLog:
 
 
 def _write_json_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in lines))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(ln + "\n" for ln in lines))
 
 
 class _WaitOnError:

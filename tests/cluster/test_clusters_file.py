@@ -34,7 +34,7 @@ def test_round_trip_is_exact(tmp_path):
     assert text.splitlines()[0] == "uid,cluster,order,reachability,core_distance"
     assert "a,0,0,inf,0.01" in text and "d,1,2,nan,0.3" in text
     assert json.loads(sidecar_path(p).read_text())["method"] == "optics"
-    assert not [x for x in tmp_path.iterdir() if x.name.endswith(".tmp")]
+    assert not [x for x in tmp_path.iterdir() if ".tmp" in x.name]
 
 
 def test_ordering_and_clusters():

@@ -1,0 +1,38 @@
+"""Atomic writes: the target is either the old file or the whole new one, and no temp file is left."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from data.atomic import atomic_write, atomic_write_text
+
+
+def test_writes_and_replaces(tmp_path):
+    target = tmp_path / "sub" / "a.json"
+    atomic_write_text(target, "one\n")
+    atomic_write_text(target, "two\n")
+    assert target.read_text() == "two\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.json"]
+
+
+def test_failed_writer_keeps_the_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "a.csv"
+    target.write_text("good\n")
+
+    def broken(p):
+        p.write_text("half")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, broken)
+    assert target.read_text() == "good\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.csv"]
+
+
+def test_temp_keeps_the_suffix_for_format_sniffing_writers(tmp_path):
+    target = tmp_path / "s.npz"
+    atomic_write(target, lambda p: np.savez(p, x=np.arange(3)))  # np.savez appends .npz to other names
+    with np.load(target) as z:
+        assert z["x"].tolist() == [0, 1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["s.npz"]
