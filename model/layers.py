@@ -15,13 +15,15 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from model.lowering import conv2d, resolve_grouped_impl, symmetric_padding
+from model.lowering import conv2d, resolve_conv_impl, symmetric_padding
 
 
 class Conv2d(nnx.Module):
     """2-D convolution, kernel (kh, kw, in/groups, out), torchvision's symmetric padding.
 
-    `grouped_impl` picks how a grouped (not depthwise) conv is lowered; see `model.lowering`.
+    `grouped_impl` picks how the conv is lowered to XLA ("auto", "native", "split", "dots"); despite the
+    historical name it covers dense convs too (on CPU "auto" writes 1x1 convs as matrix products and
+    computes 3x3/7x7 weight gradients as products). See `model.lowering`; the parameters never change.
     Variables are created as zeros: their values come from `model.state.initialize` (torchvision's
     initialisation, drawn from a seed) or from loaded weights. Building without random draws keeps
     `registry.build` free of XLA compilations.
@@ -48,7 +50,7 @@ class Conv2d(nnx.Module):
         self.groups = groups
         self.padding = symmetric_padding(kernel_size)
         self.dtype = dtype
-        self.impl = resolve_grouped_impl(grouped_impl, groups, in_channels)
+        self.impl = resolve_conv_impl(grouped_impl, groups, in_channels, kernel_size)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = conv2d(
