@@ -22,9 +22,8 @@ if [[ -z "${PYTHON:-}" && -x .venv/bin/python ]]; then PY=.venv/bin/python; else
 FAILED=0
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}"
-# XLA GPU flags that help conv nets (documented in benchmarks/RESULTS.md): latency-hiding scheduler
-# for overlapping collectives with compute on several GPUs; autotuning stays at its default level.
-export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true"
+# The XLA flags of real training runs (train/xla_flags.py says why each is set).
+export XLA_FLAGS="$("$PY" -c 'import os, sys; sys.path.insert(0, "."); from train.xla_flags import with_train_flags; print(with_train_flags(os.environ.get("XLA_FLAGS")))')"
 
 step() {  # step LIMIT_S NAME CMD...
   local limit=$1 name=$2
@@ -69,5 +68,8 @@ for arch in $R50 efficientnet_b0; do
   done
 done
 step "$LIMIT" rx101-224-bf16 "$PY" $TT --arch $RX --resolution $RES_A --precision bf16 --baseline torch
+# 6. What remat buys on this device: compiled temporary memory and FLOPs with and without (compile only).
+if [[ $TINY == 1 ]]; then RM="--arch resnet18 --resolution 32 --batch 1"; else RM="--arch $RX --resolution $RES_B --batch $BATCH"; fi
+step "$LIMIT" remat-memory "$PY" benchmarks/remat_memory.py $RM --precision bf16
 echo "results: $JSONL ($(wc -l <"$JSONL") lines), log: $LOG; steps failed: $FAILED"
 exit $((FAILED > 0))

@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from model.lowering import CONV_IMPLS  # noqa: E402
+
 # Dense peak FLOP/s per device, for MFU. H100/H200 SXM figures from NVIDIA's data sheets
 # (bf16 tensor cores without sparsity; fp32 as TF32 tensor cores is what XLA and cuDNN use by default).
 PEAK_FLOPS = {
@@ -89,7 +91,8 @@ def build_jax(args):
             "lr": 1e-6,
         },
     )
-    model = registry.build(args.arch, seed=0, dtype=cfg.compute_dtype, grouped_impl=args.grouped_impl)
+    model = registry.build(args.arch, seed=0, dtype=cfg.compute_dtype, grouped_impl=args.grouped_impl,
+                           remat=args.remat)
     set_mode(model, training=True, freeze_bn=True)  # stochastic depth on, BN statistics frozen
     graphdef, params, rest = step_lib.split_model(model)
     optimizer = make_optimizer(cfg, params, total_steps=10_000)
@@ -206,7 +209,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed steps per framework")
     p.add_argument("--block", type=int, default=1, help="steps per alternating block")
     p.add_argument("--baseline", choices=["torch", "torch-compile", "none"], default="torch")
-    p.add_argument("--grouped-impl", default="auto", choices=["auto", "native", "split"])
+    p.add_argument("--grouped-impl", default="auto", choices=list(CONV_IMPLS),
+                   help="conv lowering (model/lowering.py); auto = per backend")
+    p.add_argument("--remat", action="store_true", help="recompute each block's activations in the backward pass")
     args = p.parse_args(argv)
 
     images = 3 * args.batch
@@ -216,6 +221,8 @@ def main(argv=None) -> int:
         "batch": args.batch,
         "images_per_step": images,
         "precision": args.precision,
+        "conv_impl": args.grouped_impl,
+        "remat": args.remat,
         "machine": machine(),
         "jax": jax.__version__,
     }

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from model.lowering import GROUPED_IMPLS
-from model.registry import ARCHS, DTYPES, build_abstract, param_count
+from model.registry import ARCHS, DTYPES, arch_param_count, param_count
 from model.signature import POOLINGS
 
 _ARCH = click.Choice(list(ARCHS))
@@ -27,7 +27,7 @@ def list_cmd() -> None:
     """Architectures with their parameter counts (without classifier), signature widths, eval resolutions."""
     click.echo(f"{'arch':<20} {'family':<13} {'params':>12} {'signature':>9} {'eval_res':>8}  torchvision weights")
     for name, spec in ARCHS.items():
-        n = param_count(build_abstract(name))
+        n = arch_param_count(name)
         click.echo(
             f"{name:<20} {spec.family:<13} {n:>12,} {spec.signature_dim:>9} {spec.eval_resolution:>8}  "
             f"{spec.torchvision_weights}"
@@ -85,15 +85,22 @@ def convert(arch: str, state_dict: Path | None, torchvision_weights: str | None,
 @click.option("--grouped-impl", type=click.Choice(list(GROUPED_IMPLS)), default="auto", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="signatures.npz")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--no-compile-cache", is_flag=True,
+    help="Do not use the persistent compilation cache ($VISUAL_SIGNATURES_CACHE or ~/.cache/visual-signatures/jax).",
+)
 def embed(
-    arch, weights, seed, collection, resolution, batch_size, dtype, pooling, grouped_impl, out, no_progress
+    arch, weights, seed, collection, resolution, batch_size, dtype, pooling, grouped_impl, out, no_progress,
+    no_compile_cache,
 ) -> None:
     """Compute one unit-norm signature per image of a collection (unreadable images are reported and skipped)."""
     from data.collection import CollectionError
     from data.signatures import save_signatures
+    from model.compile_cache import enable_compilation_cache
     from model.embed import embed_collection
     from model.weights import WeightsError, load_or_init
 
+    enable_compilation_cache(not no_compile_cache)
     try:
         model = load_or_init(weights, arch, seed=seed, dtype=dtype, pooling=pooling, grouped_impl=grouped_impl)
         sig = embed_collection(collection, model, resolution=resolution, batch_size=batch_size, progress=not no_progress)

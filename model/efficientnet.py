@@ -10,6 +10,9 @@ Follows torchvision's construction exactly (the port is tested against it):
 - final 1x1 conv to 4 x the last stage width (1280 for B0), BN, SiLU.
 Attribute names mirror torchvision's (features[i][j].block[k], fc1/fc2) for the weight converter;
 a torchvision Conv2dNormActivation's ".0"/".1" are `conv`/`bn` here.
+
+`remat=True` wraps every MBConv block in `nnx.remat` (activations recomputed in the backward pass,
+less memory per image; values, gradients and stochastic-depth draws unchanged).
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from model.layers import BatchNorm, Conv2d, stochastic_depth
+
+
+def _apply_block(block: nnx.Module, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+    return block(x, rngs=rngs)
+
+
+_apply_block_remat = nnx.remat(_apply_block)
 
 # (expand_ratio, kernel, stride, in_channels, out_channels, num_layers) for B0; scaled per variant.
 _B0_STAGES = (
@@ -70,6 +80,26 @@ class EfficientNetConfig:
     @property
     def out_channels(self) -> int:
         return 4 * self.stages()[-1][4]
+
+    def param_count(self) -> int:
+        """Trainable parameters of `features`, counted from the config (no network built)."""
+
+        def conv_bn(cin, cout, k, groups=1):
+            return k * k * (cin // groups) * cout + 2 * cout
+
+        stages = self.stages()
+        n = conv_bn(3, stages[0][3], 3)
+        for expand, k, _stride, cin, cout, layers in stages:
+            for j in range(layers):
+                c_in = cin if j == 0 else cout
+                expanded = make_divisible(c_in * expand)
+                squeeze = max(1, c_in // 4)
+                if expanded != c_in:
+                    n += conv_bn(c_in, expanded, 1)
+                n += conv_bn(expanded, expanded, k, expanded)
+                n += expanded * squeeze + squeeze + squeeze * expanded + expanded  # SE: two 1x1 convs with bias
+                n += conv_bn(expanded, cout, 1)
+        return n + conv_bn(stages[-1][4], self.out_channels, 1)
 
 
 class ConvBNAct(nnx.Module):
@@ -123,9 +153,16 @@ class EfficientNet(nnx.Module):
     """torchvision `EfficientNet.features`: returns (N, H/32, W/32, 4 * last stage width)."""
 
     def __init__(
-        self, cfg: EfficientNetConfig, *, dtype=jnp.float32, grouped_impl: str = "auto", rngs: nnx.Rngs
+        self,
+        cfg: EfficientNetConfig,
+        *,
+        dtype=jnp.float32,
+        grouped_impl: str = "auto",
+        remat: bool = False,
+        rngs: nnx.Rngs,
     ):
         self.dtype = dtype
+        self.remat = remat
         stages = cfg.stages()
         common = dict(cfg=cfg, dtype=dtype, grouped_impl=grouped_impl)
         features: list = [ConvBNAct(3, stages[0][3], 3, stride=2, **common)]
@@ -145,7 +182,8 @@ class EfficientNet(nnx.Module):
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         x = self.features[0](x.astype(self.dtype))
+        apply = _apply_block_remat if self.remat else _apply_block
         for stage in self.features[1:-1]:
             for blk in stage:
-                x = blk(x, rngs=rngs)
+                x = apply(blk, x, rngs)
         return self.features[-1](x)

@@ -92,9 +92,9 @@ def resolve_dtype(dtype):
     return jnp.dtype(dtype).type
 
 
-def _construct(spec: ArchSpec, rngs, dtype, pooling, grouped_impl, gem_p, gem_learnable) -> SignatureNet:
+def _construct(spec: ArchSpec, rngs, dtype, pooling, grouped_impl, gem_p, gem_learnable, remat) -> SignatureNet:
     net_cls = ResNet if spec.family == "resnet" else EfficientNet
-    backbone = net_cls(spec.config, dtype=dtype, grouped_impl=grouped_impl, rngs=rngs)
+    backbone = net_cls(spec.config, dtype=dtype, grouped_impl=grouped_impl, remat=remat, rngs=rngs)
     return SignatureNet(
         spec.name, backbone, pooling=pooling, gem_p=gem_p, gem_learnable=gem_learnable, grouped_impl=grouped_impl
     )
@@ -121,12 +121,19 @@ def build_abstract(
     grouped_impl: str = "auto",
     gem_p: float = 3.0,
     gem_learnable: bool = True,
+    remat: bool = False,
 ) -> SignatureNet:
-    """The network's structure with shape-only variables (no memory, no random draws), for loading weights."""
+    """The network's structure with shape-only variables (no memory, no random draws), for loading weights.
+
+    `remat=True`: every residual block recomputes its activations in the backward pass (less memory per
+    image when training, same values); it changes no variable, so any state of the same arch fits.
+    """
     spec = get_spec(arch)
     dtype = resolve_dtype(dtype)
     _check_options(pooling, grouped_impl)
-    return nnx.eval_shape(lambda: _construct(spec, _rngs(0), dtype, pooling, grouped_impl, gem_p, gem_learnable))
+    return nnx.eval_shape(
+        lambda: _construct(spec, _rngs(0), dtype, pooling, grouped_impl, gem_p, gem_learnable, remat)
+    )
 
 
 def build(
@@ -138,19 +145,30 @@ def build(
     grouped_impl: str = "auto",
     gem_p: float = 3.0,
     gem_learnable: bool = True,
+    remat: bool = False,
 ) -> SignatureNet:
     """A randomly initialised SignatureNet, in inference mode; the same seed gives the same parameters.
 
     Initialisation follows torchvision (kaiming-normal fan-out convs, BN scale 1 / bias 0), drawn on the
     host from `seed` (see `model.state`). `pooling`: "mean" or "gem" (`gem_p` initial exponent, learnable
     unless `gem_learnable=False`). `dtype`: the compute dtype ("float32"/"bfloat16" or a JAX dtype);
-    parameters and BN statistics are always float32.
+    parameters and BN statistics are always float32. `remat`: see `build_abstract`.
     """
     model = build_abstract(
-        arch, dtype=dtype, pooling=pooling, grouped_impl=grouped_impl, gem_p=gem_p, gem_learnable=gem_learnable
+        arch, dtype=dtype, pooling=pooling, grouped_impl=grouped_impl, gem_p=gem_p, gem_learnable=gem_learnable,
+        remat=remat,
     )
     initialize(model, seed, gem_p=gem_p)
     return model
+
+
+def arch_param_count(arch: str) -> int:
+    """The backbone's trainable parameters from the architecture's config alone: no network is built.
+
+    Equal to `param_count(build_abstract(arch))` (tested for every arch), but instant: building the
+    structure of all 16 networks, even shape-only, takes seconds.
+    """
+    return get_spec(arch).config.param_count()
 
 
 def param_count(model: nnx.Module, *, backbone_only: bool = True) -> int:

@@ -3,6 +3,12 @@
 Attribute names mirror torchvision's module names (conv1, bn1, layer1[i].conv2, ...) so that the
 weight converter maps names by rule; `downsample_conv`/`downsample_bn` are torch's downsample.0/.1.
 ResNet "v1.5": the stride of a bottleneck sits on its 3x3 conv, as in torchvision.
+
+`remat=True` wraps every residual block in `nnx.remat`: the backward pass recomputes the block's
+activations, so a training step needs to keep only each block's input instead of all its intermediates
+(more images per device, for roughly one more forward pass of compute). Values and gradients are
+unchanged. Whether memory actually drops is the compiler's doing: XLA:CPU merges the recomputation back
+(docs/training.md, "Throughput").
 """
 
 from __future__ import annotations
@@ -16,6 +22,13 @@ from flax import nnx
 from model.layers import BatchNorm, Conv2d, max_pool_3x3_s2
 
 
+def _apply_block(block: nnx.Module, x: jax.Array) -> jax.Array:
+    return block(x)
+
+
+_apply_block_remat = nnx.remat(_apply_block)
+
+
 @dataclass(frozen=True)
 class ResNetConfig:
     block: str  # "basic" | "bottleneck"
@@ -26,6 +39,28 @@ class ResNetConfig:
     @property
     def expansion(self) -> int:
         return 1 if self.block == "basic" else 4
+
+    def param_count(self) -> int:
+        """Trainable parameters of the feature extractor, counted from the config (no network built)."""
+
+        def conv_bn(cin, cout, k, groups=1):
+            return k * k * (cin // groups) * cout + 2 * cout
+
+        n = conv_bn(3, 64, 7)
+        inplanes = 64
+        for i, (planes, layers) in enumerate(zip((64, 128, 256, 512), self.layers, strict=True)):
+            for j in range(layers):
+                stride = 2 if (i > 0 and j == 0) else 1
+                out = planes * self.expansion
+                if self.block == "basic":
+                    n += conv_bn(inplanes, planes, 3) + conv_bn(planes, planes, 3)
+                else:
+                    width = int(planes * (self.width_per_group / 64.0)) * self.groups
+                    n += conv_bn(inplanes, width, 1) + conv_bn(width, width, 3, self.groups) + conv_bn(width, out, 1)
+                if stride != 1 or inplanes != out:
+                    n += conv_bn(inplanes, out, 1)
+                inplanes = out
+        return n
 
     @property
     def out_channels(self) -> int:
@@ -79,9 +114,18 @@ class Bottleneck(nnx.Module):
 class ResNet(nnx.Module):
     """Stem + layer1..layer4; returns the layer4 feature map (N, H/32, W/32, 512 * expansion)."""
 
-    def __init__(self, cfg: ResNetConfig, *, dtype=jnp.float32, grouped_impl: str = "auto", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cfg: ResNetConfig,
+        *,
+        dtype=jnp.float32,
+        grouped_impl: str = "auto",
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
         del rngs  # no random layers; parameter values come from model.state
         self.dtype = dtype
+        self.remat = remat
         self.conv1 = Conv2d(3, 64, 7, stride=2, dtype=dtype, grouped_impl=grouped_impl)
         self.bn1 = BatchNorm(64, dtype=dtype)
         inplanes = 64
@@ -109,7 +153,8 @@ class ResNet(nnx.Module):
         del rngs  # no stochastic layers in ResNets
         x = jax.nn.relu(self.bn1(self.conv1(x.astype(self.dtype))))
         x = max_pool_3x3_s2(x)
+        apply = _apply_block_remat if self.remat else _apply_block
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             for blk in layer:
-                x = blk(x)
+                x = apply(blk, x)
         return x

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from train.config import DEFAULT_PRESET, PRESETS, apply_overrides, load_config, preset
+from train.config import DEFAULT_PRESET, PRESETS, apply_overrides, load_config, preset, start_config
 
 
 class _DefaultGroup(click.Group):
@@ -35,17 +35,19 @@ def cli() -> None:
 @cli.command("run")
 @click.option("--collection", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="Collection folder (images.csv, connections.csv).")
-@click.option("--arch", default=None, help="Architecture (see `python -m model list`); default: the preset's.")
+@click.option("--arch", default=None,
+              help="Architecture (see `python -m model list`); default: the weights' arch, else the preset's.")
 @click.option("--weights", default="random", show_default=True,
               help="Start weights: a weights directory (`python -m model convert`) or 'random' (from --seed).")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
-@click.option("--preset", "preset_name", type=click.Choice(PRESETS), default=DEFAULT_PRESET, show_default=True)
+@click.option("--preset", "preset_name", type=click.Choice(PRESETS), default=None,
+              help=f"Settings preset; default: {DEFAULT_PRESET}, or with --resume-from the source run's preset.")
 @click.option("--seed", type=int, default=None, help="Seed (initialisation with --weights random, data order).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config field, e.g. --set lr=1e-4 --set batch_size=8 (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint.")
 @click.option("--resume-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Start a new run (new round) from another run's best weights and splits.")
+              help="Start a new run (new round) from another run's best weights, splits and preset.")
 @click.option("--coordinator", default=None, help="Multi-process: coordinator HOST:PORT (process 0's address).")
 @click.option("--num-processes", type=int, default=None, help="Multi-process: number of processes.")
 @click.option("--process-id", type=int, default=None, help="Multi-process: this process's id (0-based).")
@@ -54,25 +56,44 @@ def run_cmd(collection, arch, weights, out, preset_name, seed, overrides, resume
             num_processes, process_id, no_progress) -> None:
     """Train: prepare, split, mine, train, validate each epoch, test the best, export signatures."""
     from train.distributed import maybe_initialize
+    from train.xla_flags import set_train_flags
 
+    set_train_flags()  # before anything creates the XLA backends
     maybe_initialize(coordinator, num_processes, process_id)
+    from model.compile_cache import enable_compilation_cache
+    from model.weights import WeightsError, read_meta
     from train.loop import RunError, run_training
 
     try:
         if resume:
-            cfg = load_config(out / "config.json") if (out / "config.json").exists() else preset(preset_name)
+            if (out / "config.json").exists():
+                cfg = load_config(out / "config.json")
+                preset_name = json.loads((out / "config.json").read_text()).get("preset", preset_name)
+            else:
+                cfg = preset(preset_name or DEFAULT_PRESET)
+            explicit = {k: v for k, v in (("arch", arch), ("seed", seed)) if v is not None}
+            cfg = apply_overrides(apply_overrides(cfg, explicit), list(overrides))
         else:
-            cfg = preset(preset_name)
-        explicit = {}
-        if arch:
-            explicit["arch"] = arch
-        if seed is not None:
-            explicit["seed"] = seed
-        cfg = apply_overrides(apply_overrides(cfg, explicit), list(overrides))
+            source = None
+            if resume_from is not None:
+                if weights != "random":
+                    raise click.UsageError("--resume-from starts from that run's weights: do not pass --weights too.")
+                source = json.loads((resume_from / "config.json").read_text()) \
+                    if (resume_from / "config.json").exists() else {}
+                start_weights = resume_from / "weights"
+                if not start_weights.is_dir():
+                    raise RunError(f"{resume_from}: no weights/ (a finished run's best weights); "
+                                   f"cannot --resume-from it (continue an interrupted run with --resume).")
+            else:
+                start_weights = None if weights == "random" else Path(weights)
+            weights_arch = read_meta(start_weights)["arch"] if start_weights is not None else None
+            cfg, preset_name = start_config(preset_name, arch=arch, seed=seed, overrides=list(overrides),
+                                            weights_arch=weights_arch, source=source)
+        enable_compilation_cache(cfg.compile_cache)
         result = run_training(collection, out, cfg, weights=weights, resume=resume, resume_from=resume_from,
                               progress=not no_progress,
                               extra_config={"preset": preset_name, "argv": sys.argv[1:]})
-    except (RunError, ValueError, FileNotFoundError, KeyError) as e:
+    except (RunError, WeightsError, ValueError, FileNotFoundError, KeyError) as e:
         raise click.ClickException(str(e)) from e
     if result.status != "finished":
         sys.exit(3)

@@ -17,13 +17,16 @@ RUN_DIR layout
 Exact resume: the train step is deterministic, triplets are stored in each checkpoint, the data
 iterator's state too (grain), and every epoch's iterator seed derives from (seed, epoch, mining round).
 So a run interrupted after any checkpoint and resumed ends with the same parameters as an
-uninterrupted one (tests/train/test_loop.py checks this bit for bit on CPU).
+uninterrupted one (tests/train/test_loop.py checks this bit for bit on CPU). Batches come through a
+device prefetcher (train/prefetch.py) that runs ahead of the step; the iterator state saved is the one
+carried with the last batch *used*, not the prefetcher's.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +40,7 @@ from data.atomic import atomic_write_text
 from data.augment import AugmentConfig
 from data.collection import Collection, load_collection
 from data.pipeline import PreparedSource, open_prepared, triplet_dataset
-from data.prepare import prepare_collection
+from data.prepare import PrepareResult, prepare_collection
 from data.signatures import Signatures, save_signatures
 from data.splits import SPLITS_FILE, assign_splits, load_previous, load_splits, save_splits
 from model.embed import embed_collection
@@ -51,6 +54,7 @@ from train.embedding import embed_indices, local_copy, make_embed_fn
 from train.metrics import evaluate_split
 from train.mining import MiningInputs, mine_triplets, mining_inputs
 from train.optim import make_optimizer, make_schedule
+from train.prefetch import DevicePrefetcher
 from train.step import (
     global_batch,
     global_groups,
@@ -112,6 +116,27 @@ def _write_json_lines(path: Path, lines: list[str]) -> None:
     atomic_write_text(path, "".join(ln + "\n" for ln in lines))
 
 
+class _ClosePrefetch:
+    """Stop the prefetch thread however the epoch loop ends (exception included)."""
+
+    def __init__(self, current):
+        self.current = current
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        pf = self.current()
+        if pf is None:
+            return
+        try:
+            pf.close()
+        except RuntimeError as e:
+            if exc_type is None:
+                raise
+            print(f"warning: {e}", file=sys.stderr)  # do not hide the error that ended the run
+
+
 class _WaitOnError:
     """On an exception (NaN loss, Ctrl-C twice), let in-flight async checkpoints finish before unwinding."""
 
@@ -128,6 +153,33 @@ class _WaitOnError:
 
 def _iterator_seed(seed: int, epoch: int, rnd: int) -> int:
     return (seed * 1_000_003 + epoch * 1_009 + rnd) % (2**31 - 1)
+
+
+def prepare_once(collection: Collection, *, max_side: int) -> PrepareResult:
+    """`data prepare` the collection once per job: process 0 builds (or reuses) the dataset, the others wait.
+
+    Several processes preparing one shared folder at the same time would each build it and swap it into
+    place under the others' feet. So process 0 prepares while the others wait at a collective (which is
+    also how they learn whether it failed); then they call `prepare_collection` themselves, which on a
+    shared filesystem finds process 0's dataset up to date and only opens it (on node-local copies of
+    the collection, each node prepares its own, one after the other).
+    """
+    if jax.process_count() == 1:
+        return prepare_collection(collection, max_side=max_side)
+    from jax.experimental import multihost_utils
+
+    result, error = None, None
+    if is_main():
+        try:
+            result = prepare_collection(collection, max_side=max_side)
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the others were told
+            error = e
+    failed = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+    if error is not None:
+        raise error
+    if failed:
+        raise RunError(f"{collection.root}: process 0 could not prepare the collection; see its error.")
+    return result if result is not None else prepare_collection(collection, max_side=max_side)
 
 
 @dataclass
@@ -154,7 +206,7 @@ class _Context:
 def _prepare(collection_dir, cfg: TrainConfig, run_dir: Path, weights: str, previous_splits: dict | None,
              log) -> _Context:
     collection = load_collection(collection_dir)
-    prepared = prepare_collection(collection, max_side=max(cfg.resolution + 100, 256))
+    prepared = prepare_once(collection, max_side=max(cfg.resolution + 100, 256))
     source = open_prepared(prepared.path)
     if source.skipped:
         log(f"{len(source.skipped)} unreadable images skipped (first: {sorted(source.skipped.items())[:3]})")
@@ -181,7 +233,7 @@ def _prepare(collection_dir, cfg: TrainConfig, run_dir: Path, weights: str, prev
     set_mode(model, training=False)
     eval_graphdef, params, rest = split_model(model)
     train_model = build_abstract(model.arch, dtype=cfg.compute_dtype, pooling=model.pooling, gem_p=model.gem_p,
-                                 gem_learnable=model.gem_learnable)
+                                 gem_learnable=model.gem_learnable, remat=cfg.remat)
     set_mode(train_model, training=True, freeze_bn=cfg.freeze_bn)
     train_graphdef = nnx.split(train_model, nnx.Param, ...)[0]
     mesh = make_mesh()
@@ -386,10 +438,22 @@ def run_training(
         ckpts.save(global_step, state, triplets, meta_now(data_state_now), val_map=val_map)
         last_ckpt = global_step
 
+    def to_device(batch):
+        """Host batch -> the step's device arguments (runs in the prefetch thread)."""
+        args = (global_batch(batch["images"], ctx.mesh),)
+        if with_groups:
+            args += (global_groups(group_ids[batch["triplets"].T], ctx.mesh),)
+        return args
+
+    def prefetch(it) -> DevicePrefetcher:
+        return DevicePrefetcher(it, to_device, size=cfg.prefetch)
+
     stop = GracefulStop()
-    with stop, _WaitOnError(ckpts):
+    batches: DevicePrefetcher | None = None
+    with stop, _WaitOnError(ckpts), _ClosePrefetch(lambda: batches):
         while epoch < cfg.epochs:
-            it = _make_iterator(ctx, triplets, epoch, rnd, data_state)
+            batches = prefetch(_make_iterator(ctx, triplets, epoch, rnd, data_state))
+            data_state_now = data_state
             bar = None
             if progress and main:
                 from tqdm import tqdm
@@ -400,11 +464,9 @@ def run_training(
             t_last, n_last = time.time(), 0
             stopped = False
             while step_in_epoch < steps_per_epoch_0:
-                batch = next(it)
-                args = [state, global_batch(batch["images"], ctx.mesh)]
-                if with_groups:
-                    args.append(global_groups(group_ids[batch["triplets"].T], ctx.mesh))
-                state, m = step_fn(*args)
+                batch = next(batches)
+                data_state_now = batch.state  # the iterator's position right after this batch
+                state, m = step_fn(state, *batch.value)
                 global_step += 1
                 step_in_epoch += 1
                 pending.append(m["loss"])
@@ -430,14 +492,17 @@ def run_training(
                 if cfg.remine_every and step_in_epoch % cfg.remine_every == 0 and not boundary:
                     sig = _embed_all(ctx, embed_fn, state.params, state.rest)
                     triplets, rnd = _mine(ctx, sig), rnd + 1
-                    it = _make_iterator(ctx, triplets, epoch, rnd, None)
+                    batches.close()
+                    batches = prefetch(_make_iterator(ctx, triplets, epoch, rnd, None))
+                    data_state_now = None  # the new round's iterator starts from its beginning
                 if boundary:
                     break  # the epoch-end block below checkpoints (and stops if asked to)
                 if want_ckpt or hit_max or stop.requested:
-                    save(it.get_state())
+                    save(data_state_now)
                 if hit_max or stop.requested:
                     stopped = True
                     break
+            batches.close()
             if bar is not None:
                 bar.close()
             if stopped:

@@ -43,3 +43,42 @@ def test_list_shows_every_arch():
 def test_help(cmd):
     res = CliRunner().invoke(cli, [cmd, "--help"])
     assert res.exit_code == 0 and re.search(r"Usage: .* " + cmd, res.output)
+
+
+def test_list_builds_no_network(monkeypatch):
+    """`list` counts parameters from the configs (instant), and the count is the built network's."""
+    import model.registry as registry
+
+    def refuse(*a, **k):
+        raise AssertionError("list must not build networks")
+
+    with monkeypatch.context() as m:
+        m.setattr(registry, "build_abstract", refuse)
+        m.setattr(registry.nnx, "eval_shape", refuse)
+        res = CliRunner().invoke(cli, ["list"])
+    assert res.exit_code == 0, res.output
+    rows = {line.split()[0]: int(line.split()[2].replace(",", "")) for line in res.output.splitlines()[1:]}
+    for arch in ("resnet18", "resnext101_64x4d", "efficientnet_b0", "efficientnet_b5"):  # basic, grouped, SE
+        assert rows[arch] == registry.param_count(registry.build_abstract(arch)), arch
+
+
+def test_embed_uses_the_compilation_cache_unless_told_not_to(tiny_collection, tmp_path, monkeypatch):
+    import jax
+
+    keep = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    monkeypatch.setenv("VISUAL_SIGNATURES_CACHE", str(tmp_path / "cache"))
+    args = ["embed", "--arch", "resnet18", "--weights", "random", "--collection", str(tiny_collection),
+            "--resolution", "32", "--batch-size", "2", "--no-progress"]
+    try:
+        res = CliRunner().invoke(cli, [*args, "--no-compile-cache", "--out", str(tmp_path / "a.npz")])
+        assert res.exit_code == 0, res.output
+        assert jax.config.jax_compilation_cache_dir == keep[0] and not (tmp_path / "cache").exists()
+        res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "b.npz")])
+        assert res.exit_code == 0, res.output
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache") and (tmp_path / "cache").is_dir()
+    finally:
+        from jax._src import compilation_cache
+
+        jax.config.update("jax_compilation_cache_dir", keep[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", keep[1])
+        compilation_cache.reset_cache()  # later tests in this process: back to the session's cache

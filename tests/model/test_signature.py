@@ -168,3 +168,39 @@ def test_build_is_deterministic():
     assert not any(np.array_equal(x, y) for x, y in zip(pa, pc, strict=True) if x.ndim == 4)
     k = np.asarray(a.backbone.conv1.kernel[...])  # torchvision's kaiming-normal fan-out: std sqrt(2/(7*7*64))
     assert abs(k.std() / np.sqrt(2 / (7 * 7 * 64)) - 1) < 0.05
+
+
+def _loss_and_grads(arch: str, remat: bool, x: np.ndarray):
+    """Loss, parameter gradients and updated BN statistics of one training step (live BN, stochastic depth)."""
+    net = build(arch, seed=3, remat=remat)
+    set_mode(net, training=True, freeze_bn=False)
+    graphdef, params, rest = nnx.split(net, nnx.Param, ...)
+    w = np.random.default_rng(1).standard_normal((x.shape[0], 7)).astype(np.float32)
+
+    def loss_fn(p, rest):
+        model = nnx.merge(graphdef, p, jax.tree.map(lambda v: v, rest))
+        sig = model(jnp.asarray(x), rngs=nnx.Rngs(dropout=jax.random.key(5)))
+        loss = jnp.sum(sig[:, :7] * w) + jnp.sum(jnp.square(sig[0] - sig[1]))
+        return loss, nnx.state(model, nnx.BatchStat)
+
+    fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    (loss, stats), grads = fn(params, rest)
+    return float(loss), jax.tree.leaves(grads), jax.tree.leaves(stats), jax.make_jaxpr(fn)(params, rest)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0"])
+def test_remat_gives_the_same_loss_gradients_and_bn_updates(arch):
+    """With remat every block is a checkpoint (recomputed in the backward pass); loss, gradients and BN
+    updates equal those without it (same stochastic-depth draws)."""
+    x = _x((4, 32, 32, 3), seed=2)
+    l0, g0, s0, j0 = _loss_and_grads(arch, False, x)
+    l1, g1, s1, j1 = _loss_and_grads(arch, True, x)
+    blocks = 8 if arch == "resnet18" else 16
+    assert str(j1).count("remat2[") >= blocks and "remat2[" not in str(j0)  # the backward recomputes
+    assert l1 == pytest.approx(l0, rel=1e-6)
+    assert len(g0) == len(g1) and len(s0) == len(s1)
+    for a, b in zip(g0, g1, strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6 * float(np.abs(a).max()) + 1e-9)
+    for a, b in zip(s0, s1, strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)

@@ -70,9 +70,14 @@ def tiny_collection(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache(tmp_path_factory):
-    """Runs in one test session compile the same programs: share them through JAX's persistent cache."""
+    """Runs in one test session compile the same programs: share them through JAX's persistent cache.
+
+    The checkout's cache (tests/conftest.py sets JAX_COMPILATION_CACHE_DIR) when there is one, so that a
+    second test run also skips the compiles; a per-session folder otherwise.
+    """
     import jax
 
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     yield

@@ -1,11 +1,20 @@
 import json
+import os
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from data.collection import Connection, ImageRecord, write_connections, write_images
 from data.signatures import Signatures, save_signatures
 from train.__main__ import cli
+from train.config import preset
+
+
+@pytest.fixture(autouse=True)
+def _restore_xla_flags(monkeypatch):
+    """`run` adds its XLA flags to the environment: undo that after each test."""
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
 
 
 def test_help_for_every_command():
@@ -35,3 +44,85 @@ def test_bad_override_is_a_clear_error(tmp_path):
     (tmp_path / "images.csv").write_text("uid,path\n")
     res = CliRunner().invoke(cli, ["--collection", str(tmp_path), "--out", str(tmp_path / "run"), "--set", "nope=1"])
     assert res.exit_code != 0 and "unknown config field" in res.output
+
+
+def _fake_weights(path, arch):
+    """A weights directory as far as `read_meta` looks (the CLI reads only its arch before training)."""
+    from model.weights import FORMAT, META_FILE, STATE_DIR, VERSION
+
+    (path / STATE_DIR).mkdir(parents=True)
+    (path / META_FILE).write_text(json.dumps({"format": FORMAT, "version": VERSION, "arch": arch}))
+    return path
+
+
+def _captured_run(monkeypatch):
+    import train.loop
+    from train.loop import RunResult
+
+    calls = []
+
+    def fake(collection, out, cfg, **kw):
+        calls.append((cfg, kw))
+        return RunResult(out, "finished", 0)
+
+    monkeypatch.setattr(train.loop, "run_training", fake)
+    return calls
+
+
+def _collection(tmp_path):
+    (tmp_path / "coll").mkdir()
+    (tmp_path / "coll" / "images.csv").write_text("uid,path\n")
+    return str(tmp_path / "coll")
+
+
+def test_weights_dir_gives_the_arch(tmp_path, monkeypatch):
+    calls = _captured_run(monkeypatch)
+    monkeypatch.setenv("VISUAL_SIGNATURES_CACHE", "off")
+    w = str(_fake_weights(tmp_path / "w", "resnet50"))
+    base = ["--collection", _collection(tmp_path), "--out", str(tmp_path / "run"), "--weights", w]
+    res = CliRunner().invoke(cli, base)
+    assert res.exit_code == 0, res.output
+    assert calls[-1][0].arch == "resnet50" and calls[-1][0].resolution == 320
+    assert "--xla_gpu_enable_latency_hiding_scheduler=true" in os.environ["XLA_FLAGS"]
+    for extra in (["--arch", "resnet18"], ["--set", "arch=resnet18"]):
+        res = CliRunner().invoke(cli, base + extra)
+        assert res.exit_code != 0 and "resnet50 weights but the arch asked for is resnet18" in res.output
+    assert len(calls) == 1
+
+
+def test_resume_from_defaults_to_the_source_preset_and_arch(tmp_path, monkeypatch):
+    calls = _captured_run(monkeypatch)
+    monkeypatch.setenv("VISUAL_SIGNATURES_CACHE", "off")
+    src = tmp_path / "r1"
+    _fake_weights(src / "weights", "resnet18")
+    (src / "config.json").write_text(json.dumps({"preset": "demo", "config": {"arch": "resnet18"}}))
+    base = ["--collection", _collection(tmp_path), "--out", str(tmp_path / "r2"), "--resume-from", str(src)]
+    res = CliRunner().invoke(cli, base)
+    assert res.exit_code == 0, res.output
+    cfg, kw = calls[-1]
+    assert cfg.arch == "resnet18" and cfg.resolution == preset("demo").resolution
+    assert kw["extra_config"]["preset"] == "demo"
+    res = CliRunner().invoke(cli, base + ["--preset", "thesis"])
+    assert res.exit_code == 0 and calls[-1][0].batch_size == 4 and calls[-1][0].arch == "resnet18"
+    res = CliRunner().invoke(cli, base + ["--weights", str(src / "weights")])
+    assert res.exit_code != 0 and "do not pass --weights" in res.output
+    (tmp_path / "unfinished").mkdir()
+    res = CliRunner().invoke(cli, base[:-1] + [str(tmp_path / "unfinished")])
+    assert res.exit_code != 0 and "no weights/" in res.output and "--resume" in res.output
+
+
+def test_train_sets_the_compilation_cache(tmp_path, monkeypatch):
+    import jax
+
+    _captured_run(monkeypatch)
+    keep = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    try:
+        monkeypatch.setenv("VISUAL_SIGNATURES_CACHE", str(tmp_path / "cache"))
+        base = ["--collection", _collection(tmp_path), "--out", str(tmp_path / "run"), "--arch", "resnet18"]
+        assert CliRunner().invoke(cli, base + ["--set", "compile_cache=false"]).exit_code == 0
+        assert jax.config.jax_compilation_cache_dir == keep[0]
+        assert CliRunner().invoke(cli, base).exit_code == 0
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", keep[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", keep[1])
