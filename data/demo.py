@@ -3,20 +3,30 @@
 Why synthetic derivatives: there is no public, offline set of real pattern reuses. So we imitate how
 patterns travel between artworks, each derivative connected POSITIVE to what it copies:
 
-- detail:    a crop of the source pasted (rescaled, colour-shifted) into another painting, the *host*;
-             the composite is connected to its source AND to its host (it reuses both);
-- mirror:    the composition reversed left-right (prints reverse the design), recropped, relit;
-- engraving: a monochrome copy with hatching lines whose density follows the tones, plus outlines;
-- rescale:   a copy at another scale and in other colours (hue rotation, saturation change);
-- partial:   only part of the composition, slightly rotated on paper, softened.
+- detail:     a crop of the source pasted (rescaled, colour-shifted) into another painting, the *host*;
+              the composite is connected to its source AND to its host (it reuses both);
+- mirror:     the composition reversed left-right (prints reverse the design), recropped, relit;
+- engraving:  a monochrome copy with hatching lines whose density follows the tones, plus outlines;
+- monochrome: a black-and-white or sepia photograph (another exposure, film grain, slight recrop);
+- recolour:   a copy at another scale and in other colours (hue rotation, saturation change);
+- partial:    only part of the composition, slightly rotated on paper, softened.
 
-Some sources get a second derivative, some derivatives are copied again (a copy of a copy, joined to
-the source only through the chain), and a few paintings get a second photograph (DUPLICATE edge).
-Every unused painting is a distractor. A few NEGATIVE edges (checked: different patterns) join
-members of different groups. Counts are fixed by construction (see `DemoResult.describe`).
+Why these kinds and this many: the demo trains from RANDOM weights (nothing can be downloaded) and
+must show fine-tuning improving retrieval on held-out groups. A random network's signature is a crude
+colour-and-layout summary, so copies whose colours, framing or orientation changed are where training
+has room to help (three kinds of five change the colours; per-kind figures in docs/collection.md).
+And every painting but a few is a source: 140 groups, 94 train, 23 val and 23 test (pinned in connections.csv,
+see `SPLIT_CYCLE`), a less noisy evaluation than the 12-17 queries of a 40-group collection.
 
-Deterministic: the same seed and max side give byte-identical files (fixed JPEG quality and chroma
-subsampling, no timestamps); across Pillow versions the pixels may differ slightly.
+Roles (a seeded permutation of the paintings): 20 hosts, 14 distractors, 140 sources. Source k gets a
+first derivative (a detail pasted into host k for the first 20, else cycling through `CYCLE`); 3 in 5
+a second one of another kind; 1 in 4 a copy of the first derivative (a copy of a copy, joined to the
+source only through the chain); 1 in 14 a second photograph (DUPLICATE edge). 20 NEGATIVE edges
+(checked: different patterns) join members of different groups. Counts are fixed by construction
+(`plan_roles`, `DemoResult.describe`); `num_sources` builds a smaller collection by the same rules.
+
+Deterministic: the same seed, max side and size give byte-identical files (fixed JPEG quality and
+chroma subsampling, no timestamps); across Pillow versions the pixels may differ slightly.
 """
 
 from __future__ import annotations
@@ -35,14 +45,51 @@ from data.atomic import atomic_write
 from data.collection import Connection, ImageRecord, write_connections, write_images
 from data.graph import components
 
-KINDS = ("detail", "mirror", "engraving", "rescale", "partial")
-NUM_SOURCES = 40  # paintings whose pattern is copied
-NUM_SECOND = 15  # sources that get a second derivative
-NUM_GRAND = 10  # first derivatives that are copied again
-NUM_REPHOTO = 4  # second photographs of a source (DUPLICATE)
-NUM_NEGATIVE = 10  # checked NEGATIVE pairs across groups
+# Kinds of copy. All but "detail" take one image; "detail" also needs a host painting.
+KINDS = ("detail", "mirror", "engraving", "monochrome", "recolour", "partial")
+# First (and second, grand) derivatives of non-detail sources cycle through these; two of the five
+# remove colour and one rotates it: a network can learn to ignore colour, a random one does not.
+CYCLE = ("mirror", "engraving", "recolour", "partial", "monochrome")
+NUM_SOURCES = 140  # paintings whose pattern is copied (the default; `build_demo(num_sources=...)`)
+NUM_HOSTS = 20  # paintings reserved as hosts of pasted details (NUM_SOURCES // DETAIL_EVERY)
+NUM_DISTRACTORS = 14  # paintings never copied (more when num_sources is smaller)
+DETAIL_EVERY = 7  # one source in 7 has a detail pasted into a host as its first derivative
+SECOND = (0, 1, 2)  # sources whose index mod 5 is here get a second derivative (3 in 5)
+GRAND_MOD = 4  # sources with index % 4 == 1: their first derivative is copied again (1 in 4)
+REPHOTO_MOD = 14  # sources with index % 14 == 6 get a second photograph (DUPLICATE, 1 in 14)
+NEGATIVE_EVERY = 7  # num_sources // 7 checked NEGATIVE pairs across groups
+# Each group's split is written in connections.csv (source k -> SPLIT_CYCLE[k % 6]): 4 train, 1 val,
+# 1 test in every 6 groups, so val and test hold 23 groups each. A hash split of 140 groups is too
+# uneven for an evaluation this small (seed 0 put 13 groups in test); the cycle also spreads every
+# kind of copy evenly over the three splits (6 and 5 are coprime).
+SPLIT_CYCLE = ("train", "train", "train", "train", "val", "test")
 JPEG_OPTS = {"quality": 88, "subsampling": 2, "optimize": False, "progressive": False}
 PAPER = (236, 226, 204)
+assert NUM_HOSTS == NUM_SOURCES // DETAIL_EVERY
+
+
+@dataclass(frozen=True)
+class Roles:
+    """What is derived from the k-th source: kinds of its first, second and grand derivative."""
+
+    first: str
+    second: str | None
+    grand: str | None  # a copy of the first derivative (a copy of a copy)
+    rephoto: bool
+    split: str  # of the whole group, pinned in connections.csv
+
+
+def plan_roles(k: int, n_detail: int) -> Roles:
+    """The derivatives of source k (a pure function of k: the counts are fixed by construction).
+
+    The second and grand derivatives are always of another kind than the first.
+    """
+    first = "detail" if k < n_detail else CYCLE[k % len(CYCLE)]
+    base = k % len(CYCLE)
+    second = CYCLE[(base + 2) % len(CYCLE)] if k % len(CYCLE) in SECOND else None
+    grand = CYCLE[(base + 1) % len(CYCLE)] if k % GRAND_MOD == 1 else None
+    return Roles(first=first, second=second, grand=grand, rephoto=k % REPHOTO_MOD == 6,
+                 split=SPLIT_CYCLE[k % len(SPLIT_CYCLE)])
 
 
 @dataclass
@@ -155,11 +202,23 @@ def derive_engraving(src: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(rgb.astype(np.uint8), "RGB").filter(ImageFilter.GaussianBlur(0.6))
 
 
-def derive_rescale(src: Image.Image, rng: np.random.Generator) -> Image.Image:
+def derive_recolour(src: Image.Image, rng: np.random.Generator) -> Image.Image:
     out = _crop_frac(src, rng, 0.75, 0.95)
     s = rng.uniform(0.45, 0.75)
     out = out.resize((max(8, round(out.width * s)), max(8, round(out.height * s))), Image.Resampling.BICUBIC)
     return _hue_shift(out, int(rng.integers(20, 90)), rng.uniform(0.6, 1.4))
+
+
+def derive_monochrome(src: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A black-and-white (or sepia) photograph of the painting: tones remapped, grain, slight recrop."""
+    out = _crop_frac(src, rng, 0.88, 0.98)
+    gray = np.asarray(out.convert("L"), dtype=np.float32) / 255.0
+    gray = np.clip(gray, 1e-4, 1.0) ** rng.uniform(0.6, 1.5)  # another film / print exposure
+    gray = gray + rng.normal(0.0, 0.025, gray.shape).astype(np.float32)  # film grain
+    gray = np.clip(gray, 0.0, 1.0)
+    tint = np.asarray((1.0, 1.0, 1.0) if rng.uniform() < 0.5 else (1.0, 0.86, 0.68), dtype=np.float32)
+    rgb = (gray[..., None] * tint * 255.0).round()
+    return Image.fromarray(rgb.astype(np.uint8), "RGB")
 
 
 def derive_partial(src: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -181,7 +240,8 @@ def _derive(kind: str, src: Image.Image, rng: np.random.Generator, host: Image.I
     return {
         "mirror": derive_mirror,
         "engraving": derive_engraving,
-        "rescale": derive_rescale,
+        "monochrome": derive_monochrome,
+        "recolour": derive_recolour,
         "partial": derive_partial,
         "rephoto": derive_rephoto,
     }[kind](src, rng)
@@ -191,22 +251,30 @@ _KIND_TITLE = {
     "detail": "composition reusing a detail of",
     "mirror": "reversed print after",
     "engraving": "engraving after",
-    "rescale": "copy in other colours after",
+    "monochrome": "black-and-white photograph of",
+    "recolour": "copy in other colours after",
     "partial": "partial copy of",
     "rephoto": "second photograph of",
 }
 
 
-def build_demo(out: str | Path, *, seed: int = 0, max_side: int = 384) -> DemoResult:
-    """Write the demo collection into `out` (images/, images.csv, connections.csv, demo.json)."""
+def build_demo(out: str | Path, *, seed: int = 0, max_side: int = 384, num_sources: int = NUM_SOURCES) -> DemoResult:
+    """Write the demo collection into `out` (images/, images.csv, connections.csv, demo.json).
+
+    `num_sources` (1..NUM_SOURCES) makes a smaller collection with the same rules (for tests); the
+    paintings it leaves unused are distractors. Every count follows from it (see `plan_roles`).
+    """
+    if not 1 <= num_sources <= NUM_SOURCES:
+        raise ValueError(f"num_sources must be in 1..{NUM_SOURCES}, got {num_sources}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     museum = _museum_dir()
     objs = museum_objects()
     rng = np.random.default_rng(seed)
     perm = [int(i) for i in rng.permutation(len(objs))]
-    n_hosts = sum(1 for i in range(NUM_SOURCES) if KINDS[i % len(KINDS)] == "detail")
-    sources, hosts = perm[:NUM_SOURCES], perm[NUM_SOURCES : NUM_SOURCES + n_hosts]
+    n_detail = num_sources // DETAIL_EVERY
+    hosts = perm[:n_detail]
+    sources = perm[NUM_HOSTS + NUM_DISTRACTORS : NUM_HOSTS + NUM_DISTRACTORS + num_sources]
 
     cache: dict[int, Image.Image] = {}
 
@@ -244,8 +312,10 @@ def build_demo(out: str | Path, *, seed: int = 0, max_side: int = 384) -> DemoRe
     uid_of = {i: f"met{objs[i]['objectID']}" for i in range(len(objs))}
     for i in range(len(objs)):
         add(uid_of[i], original(i), meta_of(i))
+    meta_by_uid = {r.uid: r.meta for r in records}
 
-    def derivative(parent_uid: str, parent_meta: dict, kind: str, img: Image.Image, tag: str) -> str:
+    def derivative(parent_uid: str, kind: str, img: Image.Image, tag: str) -> str:
+        parent_meta = meta_by_uid[parent_uid]
         uid = f"{parent_uid}-{tag}"
         meta = dict(parent_meta)
         meta.update(
@@ -256,44 +326,38 @@ def build_demo(out: str | Path, *, seed: int = 0, max_side: int = 384) -> DemoRe
             source_url="" if kind != "rephoto" else parent_meta["source_url"],
         )
         add(uid, img, meta)
+        meta_by_uid[uid] = meta
         return uid
 
-    meta_by_uid = {r.uid: r.meta for r in records}
-    first: list[tuple[str, str]] = []  # (uid, kind) of each first derivative
+    def connect(a: str, b: str, split: str, type_: str = "POSITIVE") -> None:
+        connections.append(Connection(a=a, b=b, type=type_, split=split, source="demo"))
+
     for k, i in enumerate(sources):
-        kind = KINDS[k % len(KINDS)]
-        host = hosts[k // len(KINDS)] if kind == "detail" else None
-        img = _derive(kind, original(i), rng, original(host) if host is not None else None)
-        d = derivative(uid_of[i], meta_by_uid[uid_of[i]], kind, img, f"{kind}1")
-        connections.append(Connection(a=uid_of[i], b=d, type="POSITIVE", source="demo"))
-        if host is not None:
-            connections.append(Connection(a=uid_of[host], b=d, type="POSITIVE", source="demo"))
-        first.append((d, kind))
-    non_detail = [k for k in KINDS if k != "detail"]
-    for k, i in enumerate(sources[:NUM_SECOND]):
-        kind = non_detail[(k + 1) % len(non_detail)]
-        if kind == first[k][1]:
-            kind = non_detail[(k + 2) % len(non_detail)]
-        d = derivative(uid_of[i], meta_by_uid[uid_of[i]], kind, _derive(kind, original(i), rng), f"{kind}2")
-        connections.append(Connection(a=uid_of[i], b=d, type="POSITIVE", source="demo"))
-    for k in range(NUM_SECOND, NUM_SECOND + NUM_GRAND):
-        parent, parent_kind = first[k]
-        kind = non_detail[k % len(non_detail)]
-        if kind == parent_kind:
-            kind = non_detail[(k + 1) % len(non_detail)]
-        parent_meta = next(r.meta for r in records if r.uid == parent)
-        d = derivative(parent, parent_meta, kind, _derive(kind, pixels[parent], rng), f"{kind}")
-        connections.append(Connection(a=parent, b=d, type="POSITIVE", source="demo"))
-    start = NUM_SECOND + NUM_GRAND
-    for i in sources[start : start + NUM_REPHOTO]:
-        d = derivative(uid_of[i], meta_by_uid[uid_of[i]], "rephoto", _derive("rephoto", original(i), rng), "photo2")
-        connections.append(Connection(a=uid_of[i], b=d, type="DUPLICATE", source="demo"))
+        roles = plan_roles(k, n_detail)
+        src = uid_of[i]
+        if roles.first == "detail":
+            host = hosts[k]
+            first = derivative(src, "detail", derive_detail(original(i), original(host), rng), "detail1")
+            connect(uid_of[host], first, roles.split)
+        else:
+            first = derivative(src, roles.first, _derive(roles.first, original(i), rng), f"{roles.first}1")
+        connect(src, first, roles.split)
+        if roles.second:
+            d = derivative(src, roles.second, _derive(roles.second, original(i), rng), f"{roles.second}2")
+            connect(src, d, roles.split)
+        if roles.grand:
+            d = derivative(first, roles.grand, _derive(roles.grand, pixels[first], rng), roles.grand)
+            connect(first, d, roles.split)
+        if roles.rephoto:
+            d = derivative(src, "rephoto", _derive("rephoto", original(i), rng), "photo2")
+            connect(src, d, roles.split, "DUPLICATE")
 
     groups = components([(c.a, c.b) for c in connections if c.type in ("POSITIVE", "DUPLICATE")])
     group_of = {m: name for name, members in groups.items() for m in members}
     group_names = sorted(groups)
     negatives: set[tuple[str, str]] = set()
-    while len(negatives) < NUM_NEGATIVE:
+    n_negative = num_sources // NEGATIVE_EVERY if len(group_names) >= 2 else 0
+    while len(negatives) < n_negative:
         g1, g2 = (group_names[int(j)] for j in rng.choice(len(group_names), 2, replace=False))
         a = groups[g1][int(rng.integers(len(groups[g1])))]
         b = groups[g2][int(rng.integers(len(groups[g2])))]
@@ -316,7 +380,7 @@ def build_demo(out: str | Path, *, seed: int = 0, max_side: int = 384) -> DemoRe
         group_sizes=Counter(len(m) for m in pos_groups.values()),
         distractors=sum(1 for i in range(len(objs)) if uid_of[i] not in group_of),
     )
-    manifest = {"seed": seed, "max_side": max_side, **res.as_dict()}
+    manifest = {"seed": seed, "max_side": max_side, "num_sources": num_sources, **res.as_dict()}
     atomic_write(out / "demo.json", lambda p: p.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n"))
     return res
 

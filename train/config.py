@@ -11,14 +11,28 @@ Presets
   the step size; what a larger batch buys is a less noisy direction, which is what the linear rule
   assumes. A 100-step warm-up protects the pretrained features from the first, poorly-estimated Adam
   moments; cosine decay to 0 over the run. AdamW with decoupled decay masked off BN and biases.
-- `demo`: resnet18 at 64 px, batch 16, lr 1e-4, 2 negatives per image, 3 epochs, float32 (bf16 is slow
-  on XLA:CPU), decoding in the main process: sized to train on a 2-core CPU in minutes. BatchNorm is
-  LIVE here: the demo starts from random weights (nothing can be downloaded), whose running statistics
-  (0 and 1) mean nothing; with them frozen, this loss collapsed every signature onto one point (measured:
-  loss stuck at margin x batch = 0.160, val mAP 0.447 -> 0.23). With pretrained weights keep BN frozen.
-  On the synthetic test collection the demo settings lower the loss and raise val retrieval
-  (tests/train/test_loop.py); on the bundled demo collection (12 val queries) val mAP did not improve
-  in the runs tried (0.447 -> 0.427 -> 0.376 with live BN).
+- `demo`: resnet18 at 48 px, 16 triplets per step, 1 negative per image, 3 epochs (the best on val is
+  kept), AdamW with a 5-step warm-up and cosine decay, float32 (bf16 is slow on XLA:CPU), decoding in the
+  main process: sized to train on a 2-core CPU in a few minutes. It starts from RANDOM weights (nothing
+  can be downloaded), and three choices follow from measurements on the bundled demo collection:
+  * BatchNorm is FROZEN at its initial statistics (mean 0, var 1: each BN is the identity). A random
+    network is a usable colour-and-layout descriptor as it is, and recalibrating its BN statistics to
+    the data alone, before any training, drops val mAP from 0.365 to 0.213 (32 px, measured): live BN
+    (the earlier demo preset) spent its steps recovering from that and ended below the start.
+  * The stem convolution learns at lr 1e-3, the four residual stages 30x slower (3e-5), the stem's
+    BN affine not at all. With one lr for every layer (BN frozen), lr 1e-5 changed nothing (earlier
+    runs, benchmarks/RESULTS.md) and lr 3e-4 made retrieval worse (below). Adam moves every weight by
+    about lr per step and the residual stages' He-initialised kernels have standard deviations of
+    0.02-0.06, so a common lr large enough to change the stem rewrites them.
+  * 48 px, 1 negative: three short epochs, so the run stays a few minutes and val picks the epoch.
+  Result (make demo, collection seed 0, weights seed 0; docs/collection.md): val mAP 0.407 -> 0.446,
+  test 0.296 -> 0.333; with weights seed 1: val 0.429 -> 0.464, test 0.333 -> 0.362; on the collection
+  of seed 1: val 0.355 -> 0.385, test 0.337 -> 0.375. The same preset
+  with one lr 3e-4 for every layer: val 0.407 -> 0.294, test 0.296 -> 0.226. The compound hinge
+  loss with margin 0.01 is nearly saturated for random signatures (their cosine distances are ~0.02):
+  training shrinks every distance ~7x while it reorders them (ranking and OPTICS's xi are scale-free,
+  but an absolute `max_eps` is not). With pretrained weights use the `fast` preset (BN frozen at the
+  pretrained statistics).
 
 Every field can be overridden: `--set lr=1e-4 --set batch_size=8` (types follow the field; tuples
 are comma-separated). The resolved config is written to RUN_DIR/config.json.
@@ -47,6 +61,9 @@ class TrainConfig:
     resolution: int = 320
     compute_dtype: str = "bfloat16"  # "float32" | "bfloat16"; parameters and BN statistics stay float32
     freeze_bn: bool = True
+    # recompute each residual block's activations in the backward pass: trade compute (about one more
+    # forward) for memory, to fit larger per-device batches
+    remat: bool = False
     # loss
     margin: float = 0.01
     beta: float = 0.1
@@ -74,12 +91,16 @@ class TrainConfig:
     augment: bool = True
     workers: int = -1  # decode/augment processes; -1 = auto (min(8, cpus - 2)), 0 = in the main process
     eval_batch_size: int = 64
+    prefetch: int = 2  # batches a background thread keeps ready on the devices
     # run control
     seed: int = 0
     checkpoint_every: int = 500  # steps (plus one at each epoch end)
     keep_checkpoints: int = 3
     max_steps: int = 0  # stop after this many steps (0 = no limit); for tests and smoke runs
     log_every: int = 10
+    # persistent XLA compilation cache (`python -m train` only): $VISUAL_SIGNATURES_CACHE or
+    # ~/.cache/visual-signatures/jax; a second run of the same model skips minutes of compilation
+    compile_cache: bool = True
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -111,10 +132,11 @@ def preset(name: str = DEFAULT_PRESET) -> TrainConfig:
         )
     if name == "demo":
         return TrainConfig(
-            arch="resnet18", resolution=64, batch_size=16, optimizer="adamw", lr=1e-4, schedule="cosine",
-            freeze_bn=False,
-            warmup_steps=5, weight_decay=1e-4, num_negatives=2, epochs=3, compute_dtype="float32",
-            eval_batch_size=64, checkpoint_every=100, log_every=5, workers=0,
+            arch="resnet18", resolution=48, batch_size=16, optimizer="adamw", lr=1e-3, schedule="cosine",
+            warmup_steps=5, weight_decay=1e-4, num_negatives=1, epochs=3, compute_dtype="float32",
+            freeze_bn=True, frozen_stages=("backbone/bn1",),
+            slow_stages=("backbone/layer1", "backbone/layer2", "backbone/layer3", "backbone/layer4"),
+            slow_lr_mult=0.03, eval_batch_size=64, checkpoint_every=100, log_every=5, workers=0,
         )
     raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
 
@@ -167,10 +189,49 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.schedule in ("cosine", "constant"), "schedule must be cosine or constant"),
         (cfg.batch_size >= 1 and cfg.epochs >= 1 and cfg.resolution >= 8, "batch_size, epochs >= 1, resolution >= 8"),
         (cfg.lr > 0 and cfg.num_negatives >= 1, "lr > 0 and num_negatives >= 1"),
+        (cfg.prefetch >= 1, "prefetch must be >= 1"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ValueError(f"config: {msg} (got {cfg})")
+
+
+def _sets_field(overrides: list[str] | dict, name: str) -> bool:
+    keys = overrides.keys() if isinstance(overrides, dict) else [_split(o)[0] for o in overrides]
+    return any(k.replace("-", "_") == name for k in keys)
+
+
+def start_config(
+    preset_name: str | None,
+    *,
+    arch: str | None = None,
+    seed: int | None = None,
+    overrides: list[str] | dict = (),
+    weights_arch: str | None = None,
+    source: dict | None = None,
+) -> tuple[TrainConfig, str]:
+    """The config of a new run, and the preset it came from: preset, then --arch/--seed, then --set.
+
+    `source`: the config.json of the run a new round continues from (`--resume-from`); its preset is
+    the default one (the other --set values of that run are not carried over: pass them again).
+    `weights_arch`: the architecture stored with the start weights; it is the run's arch unless
+    --arch / --set arch names another, which is an error (the weights would not fit).
+    """
+    name = preset_name or (source or {}).get("preset") or DEFAULT_PRESET
+    cfg = preset(name)
+    explicit: dict[str, Any] = {}
+    if arch:
+        explicit["arch"] = arch
+    if seed is not None:
+        explicit["seed"] = seed
+    cfg = apply_overrides(apply_overrides(cfg, explicit), list(overrides) if not isinstance(overrides, dict)
+                          else overrides)
+    if weights_arch is not None:
+        if (arch or _sets_field(overrides, "arch")) and cfg.arch != weights_arch:
+            raise ValueError(f"the start weights are {weights_arch} weights but the arch asked for is {cfg.arch}; "
+                             f"drop --arch / --set arch (the weights' arch is used) or choose other weights.")
+        cfg = dataclasses.replace(cfg, arch=weights_arch)
+    return cfg, name
 
 
 def save_config(cfg: TrainConfig, path: str | Path, extra: dict | None = None) -> None:
@@ -182,4 +243,5 @@ def load_config(path: str | Path) -> TrainConfig:
     return TrainConfig.from_json(json.loads(Path(path).read_text())["config"])
 
 
-__all__ = ["TrainConfig", "PRESETS", "preset", "apply_overrides", "save_config", "load_config", "field"]
+__all__ = ["TrainConfig", "PRESETS", "preset", "apply_overrides", "start_config", "save_config", "load_config",
+           "field"]

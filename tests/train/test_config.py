@@ -39,3 +39,36 @@ def test_roundtrip(tmp_path):
     c = apply_overrides(preset("demo"), ["slow_stages=layer1"])
     save_config(c, tmp_path / "config.json", {"preset": "demo"})
     assert load_config(tmp_path / "config.json") == c
+
+
+def test_start_config_takes_the_weights_arch():
+    from train.config import start_config
+
+    cfg, name = start_config(None, weights_arch="resnet50")
+    assert (name, cfg.arch) == ("fast", "resnet50") and cfg.resolution == preset("fast").resolution
+    cfg, _ = start_config("demo", arch="resnet50", weights_arch="resnet50", overrides=["lr=1e-3"])
+    assert (cfg.arch, cfg.lr, cfg.resolution) == ("resnet50", 1e-3, preset("demo").resolution)
+    with pytest.raises(ValueError, match="resnet50 weights but the arch asked for is resnet18"):
+        start_config(None, arch="resnet18", weights_arch="resnet50")
+    with pytest.raises(ValueError, match="drop --arch / --set arch"):
+        start_config(None, overrides=["arch=resnet18"], weights_arch="resnet50")
+    cfg, _ = start_config(None, arch="resnet18")  # random weights: the asked-for arch
+    assert cfg.arch == "resnet18"
+
+
+def test_start_config_defaults_to_the_source_runs_preset():
+    from train.config import start_config
+
+    cfg, name = start_config(None, source={"preset": "demo", "config": {"lr": 5.0}}, weights_arch="resnet18")
+    assert name == "demo" and cfg == apply_overrides(preset("demo"), {})  # the preset, not the run's --set values
+    cfg, name = start_config("thesis", source={"preset": "demo"}, weights_arch="resnet18")
+    assert name == "thesis" and cfg.arch == "resnet18" and cfg.batch_size == 4
+    assert start_config(None, source={})[1] == "fast"
+
+
+def test_throughput_fields():
+    c = preset("fast")
+    assert c.prefetch == 2 and c.remat is False and c.compile_cache is True
+    assert apply_overrides(c, ["remat=true", "prefetch=4"]).remat
+    with pytest.raises(ValueError, match="prefetch"):
+        apply_overrides(c, ["prefetch=0"])
