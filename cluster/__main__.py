@@ -12,6 +12,7 @@ import click
 
 from cluster.accept import accept
 from cluster.annotate.cli import annotate
+from data.paths import UserPath
 
 
 @click.group()
@@ -20,9 +21,9 @@ def cli() -> None:
 
 
 @cli.command("optics")
-@click.argument("signatures", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("signatures", type=UserPath(exists=True, dir_okay=False))
 @click.option(
-    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="clusters.csv to write."
+    "--out", type=UserPath(dir_okay=False), required=True, help="clusters.csv to write."
 )
 @click.option(
     "--method", type=click.Choice(["optics", "hdbscan", "dbscan"]), default="optics", show_default=True
@@ -40,9 +41,12 @@ def cli() -> None:
 )
 @click.option("--precision", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="float64 reproduces scikit-learn exactly; float32 is faster and approximate.")  # fmt: skip
-@click.option("--block-size", default=2048, show_default=True, type=click.IntRange(min=8))
-@click.option("--memory-budget-mb", default=2048.0, show_default=True, type=click.FloatRange(min=0))
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--block-size", default=2048, show_default=True, type=click.IntRange(min=8),
+              help="Largest tile of the distance matrix; smaller when the memory budget needs it.")  # fmt: skip
+@click.option("--memory-budget-mb", default=2048.0, show_default=True, type=click.FloatRange(min=0),
+              help="Memory OPTICS may use beyond the loaded signatures: working copies, tiles, the radius graph "
+              "or the dense matrix. Over it, auto falls back to a slower engine; too small for the points: error.")  # fmt: skip
+@click.option("--plot", type=UserPath(dir_okay=False), default=None,
               help="Reachability plot PNG [default: reachability.png next to --out].")  # fmt: skip
 def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_eps: float, xi: float, metric: str,
                cluster_method: str, eps: float | None, pca: int | None, engine: str, precision: str,
@@ -91,22 +95,31 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
 
 
 @cli.command("evaluate")
-@click.argument("clusters", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("clusters", type=UserPath(exists=True, dir_okay=False))
 @click.option(
-    "--collection", "collection_dir", required=True, type=click.Path(file_okay=False, path_type=Path)
+    "--collection", "collection_dir", required=True, type=UserPath(file_okay=False)
 )
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--json", "json_out", type=UserPath(dir_okay=False), default=None,
               help="Also write the figures as JSON here.")  # fmt: skip
-def evaluate_cmd(clusters: Path, collection_dir: Path, json_out: Path | None) -> None:
+@click.option("--ignore-unknown", is_flag=True,
+              help="Leave out (with a warning) the rows of CLUSTERS whose uid is not in the collection, "
+                   "instead of refusing them.")  # fmt: skip
+def evaluate_cmd(clusters: Path, collection_dir: Path, json_out: Path | None, ignore_unknown: bool) -> None:
     """Quality of CLUSTERS (clusters.csv) against the collection's known connections."""
     from cluster.clusters_file import ClustersFileError, read_clusters
-    from cluster.quality import evaluate, format_report, write_report
+    from cluster.quality import UnknownUidsError, evaluate, format_report, write_report
     from data.collection import CollectionError, load_collection
 
     try:
-        report = evaluate(read_clusters(clusters), load_collection(collection_dir))
+        report = evaluate(read_clusters(clusters), load_collection(collection_dir), ignore_unknown=ignore_unknown)
+    except UnknownUidsError as e:
+        raise click.ClickException(f"{clusters}: {e}") from e
     except (ClustersFileError, CollectionError) as e:
         raise click.ClickException(str(e)) from e
+    if report.uids_not_in_collection:
+        left = report.uids_not_in_collection
+        click.echo(f"warning: {clusters}: left out {len(left)} uid(s) that are not in the collection: "
+                   + ", ".join(repr(u) for u in left[:20]) + (", ..." if len(left) > 20 else ""), err=True)
     click.echo(format_report(report))
     if json_out:
         write_report(json_out, report)
@@ -114,14 +127,14 @@ def evaluate_cmd(clusters: Path, collection_dir: Path, json_out: Path | None) ->
 
 
 @cli.command("map")
-@click.argument("signatures", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("signatures", type=UserPath(exists=True, dir_okay=False))
 @click.option(
-    "--collection", "collection_dir", required=True, type=click.Path(file_okay=False, path_type=Path)
+    "--collection", "collection_dir", required=True, type=UserPath(file_okay=False)
 )
 @click.option(
-    "--clusters", "clusters_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None
+    "--clusters", "clusters_path", type=UserPath(exists=True, dir_okay=False), default=None
 )
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=UserPath(file_okay=False))
 @click.option("--seed", default=0, show_default=True)
 @click.option("--n-neighbors", default=15, show_default=True, type=click.IntRange(min=2))
 @click.option("--thumb-size", default=128, show_default=True, type=click.IntRange(min=16))
@@ -144,25 +157,25 @@ def map_cmd(signatures: Path, collection_dir: Path, clusters_path: Path | None, 
 
 @cli.command("report")
 @click.option(
-    "--collection", "collection_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+    "--collection", "collection_dir", required=True, type=UserPath(exists=True, file_okay=False)
 )
 @click.option("--clusters", "clusters_path", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path))  # fmt: skip
-@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              type=UserPath(exists=True, dir_okay=False))  # fmt: skip
+@click.option("--run", "run_dir", type=UserPath(exists=True, file_okay=False), default=None,
               help="A training run directory (eval.json, curves.png) for retrieval before/after.")  # fmt: skip
-@click.option("--quality", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+@click.option("--quality", type=UserPath(exists=True, dir_okay=False), default=None,
               help="The JSON written by `cluster evaluate --json`.")  # fmt: skip
-@click.option("--map", "map_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+@click.option("--map", "map_dir", type=UserPath(exists=True, file_okay=False), default=None,
               help="The folder written by `cluster map`.")  # fmt: skip
-@click.option("--reachability", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+@click.option("--reachability", type=UserPath(exists=True, dir_okay=False), default=None,
               help="Reachability PNG [default: reachability.png next to --clusters, if present].")  # fmt: skip
 @click.option("--top", default=12, show_default=True, type=click.IntRange(min=1), help="Clusters in the gallery.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=UserPath(dir_okay=False))
 def report_cmd(collection_dir: Path, clusters_path: Path, run_dir: Path | None, quality: Path | None,
                map_dir: Path | None, reachability: Path | None, top: int, out: Path) -> None:  # fmt: skip
     """One self-contained HTML page: retrieval before/after, curves, reachability, map, top clusters."""
     from cluster.clusters_file import ClustersFileError
-    from cluster.report import ReportInputs, write_report
+    from cluster.report import ReportError, ReportInputs, write_report
     from data.collection import CollectionError
 
     if reachability is None and (clusters_path.parent / "reachability.png").exists():
@@ -171,7 +184,7 @@ def report_cmd(collection_dir: Path, clusters_path: Path, run_dir: Path | None, 
                           map_dir=map_dir, reachability=reachability, top_clusters=top)  # fmt: skip
     try:
         write_report(inputs, out)
-    except (ClustersFileError, CollectionError) as e:
+    except (ClustersFileError, CollectionError, ReportError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"{out}: written")
 

@@ -9,13 +9,21 @@ Rules (why each):
 - new rows get `source=annotation:<round>` (round = 1 + the highest annotation round already in the file,
   unless given) and `annotated_at` = the time of the decision; `split` stays empty because splits are
   assigned per pattern group by `data.splits`, which never moves a held-out image into training;
+- a decision undone after it was accepted takes its rows out again: a row is removed when its source is
+  `annotation:<N>` and its pair, type and `annotated_at` are those of an edge of an undone decision (the
+  undo says the expert no longer stands by it; leaving the row would train on it). Each removed row is
+  listed, and the backup keeps it. A row edited by hand (another type or time) no longer matches and stays;
+- the file is the museum's: every column is kept in its order, with its values (`comment`, `reviewer`,
+  ...); new rows leave those columns empty; the columns accept needs and the file lacks (`source`,
+  `annotated_at`) are appended at the end. The separator is kept; the file is written as UTF-8 (with a
+  BOM if it had one or was Windows-1252 or UTF-16 text, so Excel still reads it right), and a change of
+  encoding is reported;
 - the previous file is copied to `connections.csv.bak-<UTC time>` and the new one replaces it atomically
-  (temp file, fsync, rename): a crash leaves either the old or the new file, never half of one.
+  (`data.atomic`: temp file, fsync, rename): a crash leaves either the old or the new file, never half of one.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import warnings
@@ -26,21 +34,27 @@ from pathlib import Path
 
 import click
 
-from cluster.annotate.store import AnnotationError, TornLineWarning, read_log
+from cluster.annotate.store import DECISION, AnnotationError, AnnotationLog, TornLineWarning, read_log
+from data.atomic import atomic_write
 from data.collection import (
     ANNOTATIONS_FILE,
     CONNECTION_TYPES,
+    CONNECTIONS_FILE,
     DUPLICATE,
     NEGATIVE,
     POSITIVE,
+    Collection,
     CollectionError,
     Connection,
     load_collection,
+    read_connections,
     write_connections,
 )
+from data.paths import UserPath
 
 CONTRADICTORY = {frozenset((POSITIVE, NEGATIVE)), frozenset((DUPLICATE, NEGATIVE))}
 _ROUND = re.compile(r"^annotation:(\d+)$")
+_ENCODING_NAMES = {"cp1252": "Windows-1252", "utf-16": "UTF-16", "utf-8-sig": "UTF-8 with BOM"}
 
 
 @dataclass
@@ -53,6 +67,12 @@ class Contradiction:
 
 
 @dataclass
+class Removed:
+    row: Connection  # a row an undone decision had added
+    decision: str  # id of that decision
+
+
+@dataclass
 class AcceptReport:
     round: int
     decisions: int = 0  # decisions in force
@@ -61,6 +81,7 @@ class AcceptReport:
     skipped: int = 0  # already present with the same type
     contradictions: list[Contradiction] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)  # uids not in images.csv
+    removed: list[Removed] = field(default_factory=list)  # rows of decisions undone after they were accepted
     backup: Path | None = None
     written: bool = False
     notes: list[str] = field(default_factory=list)
@@ -70,7 +91,11 @@ class AcceptReport:
         if self.added:
             out.append("added: " + ", ".join(f"{n} {t}" for t, n in sorted(self.added.items())))
         else:
-            out.append("added: nothing (connections.csv unchanged).")
+            out.append("added: nothing" + ("" if self.written else " (connections.csv unchanged)."))
+        if self.removed:
+            out.append(f"removed (their decision was undone after it was accepted): {len(self.removed)}")
+            out.extend(f"  {r.row.a} {r.row.b} {r.row.type} (was line {r.row.line}, decision {r.decision})"
+                       for r in self.removed)
         out.append(f"skipped (already present): {self.skipped}")
         out.append(f"contradictions (not written): {len(self.contradictions)}")
         for c in self.contradictions:
@@ -98,40 +123,57 @@ def _backup_path(path: Path) -> Path:
     return cand
 
 
-def _atomic_write_connections(path: Path, rows: list[Connection]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write_connections(tmp, rows)
-    fd = os.open(tmp, os.O_RDONLY)
+def _undone_decisions(log: AnnotationLog) -> list[dict]:
+    undone = log.undone_ids()
+    return [r for r in log.records if r["kind"] == DECISION and r["id"] in undone]
+
+
+def _edge_keys(decision: dict) -> set[tuple[str, str, str, str]]:
+    """(a, b, type, time) of every edge of a decision, a <= b: what its accepted rows look like."""
+    time = decision.get("time") or ""
+    return {(*sorted((a, b)), t, time) for a, b, t in decision["edges"]}
+
+
+def accepted_rows(connections: list[Connection], decision: dict) -> list[Connection]:
+    """The rows `cluster accept` wrote for `decision`: source annotation:N, same pair, type and time."""
+    keys = _edge_keys(decision)
+    return [c for c in connections
+            if c.source and _ROUND.match(c.source) and (*c.pair, c.type, c.annotated_at or "") in keys]
+
+
+def undo_note(collection_dir: str | Path, decision: dict) -> str | None:
+    """What the annotation page says when an undone decision was already accepted (None if it was not)."""
+    path = Path(collection_dir) / CONNECTIONS_FILE
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        rows = accepted_rows(read_connections(path), decision) if path.exists() else []
+    except CollectionError:
+        return None  # the page cannot fix the file; `cluster accept` names the problem
+    if not rows:
+        return None
+    return (f"{len(rows)} connection(s) of this decision were already accepted into {CONNECTIONS_FILE}; the next "
+            "`python -m cluster accept` removes them (keeping a backup of the file).")
 
 
-def accept_annotations(collection_dir: str | Path, *, round: int | None = None) -> AcceptReport:
-    """Append the edges of the decisions in force to connections.csv; see the module docstring."""
-    collection = load_collection(collection_dir)
-    path = collection.connections_file
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", TornLineWarning)
-        log = read_log(collection.root / ANNOTATIONS_FILE)
-    existing = list(collection.connections)
-    if round is not None and round < 1:
-        raise ValueError(f"--round must be >= 1, got {round}.")
-    report = AcceptReport(round=round if round is not None else next_round(existing))
-    report.notes = [str(w.message) for w in caught]
-    active = log.active_decisions()
-    report.decisions = len(active)
-    report.undone = len(log.undone_ids())
-
-    types: dict[tuple[str, str], set[str]] = {}
+def _drop_undone(existing: list[Connection], log: AnnotationLog) -> tuple[list[Connection], list[Removed]]:
+    """Split the rows into those kept and those an undone decision had added (see the module docstring)."""
+    owner: dict[tuple[str, str, str, str], str] = {}
+    for rec in _undone_decisions(log):
+        owner.update(dict.fromkeys(_edge_keys(rec), rec["id"]))
+    kept: list[Connection] = []
+    removed: list[Removed] = []
     for c in existing:
+        who = owner.get((*c.pair, c.type, c.annotated_at or "")) if c.source and _ROUND.match(c.source) else None
+        if who is None:
+            kept.append(c)
+        else:
+            removed.append(Removed(c, who))
+    return kept, removed
+
+
+def _new_rows(collection: Collection, kept: list[Connection], active: list[dict], report: AcceptReport) -> list[Connection]:
+    """Rows for the edges of the decisions in force that are not there yet; skips and clashes go to `report`."""
+    types: dict[tuple[str, str], set[str]] = {}
+    for c in kept:
         types.setdefault(c.pair, set()).add(c.type)
     new_rows: list[Connection] = []
     source = f"annotation:{report.round}"
@@ -157,18 +199,50 @@ def accept_annotations(collection_dir: str | Path, *, round: int | None = None) 
                 Connection(a=key[0], b=key[1], type=t, source=source, annotated_at=rec.get("time") or None)
             )
             report.added[t] += 1
-    if not new_rows:
-        return report
+    return new_rows
+
+
+def _write(collection: Collection, rows: list[Connection], report: AcceptReport) -> None:
+    """Back up connections.csv, then replace it atomically, keeping the user's columns and separator."""
+    path = collection.connections_file
+    fmt = collection.connections_format
     if path.exists():
         report.backup = _backup_path(path)
         shutil.copy2(path, report.backup)
-    _atomic_write_connections(path, existing + new_rows)
+    if fmt is not None and fmt.legacy:
+        report.notes.append(
+            f"{path} was {_ENCODING_NAMES.get(fmt.encoding, fmt.encoding)} text; it is rewritten as UTF-8 "
+            f"(the backup {report.backup.name if report.backup else ''} keeps the original bytes)."
+        )
+    # UTF-8 with a BOM where the file had one or came from Excel's other encodings: Excel then still reads it right
+    bom = fmt is not None and fmt.encoding != "utf-8"
+    atomic_write(path, lambda tmp: write_connections(tmp, rows, fmt=fmt, bom=bom))
     report.written = True
+
+
+def accept_annotations(collection_dir: str | Path, *, round: int | None = None) -> AcceptReport:
+    """Bring connections.csv in line with the decisions in force; see the module docstring."""
+    collection = load_collection(collection_dir)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TornLineWarning)
+        log = read_log(collection.root / ANNOTATIONS_FILE)
+    existing = list(collection.connections)
+    if round is not None and round < 1:
+        raise ValueError(f"--round must be >= 1, got {round}.")
+    report = AcceptReport(round=round if round is not None else next_round(existing))
+    report.notes = [str(w.message) for w in caught]
+    active = log.active_decisions()
+    report.decisions = len(active)
+    report.undone = len(log.undone_ids())
+    kept, report.removed = _drop_undone(existing, log)
+    new_rows = _new_rows(collection, kept, active, report)
+    if new_rows or report.removed:
+        _write(collection, kept + new_rows, report)
     return report
 
 
 @click.command("accept")
-@click.option("--collection", "collection_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--collection", "collection_dir", required=True, type=UserPath(file_okay=False),
               help="Collection folder whose annotations.jsonl is turned into connections.csv rows.")
 @click.option("--round", "round_", type=click.IntRange(min=1), default=None,
               help="Annotation round to record in `source` [default: 1 + the highest round already there].")

@@ -15,13 +15,15 @@ clusters.csv has one row per image, in the order of the signatures file:
 clusters.json holds the parameters that produced it (method, min_samples, max_eps, xi, metric,
 pca, the signatures file path and sha256, n, ...), so a result can always be traced back.
 
-Both files are written atomically (temp file, fsync, rename): a reader never sees half a file.
+uids are written and read with the csv module, so commas, quotes and spaces in a uid survive (the uid
+rule is `data.collection.uid_problem`). Both files are written atomically (temp file, fsync, rename): a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -109,7 +111,9 @@ def _fmt(x: float) -> str:
 def write_clusters(path: str | Path, table: ClusterTable) -> None:
     """Write clusters.csv and clusters.json atomically (the CSV last, so its presence means both are complete)."""
     path = Path(path)
-    rows = [",".join(COLUMNS)]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")  # a uid may hold commas and quotes: the csv module quotes them
+    w.writerow(COLUMNS)
     for u, lab, o, r, c in zip(
         table.uids,
         table.labels.tolist(),
@@ -118,13 +122,11 @@ def write_clusters(path: str | Path, table: ClusterTable) -> None:
         table.core_distance.tolist(),
         strict=True,
     ):
-        if any(ch in u for ch in ',"\n\r'):
-            raise ValueError(f"uid {u!r} contains a comma, quote or newline; uids must be plain identifiers.")
-        rows.append(f"{u},{lab},{o},{_fmt(r)},{_fmt(c)}")
+        w.writerow([u, lab, o, _fmt(r), _fmt(c)])
     params = dict(table.params)
     params.setdefault("n", len(table))
     atomic_write_text(sidecar_path(path), json.dumps(params, indent=2, sort_keys=True, default=str) + "\n")
-    atomic_write_text(path, "\n".join(rows) + "\n")
+    atomic_write_text(path, buf.getvalue())
 
 
 def _parse_float(text: str, path: Path, line: int, col: str) -> float:

@@ -15,21 +15,19 @@ thumbnail; it is never replaced by a blank picture.
 from __future__ import annotations
 
 import csv
-import hashlib
 import html
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cluster.clusters_file import read_clusters
-from data.atomic import atomic_write_text
-from data.collection import POSITIVE, Collection, load_collection
+from data.atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from data.collection import POSITIVE, Collection, load_collection, safe_file_stem
 from data.graph import pattern_groups
-from data.preprocess import ImageReadError, decode_rgb
+from data.image import ImageReadError, decode_image
 from data.signatures import load_signatures
 
 META_FIELDS = ("title", "author", "date", "place")
@@ -81,11 +79,9 @@ def embed_2d(vectors: np.ndarray, cfg: MapConfig) -> np.ndarray:
 
 
 def thumb_name(uid: str) -> str:
-    """A file name for a uid: readable when the uid is plain, with a hash when characters were replaced."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in uid)
-    if safe != uid or not safe:
-        safe = f"{safe[:60]}-{hashlib.sha1(uid.encode()).hexdigest()[:10]}"
-    return f"{safe}.jpg"
+    """A file name for a uid: readable when the uid is plain and short, with a hash when characters were
+    replaced or it is long (a 256-character uid is allowed; a file name is not), safe in a relative URL."""
+    return f"{safe_file_stem(uid, keep='-_')}.jpg"
 
 
 def make_thumbnails(
@@ -100,18 +96,15 @@ def make_thumbnails(
         if uid not in collection:
             bad.append((uid, f"not in {collection.images_file}"))
             continue
-        try:
-            img = decode_rgb(collection.image_path(uid))
+        try:  # corrected like every stage's pictures (EXIF orientation, transparency on white, 16-bit)
+            img = decode_image(collection.image_path(uid), max_side=size).image
         except ImageReadError as e:
             bad.append((uid, str(e)))
             continue
-        img.thumbnail((size, size))
         rel = f"thumbs/{thumb_name(uid)}"
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=85)
-        tmp = out_dir / f"{rel}.tmp"
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, out_dir / rel)
+        atomic_write_bytes(out_dir / rel, buf.getvalue())
         done[uid] = rel
     return done, bad
 
@@ -122,13 +115,14 @@ def _hex(rgba) -> str:
 
 
 def write_coords(path: Path, uids, coords, labels, groups: dict[str, str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["uid", "x", "y", "cluster", "group"])
-        for u, (x, y), lab in zip(uids, coords.tolist(), labels.tolist(), strict=True):
-            w.writerow([u, repr(x), repr(y), lab, groups.get(u, "")])
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["uid", "x", "y", "cluster", "group"])
+            for u, (x, y), lab in zip(uids, coords.tolist(), labels.tolist(), strict=True):
+                w.writerow([u, repr(x), repr(y), lab, groups.get(u, "")])
+
+    atomic_write(path, write)
 
 
 def plot_map_png(
@@ -163,10 +157,10 @@ def plot_map_png(
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def make_map(
@@ -253,7 +247,8 @@ def write_map_html(
             }
         )
     data = {"points": points, "links": links}
-    blob = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+    # every "<" escaped: a uid or title holding "</script>" or "<!--" cannot end or confuse the script element
+    blob = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
     page = _TEMPLATE.replace("__DATA__", blob).replace(
         "__TITLE__", html.escape(f"Map of {collection.root.name}")
     )

@@ -28,7 +28,13 @@ with the exact product `_set_reach_dist` makes (one row against the unprocessed 
 ascending index order), and membership in the radius for pairs within 1e-9 of max_eps. The heavy
 O(n^2 d) work stays on the device; the host work is O(edges * d).
 
-Engines (memory O(n d) plus what `memory_budget_mb` allows):
+Memory: `memory_budget_mb` bounds everything the run allocates beyond the input array (`memory_plan`):
+float64 working rows and their device copy, O(n) state, one tile (shrunk below `block_size` when the
+budget needs it), and then the radius graph (6 bytes per directed edge: int32 CSR columns, no
+distances, since the exact path recomputes them; 12 in float32 mode) or the dense matrix. A budget
+that cannot hold the points and the smallest tile is refused up front with the figure that would do.
+
+Engines:
 - "graph" (above; needs finite max_eps and a graph within the budget): exact.
 - "dense": the whole n x n distance matrix on the device and the whole ordering loop on the device in
   one `lax.fori_loop` (no host round trip per point); "stream": the same loop computing each processed
@@ -37,8 +43,9 @@ Engines (memory O(n d) plus what `memory_budget_mb` allows):
   up to ulp-level ties (tested equal at min_samples=2; with larger min_samples tied
   reachabilities can be ordered differently).
 "auto" takes "graph" when max_eps is finite and the graph fits the budget, else "dense" if the matrix
-fits, else "stream". `precision="float32"` runs the device part in float32 and skips the exact
-recomputation: faster, approximate.
+fits, else "stream"; an engine asked for by name that does not fit raises OpticsMemoryError.
+`precision="float32"` runs the device part in float32 and skips the exact recomputation: faster,
+approximate.
 
 Cluster extraction uses scikit-learn's own public functions `cluster_optics_xi` and
 `cluster_optics_dbscan`, so labels follow from equal graphs.
@@ -81,7 +88,7 @@ class OpticsConfig:
     engine: str = "auto"
     precision: str = "float64"
     block_size: int = 2048
-    memory_budget_mb: float = 2048.0  # radius graph (24 bytes per pair while built) or the dense n x n matrix
+    memory_budget_mb: float = 2048.0  # everything beyond the input array: see `memory_plan`
 
     def validate(self, n: int) -> None:
         if self.metric not in METRICS:
@@ -141,7 +148,8 @@ def _round_jax(x: jax.Array) -> jax.Array:
 class _Points:
     """The data as scikit-learn's distance functions see it, precomputed once.
 
-    raw: float64 rows (what OPTICS.fit validates X to); unit: rows normalised with sklearn's `normalize`
+    raw: float64 rows (what OPTICS.fit validates X to; for cosine the same array as `unit`, since only the
+    euclidean formulas read raw rows); unit: rows normalised with sklearn's `normalize`
     (cosine_distances normalises its inputs row by row, so precomputing gives bitwise the same rows);
     sq: squared norms with sklearn's `row_norms` (euclidean_distances does the same per row).
     `tree`: whether scikit-learn's NearestNeighbors would pick a KD-tree for the core distances
@@ -205,14 +213,16 @@ class _Points:
 
 
 def prepare(x: np.ndarray, metric: str, min_samples: int) -> _Points:
-    raw = np.ascontiguousarray(x, dtype=np.float64)
+    """One float64 copy of the rows (for cosine, normalised in place: the raw rows are not needed again)."""
+    raw = np.array(x, dtype=np.float64, order="C", copy=True)  # never the caller's array: it is changed below
     if raw.ndim != 2:
         raise ValueError(f"expected a 2-D array of points, got shape {raw.shape}.")
     if not np.all(np.isfinite(raw)):
         bad = int(np.flatnonzero(~np.all(np.isfinite(raw), axis=1))[0])
         raise ValueError(f"row {bad} has a NaN or infinite value; fix the signatures.")
-    unit = normalize(raw, norm="l2") if metric == "cosine" else raw
     sq = row_norms(raw, squared=True)
+    # normalize(copy=False) divides in place with the same arithmetic as its copying form
+    unit = normalize(raw, norm="l2", copy=False) if metric == "cosine" else raw
     n, d = raw.shape
     tree = metric == "euclidean" and d <= 15 and min_samples < n // 2
     return _Points(raw=raw, unit=unit, sq=sq, metric=metric, tree=tree)
@@ -283,20 +293,9 @@ def _tile_step(xp, sqp, valid, best_d, best_i, r0, c0, radius, *, metric, m, b):
     )
     best_d = jax.lax.dynamic_update_slice_in_dim(best_d, bd, c0, 0)
     best_i = jax.lax.dynamic_update_slice_in_dim(best_i, bi, c0, 0)
-    count = jnp.sum(mask & (d <= radius))
+    upper = (r0 != c0) | (ar[None, :] > ar[:, None])  # a diagonal tile holds each pair twice
+    count = jnp.sum(mask & (d <= radius) & upper)  # unordered pairs within the radius
     return d, best_d, best_i, count
-
-
-@partial(jax.jit, static_argnames=("cap",))
-def _extract_edges(d, radius, *, cap):
-    r, c = jnp.nonzero((d <= radius) & jnp.isfinite(d), size=cap, fill_value=0)  # inf marks padding
-    return r, c, d[r, c]
-
-
-def _pad_rows(a: np.ndarray, m: int) -> np.ndarray:
-    if a.shape[0] == m:
-        return a
-    return np.pad(a, [(0, m - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
 
 
 def _blocks(n: int, block_size: int) -> tuple[int, int]:
@@ -306,82 +305,321 @@ def _blocks(n: int, block_size: int) -> tuple[int, int]:
     return b, -(-n // b) * b
 
 
+def _to_device(a: np.ndarray, n_pad: int, dtype) -> jax.Array:
+    """Rows of `a` zero-padded to n_pad, on the device; the host staging copy is freed on return."""
+    host = np.zeros((n_pad, *a.shape[1:]), dtype=np.dtype(dtype))
+    host[: a.shape[0]] = a
+    return jnp.asarray(host)
+
+
+# -- memory ------------------------------------------------------------------------------------------
+# What each structure costs, in bytes, measured (tests/cluster/test_optics_memory.py holds the whole run
+# to the budget, and checks the tile figure against XLA's own memory analysis).
+GRAPH_EDGE_BYTES = 6  # exact: int32 column in the CSR (4) + half of an int32 pair index kept per tile (2)
+GRAPH_EDGE_BYTES_APPROX = 12  # float32: the same plus a float32 distance in both (4 + 2)
+NEAR_PAIR_BYTES = 48  # a pair within tol of max_eps: int32 pair, both directions in int64, sorted, on recheck
+POINT_BYTES = 1024  # per point: nearest candidates, core/reach/pred/order, the ordering heap (<= 2n tuples)
+POINT_BYTES_PER_CANDIDATE = 48  # per point and candidate: device (value, index) and their host float64/int64
+TILE_SQUARE = 7  # device: the tile and ~4 XLA temporaries of its size, plus the next tile dispatched early
+TILE_HOST_SQUARE = 8  # host: masks, indices and ranks of one strip (1/8 of a tile), ~60 bytes per element
+TILE_ROWS = 3  # device: the row and column blocks of the points
+DENSE_STRIP = 4  # dense engine: one strip of distance rows and XLA's temporaries of its size
+
+
+class OpticsMemoryError(MemoryError):
+    """The run cannot stay within `memory_budget_mb`; the message says what would fit."""
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a run spends its memory budget (bytes). Every allocation that grows with n is counted:
+
+    - `points`: the signatures as the run holds them: float64 host rows (what scikit-learn's arithmetic
+      runs on) and padded device rows with their host staging copy;
+    - `per_point`: O(n) state (nearest candidates, core distances, reachability, the ordering heap);
+    - `tile`: one b x b tile of the distance matrix on the device and its host-side work;
+    - what is left (`room`) is for the radius graph (`edge_bytes` per directed edge) or the dense matrix.
+    The signatures as loaded (the input) are not counted: peak memory is about budget + input.
+    """
+
+    budget: int
+    block: int
+    n_pad: int
+    points: int
+    per_point: int
+    tile: int
+    edge_bytes: int
+    itemsize: int
+
+    @property
+    def room(self) -> int:
+        return self.budget - self.points - self.per_point - self.tile
+
+    def dense_bytes(self, rows: int = 8) -> int:
+        """The n_pad x n_pad matrix plus one strip of `rows` rows being computed (and its temporaries)."""
+        return (self.n_pad * self.n_pad + DENSE_STRIP * rows * self.n_pad) * self.itemsize
+
+    def dense_rows(self) -> int:
+        """Rows per strip of the dense matrix (a multiple of 8, at most the tile's): as many as fit, 0 if none."""
+        spare = self.budget - self.points - self.per_point - self.dense_bytes(0)
+        rows = min(self.block, spare // (DENSE_STRIP * self.n_pad * self.itemsize)) // 8 * 8
+        return int(rows) if rows >= 8 else 0
+
+
+def _tile_bytes(b: int, d: int, itemsize: int) -> int:
+    return TILE_SQUARE * b * b * itemsize + TILE_HOST_SQUARE * b * b + TILE_ROWS * b * d * itemsize
+
+
+def memory_plan(n: int, d: int, cfg: OpticsConfig) -> MemoryPlan:
+    """The largest tile (<= cfg.block_size) that leaves room in the budget, and what is left for the graph.
+
+    Raises OpticsMemoryError when not even the points and the smallest tile fit.
+    """
+    budget = int(cfg.memory_budget_mb * 2**20)
+    exact = cfg.precision == "float64"
+    itemsize = 8 if exact else 4
+    m = min(n, cfg.min_samples + 2) if exact else cfg.min_samples
+    per_point = n * (POINT_BYTES + POINT_BYTES_PER_CANDIDATE * m)
+    block = max(8, min(cfg.block_size, n))
+    while True:
+        b, n_pad = _blocks(n, block)
+        points = 8 * n * d + 2 * n_pad * d * itemsize
+        tile = _tile_bytes(b, d, itemsize)
+        fixed = points + per_point
+        if fixed + tile <= budget and (tile <= (budget - fixed) // 4 or b <= 8):
+            break  # the tile takes at most a quarter of what the points leave (the rest is for the graph)
+        if b <= 8:
+            need = (fixed + _tile_bytes(8, d, itemsize)) / 2**20
+            raise OpticsMemoryError(
+                f"a memory budget of {cfg.memory_budget_mb:g} MB is too small for {n} signatures of dimension "
+                f"{d}: OPTICS needs at least {math.ceil(need * 10) / 10:g} MB for the points and the per-point "
+                "state; raise --memory-budget-mb, or reduce the dimension with --pca."
+            )
+        block = max(8, min(block - 8, int(block * 0.7)))
+    edge = GRAPH_EDGE_BYTES if exact else GRAPH_EDGE_BYTES_APPROX
+    return MemoryPlan(budget, b, n_pad, points, per_point, tile, edge, itemsize)
+
+
 @dataclass
 class _Graph:
-    """Pairs within the radius, CSR by row, columns ascending (the order sklearn's radius query returns)."""
+    """Pairs within the radius, CSR by row, columns ascending (the order sklearn's radius query returns).
+
+    `indices` are int32; `dists` (float32) only without the exact recomputation, which needs no distances.
+    """
 
     indptr: np.ndarray
     indices: np.ndarray
-    dists: np.ndarray
+    dists: np.ndarray | None
 
-    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
         a, b = self.indptr[i], self.indptr[i + 1]
-        return self.indices[a:b], self.dists[a:b]
+        return self.indices[a:b], None if self.dists is None else self.dists[a:b]
+
+
+@dataclass
+class _Strip:
+    """The pairs of rows s.. s+strip of one tile within the radius (diagonal tiles: col > row only).
+
+    `flat` = row * b + col within the tile, int32, ascending (row-major); `vals`: float32 distances
+    (approximate mode only); `near`: the entries of `flat` within tol of max_eps (exact mode only).
+    """
+
+    s: int
+    flat: np.ndarray
+    vals: np.ndarray | None
+    near: np.ndarray | None
+
+
+class _GraphBuilder:
+    """Collects the radius pairs tile by tile in compact form, then lays them out as CSR without sorting.
+
+    Memory, per directed edge: 2 bytes while collected (one int32 per unordered pair) + 4 in the CSR
+    (+ 2 + 4 with float32 distances): `MemoryPlan.edge_bytes`. Host work goes strip by strip (b/8 rows
+    of a tile), so its temporaries are bounded by the tile size, not by the number of pairs.
+    """
+
+    def __init__(self, n: int, b: int, radius: float, near_above: float | None, keep_vals: bool) -> None:
+        self.n, self.b, self.radius = n, b, radius
+        self.near_above, self.keep_vals = near_above, keep_vals
+        self.strip = max(1, b // 8)
+        self.tiles: list[tuple[int, int, list[_Strip]]] = []
+        self.degree = np.zeros(n + b, dtype=np.int64)
+        self.n_edges = 0  # directed
+        self.n_near = 0  # unordered
+        self.cols = np.arange(b)[None, :]
+
+    def add_tile(self, dh: np.ndarray, r0: int, c0: int) -> None:
+        """Take the pairs of one tile held on the host (padding rows and columns are inf)."""
+        strips = []
+        for s in range(0, self.b, self.strip):
+            sub = dh[s : s + self.strip]
+            mask = sub <= self.radius
+            if not math.isfinite(self.radius):
+                mask &= np.isfinite(sub)
+            if r0 == c0:  # a diagonal tile holds each pair twice (and the point itself): keep col > row
+                mask &= self.cols > np.arange(s, s + sub.shape[0])[:, None]
+            local = np.flatnonzero(mask)
+            del mask
+            if local.size:
+                strips.append(self._strip(s, (local + s * self.b).astype(np.int32), sub.ravel()[local]))
+        self._keep(r0, c0, strips)
+
+    def add_pairs(self, flat: np.ndarray, vals: np.ndarray, r0: int, c0: int) -> None:
+        """Take the pairs of one tile found on the device: flat indices (ascending) and distances."""
+        bounds = np.searchsorted(flat, np.arange(0, self.b + self.strip, self.strip) * self.b)
+        strips = [
+            self._strip(s, flat[lo:hi], vals[lo:hi])
+            for s, lo, hi in zip(range(0, self.b, self.strip), bounds[:-1], bounds[1:], strict=False)
+            if hi > lo
+        ]
+        self._keep(r0, c0, strips)
+
+    def _strip(self, s: int, flat: np.ndarray, v: np.ndarray) -> _Strip:
+        return _Strip(
+            s=s,
+            flat=flat,
+            vals=v.astype(np.float32) if self.keep_vals else None,
+            near=flat[v > self.near_above] if self.near_above is not None else None,
+        )
+
+    def _keep(self, r0: int, c0: int, strips: list[_Strip]) -> None:
+        if not strips:
+            return
+        for st in strips:
+            self.degree[r0 : r0 + self.b] += np.bincount(st.flat // self.b, minlength=self.b)
+            self.degree[c0 : c0 + self.b] += np.bincount(st.flat % self.b, minlength=self.b)
+            self.n_edges += 2 * st.flat.size
+            self.n_near += 0 if st.near is None else st.near.size
+        self.tiles.append((r0, c0, strips))
+
+    def build(self) -> tuple[_Graph, np.ndarray, np.ndarray]:
+        """The CSR graph, and the near-boundary pairs as (row, col), each unordered pair once."""
+        n = self.n
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(self.degree[:n], out=indptr[1:])
+        indices = np.empty(int(indptr[-1]), dtype=np.int32)
+        dists = np.empty(indices.size, dtype=np.float32) if self.keep_vals else None
+        ptr = np.concatenate([indptr[:-1], np.zeros(self.b, dtype=np.int64)])  # next free slot of each row
+        near_r, near_c = [], []
+        self.tiles.reverse()
+        while self.tiles:  # in collection order: each row then receives its columns in ascending order
+            r0, c0, strips = self.tiles.pop()
+            for st in strips:
+                self._place(r0, c0, st, indices, dists, ptr)
+                if st.near is not None and st.near.size:
+                    near_r.append(r0 + st.near.astype(np.int64) // self.b)
+                    near_c.append(c0 + st.near.astype(np.int64) % self.b)
+        nr = np.concatenate(near_r) if near_r else np.zeros(0, np.int64)
+        nc = np.concatenate(near_c) if near_c else np.zeros(0, np.int64)
+        return _Graph(indptr=indptr, indices=indices, dists=dists), nr, nc
+
+    def _place(self, r0: int, c0: int, st: _Strip, indices: np.ndarray, dists: np.ndarray | None,
+               ptr: np.ndarray) -> None:  # fmt: skip
+        """Write one strip's pairs into the CSR. For each row, the pairs where it is the column (sources
+        above it, in this tile or an earlier one) come before those where it is the row (columns to its
+        right): strips and tiles are placed in collection order, transposed before direct."""
+        b, s = self.b, st.s
+        flat = st.flat.astype(np.int64)
+        rows, cols = flat // b - s, flat % b  # rows relative to the strip
+        del flat
+        height = min(self.strip, b - s)
+        # transposed: row c0 + col gets column r0 + s + row; within a column, rows ascend (row-major order)
+        pos = ptr[c0 + cols] + _rank_within(cols, rows, height, b)
+        indices[pos] = r0 + s + rows
+        if dists is not None:
+            dists[pos] = st.vals
+        ptr[c0 : c0 + b] += np.bincount(cols, minlength=b)
+        # direct: row r0 + s + row gets column c0 + col; each row's run is ascending and contiguous
+        counts = np.bincount(rows, minlength=height)
+        first = np.cumsum(counts) - counts
+        pos = ptr[r0 + s + rows] + (np.arange(rows.size) - first[rows])
+        indices[pos] = c0 + cols
+        if dists is not None:
+            dists[pos] = st.vals
+        ptr[r0 + s : r0 + s + height] += counts
+
+
+def _rank_within(cols: np.ndarray, rows: np.ndarray, height: int, b: int) -> np.ndarray:
+    """For pairs in row-major order, how many earlier pairs share each one's column.
+
+    Dense strips: a running count down the columns of a height x b grid; sparse ones: a stable sort.
+    """
+    if 16 * cols.size >= height * b:
+        seen = np.zeros((height, b), dtype=np.int32)
+        seen[rows, cols] = 1
+        np.cumsum(seen, axis=0, out=seen)
+        return seen[rows, cols] - 1
+    order = np.argsort(cols, kind="stable")
+    sorted_cols = cols[order]
+    first = np.searchsorted(sorted_cols, sorted_cols, side="left")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size) - first
+    return rank
 
 
 def neighbours_pass(
-    pts: _Points, cfg: OpticsConfig, dtype, m: int, radius: float, edge_budget: int | None
-) -> tuple[np.ndarray, np.ndarray, _Graph | None]:
+    pts: _Points,
+    cfg: OpticsConfig,
+    dtype,
+    m: int,
+    radius: float,
+    plan: MemoryPlan,
+    *,
+    collect: bool,
+    near_above: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, _Graph | None, tuple[np.ndarray, np.ndarray]]:
     """The O(n^2 d) part, on the device, blocked: every point's m nearest (distances and indices) and,
-    when `edge_budget` allows, all pairs within `radius`. Memory: O(n d + tile + edges)."""
+    with `collect` and while the plan has room for them, all pairs within `radius` (and which of them are
+    farther than `near_above`, for the exact recheck). Memory: O(n d + tile + edges), as `plan` counts it."""
     n = pts.raw.shape[0]
-    b, n_pad = _blocks(n, cfg.block_size)
-    xp = jnp.asarray(_pad_rows(pts.work, n_pad), dtype=dtype)
-    sqp = jnp.asarray(_pad_rows(pts.sq, n_pad), dtype=dtype)
+    b, n_pad = plan.block, plan.n_pad
+    xp = _to_device(pts.work, n_pad, dtype)
+    sqp = _to_device(pts.sq, n_pad, dtype)
     valid = jnp.asarray(np.arange(n_pad) < n)
     rad = jnp.asarray(radius, dtype=dtype)
     on_cpu = jax.default_backend() == "cpu"
     best_d = jnp.full((n_pad, m), jnp.inf, dtype=dtype)
     best_i = jnp.zeros((n_pad, m), dtype=jnp.int32)
-    collect = edge_budget is not None
-    rows: list[np.ndarray] = []
-    cols: list[np.ndarray] = []
-    vals: list[np.ndarray] = []
-    n_edges = 0
+    builder = None
+    if collect:
+        builder = _GraphBuilder(n, b, radius, near_above, keep_vals=cfg.precision != "float64")
+    pending = None
     for r0 in range(0, n_pad, b):
         for c0 in range(r0, n_pad, b):
             d, best_d, best_i, count = _tile_step(
                 xp, sqp, valid, best_d, best_i, r0, c0, rad, metric=pts.metric, m=m, b=b
             )
-            if not collect:
+            if pending is not None:  # at most two tiles in flight: async dispatch would queue them all
+                pending.block_until_ready()
+            pending = count
+            if builder is None or not int(count):
                 continue
-            count = int(count)
-            if not count:
-                continue
-            n_edges += count if r0 == c0 else 2 * count
-            if n_edges > edge_budget:
-                collect, rows, cols, vals = False, [], [], []
-                continue
-            if on_cpu:  # the tile already lives in host memory: numpy finds the pairs without a copy
-                dh = np.asarray(d)
-                r, c = np.nonzero((dh <= radius) & np.isfinite(dh))  # inf marks padding
-                v = dh[r, c]
+            if on_cpu:  # the tile already lives in host memory: numpy reads it without a copy
+                builder.add_tile(np.asarray(d), r0, c0)
             else:  # on an accelerator only the pairs cross to the host
-                cap = max(1024, 1 << (count - 1).bit_length())  # few distinct shapes, few compilations
-                r, c, v = (np.asarray(a)[:count] for a in _extract_edges(d, rad, cap=cap))  # host-side slice
-            r, c, v = r.astype(np.int64) + r0, c.astype(np.int64) + c0, v.astype(np.float64)
-            rows.append(r)
-            cols.append(c)
-            vals.append(v)
-            if r0 != c0:
-                rows.append(c)
-                cols.append(r)
-                vals.append(v)
-    knn_d = np.asarray(best_d, dtype=np.float64)
-    knn_i = np.asarray(best_i, dtype=np.int64)
-    knn_d, knn_i = knn_d[:n], knn_i[:n]
-    if not collect:
-        return knn_d, knn_i, None
-    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-    v = np.concatenate(vals) if vals else np.zeros(0, np.float64)
-    keep = r != c  # a point is processed before its own neighbours are updated: self pairs never matter
-    r, c, v = r[keep], c[keep], v[keep]
-    perm = np.lexsort((c, r))
-    r, c, v = r[perm], c[perm], v[perm]
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(r, minlength=n), out=indptr[1:])
-    return knn_d, knn_i, _Graph(indptr=indptr, indices=c, dists=v)
+                cap = max(1024, 1 << (int(count) - 1).bit_length())  # few distinct shapes, few compilations
+                flat, v = (np.asarray(a)[: int(count)] for a in _tile_pairs(d, rad, r0 == c0, cap=cap, b=b))
+                builder.add_pairs(flat, v, r0, c0)
+            used = builder.n_edges * plan.edge_bytes + builder.n_near * NEAR_PAIR_BYTES
+            if used > plan.room:
+                builder = None  # over budget: the caller falls back (or says so)
+    del d
+    knn_d = np.asarray(best_d, dtype=np.float64)[:n]
+    knn_i = np.asarray(best_i, dtype=np.int64)[:n]
+    del xp, sqp, best_d, best_i
+    if builder is None:
+        return knn_d, knn_i, None, (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    graph, nr, nc = builder.build()
+    return knn_d, knn_i, graph, (nr, nc)
+
+
+@partial(jax.jit, static_argnames=("cap", "b"))
+def _tile_pairs(d, radius, diagonal, *, cap, b):
+    """The pairs of a tile within `radius` as row-major flat indices (int32) and distances, `cap` slots."""
+    ar = jnp.arange(b)
+    mask = (d <= radius) & jnp.isfinite(d) & (~diagonal | (ar[None, :] > ar[:, None]))
+    flat = jnp.flatnonzero(mask, size=cap, fill_value=0)
+    return flat.astype(jnp.int32), d.ravel()[flat]
 
 
 def exact_core_distances(pts: _Points, knn_i: np.ndarray, k: int, chunk: int = 8) -> np.ndarray:
@@ -414,21 +652,54 @@ def exact_core_distances(pts: _Points, knn_i: np.ndarray, k: int, chunk: int = 8
     return core
 
 
-def _recheck_boundary(pts: _Points, graph: _Graph, max_eps: float, tol: float) -> _Graph:
-    """Pairs whose device distance is within `tol` of max_eps: decide membership with sklearn's arithmetic."""
-    near = graph.dists > max_eps - tol
-    if not near.any():
+def _recheck_boundary(
+    pts: _Points, graph: _Graph, near_r: np.ndarray, near_c: np.ndarray, max_eps: float
+) -> _Graph:
+    """Pairs whose device distance is within tol of max_eps: decide membership with sklearn's arithmetic.
+
+    Row by row, on that row's near columns in ascending order (the one-row product `_set_reach_dist`
+    makes); entries found outside the radius are removed from the CSR in place, window by window.
+    """
+    if not near_r.size:
         return graph
-    row_of = np.repeat(np.arange(len(graph.indptr) - 1), np.diff(graph.indptr))
-    keep = np.ones(graph.indices.size, dtype=bool)
-    for p in np.unique(row_of[near]):
-        a, b = graph.indptr[p], graph.indptr[p + 1]
-        sel = np.flatnonzero(near[a:b]) + a
-        keep[sel] = pts.dist_1xm(int(p), graph.indices[sel]) <= max_eps
-    counts = np.bincount(row_of[keep], minlength=len(graph.indptr) - 1)
-    indptr = np.zeros_like(graph.indptr)
-    np.cumsum(counts, out=indptr[1:])
-    return _Graph(indptr=indptr, indices=graph.indices[keep], dists=graph.dists[keep])
+    rows = np.concatenate([near_r, near_c])
+    cols = np.concatenate([near_c, near_r])
+    perm = np.lexsort((cols, rows))
+    rows, cols = rows[perm], cols[perm]
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    drop: list[np.ndarray] = []
+    for a, b in zip(starts, np.r_[starts[1:], rows.size], strict=True):
+        p = int(rows[a])
+        out = pts.dist_1xm(p, cols[a:b]) > max_eps
+        if out.any():
+            lo, hi = graph.indptr[p], graph.indptr[p + 1]
+            drop.append(lo + np.searchsorted(graph.indices[lo:hi], cols[a:b][out]))
+    if not drop:
+        return graph
+    gone = np.sort(np.concatenate(drop))
+    _compact(graph, gone)
+    return graph
+
+
+def _compact(graph: _Graph, gone: np.ndarray, window: int = 1 << 20) -> None:
+    """Remove the CSR entries at the sorted positions `gone`, in place, with O(window) temporaries."""
+    n = len(graph.indptr) - 1
+    row_of_gone = np.searchsorted(graph.indptr, gone, side="right") - 1
+    write = 0
+    total = graph.indices.size
+    for lo in range(0, total, window):
+        hi = min(lo + window, total)
+        keep = np.ones(hi - lo, dtype=bool)
+        keep[gone[(gone >= lo) & (gone < hi)] - lo] = False
+        k = int(keep.sum())
+        graph.indices[write : write + k] = graph.indices[lo:hi][keep]
+        if graph.dists is not None:
+            graph.dists[write : write + k] = graph.dists[lo:hi][keep]
+        write += k
+    graph.indices = graph.indices[:write]
+    if graph.dists is not None:
+        graph.dists = graph.dists[:write]
+    graph.indptr = graph.indptr - np.concatenate([[0], np.cumsum(np.bincount(row_of_gone, minlength=n))])
 
 
 def order_graph(
@@ -437,9 +708,10 @@ def order_graph(
     """scikit-learn's ordering loop over the radius graph, on the host, with a heap keyed (reachability, index).
 
     The heap minimum is sklearn's `argmin` with ties to the smallest index; stale entries (point
-    processed, or its reachability improved since the push) are dropped when popped. With `pts`, the
-    distances to the unprocessed neighbours are recomputed exactly as sklearn's `_set_reach_dist` does
-    (same rows, same column order, same arithmetic); without, the device's distances are used.
+    processed, or its reachability improved since the push) are dropped when popped, and the heap is
+    rebuilt from the live entries when it grows past 2n (so its memory is O(n), not O(edges)). With `pts`,
+    the distances to the unprocessed neighbours are recomputed exactly as sklearn's `_set_reach_dist` does
+    (same rows, same column order, same arithmetic); without, the graph's (device) distances are used.
     """
     n = core.shape[0]
     reach = np.full(n, np.inf)
@@ -469,7 +741,7 @@ def order_graph(
         if not unproc.any():
             continue
         nb = nb[unproc]
-        d = pts.dist_1xm(point, nb) if pts is not None else d[unproc]
+        d = pts.dist_1xm(point, nb) if pts is not None else d[unproc].astype(np.float64)
         rd = _round(np.maximum(d, c))
         better = rd < reach[nb]
         nb, rd = nb[better], rd[better]
@@ -477,6 +749,10 @@ def order_graph(
         pred[nb] = point
         for q, v in zip(nb.tolist(), rd.tolist(), strict=True):
             heapq.heappush(heap, (v, q))
+        if len(heap) > 2 * n:  # mostly stale entries: keep the live ones, one per point
+            live = np.flatnonzero(~processed & np.isfinite(reach))
+            heap = list(zip(reach[live].tolist(), live.tolist(), strict=True))
+            heapq.heapify(heap)
     return ordering, reach, pred
 
 
@@ -496,7 +772,7 @@ def _order_device(x, sq, core, max_eps, dmat, *, metric, dense):
         def update(rp):
             reach, pred = rp
             if dense:
-                d = dmat[point]
+                d = dmat[point, :n]  # the matrix is padded to the tile size
             else:
                 d = _dist(x[point][None, :], x, sq[point][None], sq, metric)[0]
             rd = _round_jax(jnp.maximum(d, c))
@@ -516,24 +792,48 @@ def _order_device(x, sq, core, max_eps, dmat, *, metric, dense):
     return ordering, reach, pred
 
 
-def _dense_matrix(pts: _Points, cfg: OpticsConfig, dtype) -> jax.Array:
-    n = pts.raw.shape[0]
-    b, n_pad = _blocks(n, cfg.block_size)
-    xp = jnp.asarray(_pad_rows(pts.work, n_pad), dtype=dtype)
-    sqp = jnp.asarray(_pad_rows(pts.sq, n_pad), dtype=dtype)
-    dist = jax.jit(partial(_dist, metric=cfg.metric))
-    strips = [dist(xp[r0 : r0 + b], xp, sqp[r0 : r0 + b], sqp) for r0 in range(0, n_pad, b)]
-    return jnp.concatenate(strips, axis=0)[:n, :n]
+@partial(jax.jit, static_argnames=("metric", "b"), donate_argnames=("dmat",))
+def _dense_strip(dmat, xp, sqp, r0, *, metric, b):
+    """Rows r0..r0+b of the distance matrix, written in place into the (donated) n_pad x n_pad matrix."""
+    xr, sr = (jax.lax.dynamic_slice_in_dim(a, r0, b) for a in (xp, sqp))
+    return jax.lax.dynamic_update_slice_in_dim(dmat, _dist(xr, xp, sr, sqp, metric), r0, 0)
+
+
+def _dense_matrix(pts: _Points, plan: MemoryPlan, metric: str, dtype) -> jax.Array:
+    """The padded n_pad x n_pad distance matrix, built strip by strip in one buffer (no concatenation).
+
+    A last strip that would run past n_pad is clamped to end there by XLA (slice and update alike), so it
+    rewrites a few rows with the same values.
+    """
+    xp = _to_device(pts.work, plan.n_pad, dtype)
+    sqp = _to_device(pts.sq, plan.n_pad, dtype)
+    dmat = jnp.zeros((plan.n_pad, plan.n_pad), dtype=dtype)
+    rows = plan.dense_rows()
+    for r0 in range(0, plan.n_pad, rows):
+        dmat = _dense_strip(dmat, xp, sqp, r0, metric=metric, b=rows)
+        dmat.block_until_ready()  # one strip's temporaries at a time, not every strip queued at once
+    return dmat
+
+
+def _mb(nbytes: float) -> str:
+    return f"{math.ceil(nbytes / 2**20 * 10) / 10:g} MB"
 
 
 def compute_optics_graph(
     x: np.ndarray, cfg: OpticsConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
-    """ordering, core distances, reachability, predecessor (as sklearn's `compute_optics_graph`) and the engine used."""
+    """ordering, core distances, reachability, predecessor (as sklearn's `compute_optics_graph`) and the engine used.
+
+    Memory stays within `cfg.memory_budget_mb` as `memory_plan` counts it (beyond the input array): the
+    graph engine stops collecting pairs when they would not fit and "auto" falls back to the dense matrix
+    if that fits, else to the stream engine; an explicit engine that cannot fit raises OpticsMemoryError.
+    """
     n = int(np.shape(x)[0])
     cfg.validate(n)
+    if np.ndim(x) != 2:
+        raise ValueError(f"expected a 2-D array of points, got shape {np.shape(x)}.")
+    plan = memory_plan(n, int(np.shape(x)[1]), cfg)  # before any allocation: a budget too small says so first
     pts = prepare(x, cfg.metric, cfg.min_samples)
-    budget = int(cfg.memory_budget_mb * 2**20)
     exact = cfg.precision == "float64"
     k = cfg.min_samples
     m = min(n, k + 2) if exact else k
@@ -541,29 +841,27 @@ def compute_optics_graph(
     tol = 1e-9 * max(1.0, cfg.max_eps) if exact and math.isfinite(cfg.max_eps) else 0.0
     with jax.enable_x64(True):
         dtype = jnp.float64 if exact else jnp.float32
-        itemsize = 8 if exact else 4
         engine = cfg.engine
         want_graph = engine == "graph" or (engine == "auto" and math.isfinite(cfg.max_eps))
-        knn_d, knn_i, graph = neighbours_pass(
-            pts, cfg, dtype, m, cfg.max_eps + tol, budget // 24 if want_graph else None
-        )
+        knn_d, knn_i, graph, (near_r, near_c) = neighbours_pass(
+            pts, cfg, dtype, m, cfg.max_eps + tol, plan, collect=want_graph,
+            near_above=cfg.max_eps - tol if tol else None,
+        )  # fmt: skip
         core = exact_core_distances(pts, knn_i, k) if exact else knn_d[:, k - 1]
+        del knn_d, knn_i
         core[core > cfg.max_eps] = np.inf
         core = _round(core)
         if graph is not None:
             if tol:
-                graph = _recheck_boundary(pts, graph, cfg.max_eps, tol)
+                graph = _recheck_boundary(pts, graph, near_r, near_c, cfg.max_eps)
+            del near_r, near_c
             ordering, reach, pred = order_graph(core, graph, pts if exact else None)
             return ordering, core, reach, pred, "graph"
-        if engine == "graph":
-            raise MemoryError(
-                f"the radius graph for max_eps={cfg.max_eps} needs more than {cfg.memory_budget_mb} MB; "
-                "raise --memory-budget-mb, lower --max-eps, or use --engine stream."
-            )
-        if engine == "dense" or (engine == "auto" and n * n * itemsize <= budget):
-            dmat, engine = _dense_matrix(pts, cfg, dtype), "dense"
+        engine = _device_engine(cfg, plan, n)
+        if engine == "dense":
+            dmat = _dense_matrix(pts, plan, cfg.metric, dtype)
         else:
-            dmat, engine = jnp.zeros((1, 1), dtype=dtype), "stream"
+            dmat = jnp.zeros((1, 1), dtype=dtype)
         out = _order_device(
             jnp.asarray(pts.work, dtype=dtype),
             jnp.asarray(pts.sq, dtype=dtype),
@@ -575,6 +873,27 @@ def compute_optics_graph(
         )
         ordering, reach, pred = (np.asarray(a) for a in out)
     return ordering.astype(np.int64), core, reach.astype(np.float64), pred.astype(np.int64), engine
+
+
+def _device_engine(cfg: OpticsConfig, plan: MemoryPlan, n: int) -> str:
+    """The engine once the radius graph is out: the dense matrix if it fits the budget, else streaming."""
+    room = plan.budget - plan.points - plan.per_point
+    if cfg.engine == "graph":
+        raise OpticsMemoryError(
+            f"the radius graph for max_eps={cfg.max_eps} does not fit a memory budget of {cfg.memory_budget_mb:g} "
+            f"MB ({_mb(room - plan.tile)} left for it after the points and one {plan.block}x{plan.block} tile); "
+            "raise --memory-budget-mb, lower --max-eps, or use --engine stream (slower, memory O(n d))."
+        )
+    fits = plan.dense_rows() > 0
+    if cfg.engine == "dense" and not fits:
+        raise OpticsMemoryError(
+            f"the dense {n}x{n} distance matrix needs {_mb(plan.dense_bytes())}, more than the "
+            f"{_mb(room)} a memory budget of {cfg.memory_budget_mb:g} MB leaves; raise --memory-budget-mb or use "
+            "--engine stream (slower, memory O(n d))."
+        )
+    if cfg.engine == "dense" or (cfg.engine == "auto" and fits):
+        return "dense"
+    return "stream"
 
 
 def extract_labels(

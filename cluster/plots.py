@@ -6,7 +6,6 @@ earlier point reached within max_eps. Noise is grey. Pure matplotlib (Agg backen
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from data.atomic import atomic_write  # noqa: E402
 
 NOISE_COLOUR = "#b0b0b0"
 
@@ -30,6 +31,22 @@ def cluster_colours(labels: np.ndarray) -> np.ndarray:
     out[noise] = matplotlib.colors.to_rgba(NOISE_COLOUR)
     out[~noise] = palette[labels[~noise] % len(palette)]
     return out
+
+
+# One matplotlib bar costs ~9 KB: drawn one per point, 100,000 points would take ~0.9 GB for a picture
+# ~2,400 pixels wide. Above this many points, consecutive points share a bar (`_binned`).
+MAX_BARS = 4000
+
+
+def _binned(heights: np.ndarray, labels: np.ndarray, finite: np.ndarray):
+    """Consecutive points in groups of `per_bar`: a bar's height is the group's highest reachability (so a
+    valley shows only where every point in it is low), its colour the cluster of the group's first point,
+    hatched if any point is unreachable. O(n) memory, MAX_BARS bars."""
+    n = heights.size
+    per_bar = -(-n // MAX_BARS)
+    starts = np.arange(0, n, per_bar)
+    return (np.maximum.reduceat(heights, starts), labels[starts], np.logical_and.reduceat(finite, starts),
+            per_bar)
 
 
 def reachability_plot(
@@ -51,14 +68,19 @@ def reachability_plot(
         top = max(top, float(max_eps) * 1.05)
     heights = np.where(finite, reach, top)
     n = reach.size
+    per_bar = 1
+    if n > MAX_BARS:
+        heights, lab_bars, finite, per_bar = _binned(heights, lab, finite)
+    else:
+        lab_bars = lab
     fig, ax = plt.subplots(figsize=(min(24, 6 + n / 400), 4), dpi=100)
-    x = np.arange(n)
-    ax.bar(x, heights, width=1.0, color=cluster_colours(lab), linewidth=0)
+    x = np.arange(len(heights)) * per_bar + (per_bar - 1) / 2
+    ax.bar(x, heights, width=float(per_bar), color=cluster_colours(lab_bars), linewidth=0)
     if (~finite).any():
         ax.bar(
             x[~finite],
             heights[~finite],
-            width=1.0,
+            width=float(per_bar),
             color="none",
             edgecolor="#dddddd",
             hatch="//",
@@ -73,12 +95,12 @@ def reachability_plot(
         ylim=(0, top),
         xlabel="points in OPTICS order",
         ylabel="reachability distance",
-        title=f"{title}: {n} points, {n_clusters} clusters, {np.mean(lab < 0):.1%} noise (grey)",
+        title=f"{title}: {n} points, {n_clusters} clusters, {np.mean(lab < 0):.1%} noise (grey)"
+        + (f"; one bar per {per_bar} points" if per_bar > 1 else ""),
     )
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
     return path

@@ -14,6 +14,11 @@ Definitions (the images are the rows of clusters.csv, U; noise = label -1):
 - proposed pairs split into `known` (a direct connection of any type in connections.csv, counted by
   type), `implied` (no direct connection but in one pattern group) and `new` (neither): `new` is what
   an expert would be asked about for the first time.
+
+Every row of clusters.csv must be an image of the collection: a uid that is not in images.csv would be
+counted as an image without a group (a wrong precision, and a sign the signatures came from another
+collection), so `evaluate` refuses it (`UnknownUidsError`) unless told to leave such rows out, and then
+the report lists them (`uids_not_in_collection`).
 """
 
 from __future__ import annotations
@@ -102,11 +107,49 @@ class QualityReport:
     proposed_pairs_known_by_type: dict[str, int] = field(default_factory=dict)
     proposed_pairs_implied: int = 0
     proposed_pairs_new: int = 0
+    uids_not_in_collection: list[str] = field(default_factory=list)  # rows left out (ignore_unknown)
     definitions: str = "see cluster/quality.py"
 
 
-def evaluate(table: ClusterTable, collection: Collection) -> QualityReport:
-    """All figures for one clustering (pure: reads nothing, writes nothing)."""
+class UnknownUidsError(ValueError):
+    """Rows of a clusters file whose uid is not in the collection (the message names them)."""
+
+
+def unknown_uids(table: ClusterTable, collection: Collection) -> list[str]:
+    return [u for u in table.uids if u not in collection]
+
+
+def restrict(table: ClusterTable, uids: set[str]) -> ClusterTable:
+    """The rows of `table` whose uid is in `uids`, in their order; `order` renumbered to stay a permutation."""
+    keep = np.array([u in uids for u in table.uids], dtype=bool)
+    order = np.argsort(np.argsort(table.order[keep], kind="stable"), kind="stable")
+    return ClusterTable(uids=[u for u, k in zip(table.uids, keep.tolist(), strict=True) if k],
+                        labels=table.labels[keep], order=order, reachability=table.reachability[keep],
+                        core_distance=table.core_distance[keep], params=dict(table.params))
+
+
+def _check_uids(table: ClusterTable, collection: Collection, ignore_unknown: bool) -> tuple[ClusterTable, list[str]]:
+    unknown = unknown_uids(table, collection)
+    if not unknown:
+        return table, []
+    if not ignore_unknown:
+        first = ", ".join(repr(u) for u in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise UnknownUidsError(
+            f"{len(unknown)} uid(s) are not in {collection.images_file} ({first}); they would be counted as "
+            "images without a pattern group. Were the signatures made from another collection (then re-run "
+            "`python -m model embed` and `python -m cluster optics` on this one)? To judge the other images "
+            "only, pass --ignore-unknown."
+        )
+    return restrict(table, set(table.uids) - set(unknown)), unknown
+
+
+def evaluate(table: ClusterTable, collection: Collection, *, ignore_unknown: bool = False) -> QualityReport:
+    """All figures for one clustering (pure: reads nothing, writes nothing).
+
+    Raises `UnknownUidsError` for rows whose uid is not in the collection, or with `ignore_unknown`
+    leaves them out of every figure and lists them in the report.
+    """
+    table, unknown = _check_uids(table, collection, ignore_unknown)
     groups = pattern_groups(collection)
     uids = table.uids
     labels = table.labels
@@ -173,6 +216,7 @@ def evaluate(table: ClusterTable, collection: Collection) -> QualityReport:
         proposed_pairs_known_by_type=dict(sorted(by_type.items())),
         proposed_pairs_implied=implied,
         proposed_pairs_new=new,
+        uids_not_in_collection=unknown,
     )
 
 

@@ -26,10 +26,24 @@ from cluster.annotate.queue import order_clusters, pair
 from cluster.clusters_file import read_clusters
 from data.atomic import atomic_write_text
 from data.collection import Collection, load_collection
-from data.preprocess import ImageReadError, decode_rgb
+from data.image import ImageReadError, decode_image
 
 RETRIEVAL_KEYS = ("mAP", "recall@1", "recall@5", "recall@10", "recall@20", "recall@50", "recall@100",
                   "median_first_rank")
+
+
+class ReportError(ValueError):
+    """An input of the report that cannot be read; the message names the file and what to do."""
+
+
+def _read_json(path: Path, made_by: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ReportError(f"{path}: not readable JSON ({e}); make it again with `{made_by}`.") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}: expected a JSON object; make it again with `{made_by}`.")
+    return data
 
 
 @dataclass(frozen=True)
@@ -58,11 +72,10 @@ def _img_uri(path: Path) -> str | None:
 
 def _thumb_uri(collection: Collection, uid: str, size: int) -> str | None:
     """A small JPEG thumbnail as a data URI, or None for an unreadable image (shown as a placeholder)."""
-    try:
-        img = decode_rgb(collection.image_path(uid))
+    try:  # corrected like every stage's pictures (EXIF orientation, transparency on white, 16-bit)
+        img = decode_image(collection.image_path(uid), max_side=size).image
     except (ImageReadError, KeyError):
         return None
-    img.thumbnail((size, size))
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=80)
     return f"data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}"
@@ -84,7 +97,8 @@ def retrieval_table(eval_json: dict) -> str:
         trained = (eval_json.get("trained") or {}).get(split)
         if not start or not trained:
             continue
-        for name, m in (("untrained (start)", start), ("fine-tuned", trained)):
+        exported = "exported (= the start)" if eval_json.get("selected") == "start" else "fine-tuned"
+        for name, m in (("untrained (start)", start), (exported, trained)):
             cells = "".join(f"<td>{_fmt(m.get(k))}</td>" for k in RETRIEVAL_KEYS)
             queries = m.get("num_queries")
             queries = int(queries) if isinstance(queries, int | float) else queries
@@ -92,7 +106,22 @@ def retrieval_table(eval_json: dict) -> str:
     if not rows:
         return "<p>No retrieval figures in the run's eval.json.</p>"
     head = "".join(f"<th>{_esc(k)}</th>" for k in RETRIEVAL_KEYS)
-    return f"<table><tr><th>split</th><th>network</th><th>queries</th>{head}</tr>{''.join(rows)}</table>"
+    table = f"<table><tr><th>split</th><th>network</th><th>queries</th>{head}</tr>{''.join(rows)}</table>"
+    return selection_note(eval_json) + table
+
+
+def selection_note(eval_json: dict) -> str:
+    """Which network the run exported, and why: the start (epoch 0) when no epoch beat it on val."""
+    by_epoch = eval_json.get("val_mAP_by_epoch") or {}
+    epochs = ", ".join(f"{'start' if e == '0' else 'epoch ' + _esc(e)} {_fmt(v)}" for e, v in by_epoch.items())
+    seen = f" (val mAP: {epochs})" if epochs else ""
+    if eval_json.get("selected") == "start":
+        return (f"<p class='warn'><b>No epoch beat the starting network on val{seen}: the run exported the "
+                f"starting network's weights and signatures unchanged.</b> Training did not help here; try a "
+                f"lower learning rate or more connections.</p>")
+    if eval_json.get("selected") == "trained" and epochs:
+        return f"<p>Exported the best network on val among the start and every epoch{seen}.</p>"
+    return ""
 
 
 def _known_pairs(collection: Collection) -> dict[tuple[str, str], str]:
@@ -160,6 +189,7 @@ table.kv th{text-align:left}
 .cards{display:flex;flex-wrap:wrap;gap:10px}
 .cards figure{margin:0;width:170px} .cards img{max-width:160px;max-height:160px;display:block}
 .cards figcaption{font-size:12px;color:#444;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.warn{background:#fff3e0;border:1px solid #e0a060;padding:6px 10px}
 .missing{width:160px;height:100px;background:#ddd;display:flex;align-items:center;justify-content:center}
 code{background:#fff;border:1px solid #ddd;padding:2px 6px;border-radius:4px}
 """
@@ -175,7 +205,7 @@ def build_report(inputs: ReportInputs) -> str:
         eval_path = inputs.run_dir / "eval.json"
         parts.append("<h2>Retrieval before and after fine-tuning</h2>")
         if eval_path.exists():
-            ev = json.loads(eval_path.read_text())
+            ev = _read_json(eval_path, "python -m train ... --resume")
             parts.append("<p>For each image of a split that has known partners, the whole collection is ranked "
                          "by signature similarity; mAP averages precision over all its true partners, recall@k is "
                          "the share of partners found in the top k.</p>")
@@ -200,7 +230,7 @@ def build_report(inputs: ReportInputs) -> str:
 
     if inputs.quality and inputs.quality.exists():
         parts.append("<h2>Clusters against the known connections</h2>")
-        parts.append(quality_table(json.loads(inputs.quality.read_text())))
+        parts.append(quality_table(_read_json(inputs.quality, "python -m cluster evaluate ... --json")))
     gallery, _ = cluster_gallery(inputs, collection)
     parts.append(f"<h2>Top proposed clusters</h2><p>Largest-new-first: the clusters with the most pairs that "
                  f"nobody has connected yet come first, as in the annotation app.</p>{gallery}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from data.collection import CollectionError
+from data.paths import UserPath
 
 
 @click.group()
@@ -22,7 +23,7 @@ def _fail(msg: str) -> None:
 
 
 @cli.command()
-@click.argument("collection", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("collection", type=UserPath(file_okay=False))
 @click.option("--no-decode", is_flag=True, help="Only check that image files exist (fast on huge archives).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON line too.")
 def check(collection: Path, no_decode: bool, as_json: bool) -> None:
@@ -42,10 +43,10 @@ def check(collection: Path, no_decode: bool, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("collection", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.argument("collection", type=UserPath(file_okay=False))
+@click.option("--out", type=UserPath(dir_okay=False), default=None,
               help="Where to write the assignment (default COLLECTION/splits.json).")
-@click.option("--previous", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--previous", type=UserPath(dir_okay=False), default=None,
               help="An earlier splits.json whose assignments must not change (default: COLLECTION/splits.json).")
 def splits(collection: Path, out: Path | None, previous: Path | None) -> None:
     """Assign pattern groups to train/val/test and save the assignment (kept stable on later runs)."""
@@ -70,7 +71,7 @@ def splits(collection: Path, out: Path | None, previous: Path | None) -> None:
 
 
 @cli.command()
-@click.argument("collection", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("collection", type=UserPath(file_okay=False))
 @click.option("--max-side", default=1024, show_default=True, help="Largest side requested (IIIF) or kept.")
 @click.option("--workers", default=8, show_default=True, help="Parallel downloads.")
 @click.option("--retries", default=3, show_default=True, help="Attempts per image.")
@@ -90,13 +91,13 @@ def fetch(collection: Path, max_side: int, workers: int, retries: int, timeout: 
 
 
 @cli.command("import")
-@click.option("--metadata", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+@click.option("--metadata", required=True, type=UserPath(dir_okay=False, exists=True),
               help="The original's semicolon-separated metadata export.")
-@click.option("--morphograph", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+@click.option("--morphograph", required=True, type=UserPath(dir_okay=False, exists=True),
               help="The original's morphograph: uid,img1,img2,type,annotated as .csv or .parquet.")
-@click.option("--images-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--images-root", type=UserPath(file_okay=False), default=None,
               help="Folder holding {Drawer}/{Drawer}_{ImageNumber}.jpg.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="New collection folder.")
+@click.option("--out", required=True, type=UserPath(file_okay=False), help="New collection folder.")
 def import_(metadata: Path, morphograph: Path, images_root: Path | None, out: Path) -> None:
     """Convert the original system's metadata export and morphograph into a collection."""
     from data.importer import ImportError_, import_original
@@ -110,7 +111,7 @@ def import_(metadata: Path, morphograph: Path, images_root: Path | None, out: Pa
 
 
 @cli.command()
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=UserPath(file_okay=False))
 @click.option("--seed", default=0, show_default=True)
 @click.option("--max-side", default=384, show_default=True, help="Largest side of the stored images.")
 @click.option("--sources", default=None, type=int,
@@ -128,13 +129,14 @@ def demo(out: Path, seed: int, max_side: int, sources: int | None) -> None:
 
 
 @cli.command()
-@click.argument("collection", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("collection", type=UserPath(file_okay=False))
 @click.option("--max-side", default=512, show_default=True, help="Images are downscaled once to this side.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", type=UserPath(file_okay=False), default=None,
               help="Output folder (default COLLECTION/prepared).")
 @click.option("--force", is_flag=True, help="Rebuild even if the inputs did not change.")
 def prepare(collection: Path, max_side: int, out: Path | None, force: bool) -> None:
     """Write COLLECTION as a tensorflow-datasets ArrayRecord dataset for the input pipeline."""
+    from data.image import note_lines
     from data.prepare import prepare_collection
 
     try:
@@ -143,6 +145,8 @@ def prepare(collection: Path, max_side: int, out: Path | None, force: bool) -> N
         _fail(str(e))
     for uid, err in res.skipped.items():
         click.echo(f"SKIPPED uid {uid}: {err}")
+    for line in note_lines(res.notes, collection=collection):
+        click.echo(line, err=True)
     state = "up to date, nothing to do" if res.reused else f"wrote {res.num_images} images"
     click.echo(f"{res.path}: {state} ({len(res.skipped)} skipped)")
 

@@ -8,11 +8,23 @@ A collection is a folder with
 This module only parses: it keeps every row with its line number so that validation
 (`data.validate`) can name the file, the line and the uid of each problem. A file that
 cannot be parsed at all (missing header column, unreadable file) raises `CollectionError`.
+
+It is the one place that opens images.csv and connections.csv, so every command reads them alike:
+UTF-8 (with or without BOM), UTF-16 with a BOM, and, for bytes that are not UTF-8, Windows-1252 (what
+Excel on Windows saves as "CSV") with a warning naming the file and the first such byte; separated by
+commas, semicolons or TABs (sniffed from the header line). It also keeps each file's layout
+(`CsvFormat`) and every column it does not know (`ImageRecord.meta`, `Connection.extra`), so that a
+writer that rewrites a user's file (`cluster accept`) keeps every column, in order. The uid rule is
+`uid_problem`.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import hashlib
+import io
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +70,8 @@ class Connection:
     source: str | None = None
     annotated_at: str | None = None
     line: int = 0
+    # the user's other columns (comment, reviewer, ...) by column key, kept when the file is rewritten
+    extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def pair(self) -> tuple[str, str]:
@@ -72,6 +86,9 @@ class Collection:
     root: Path
     images: list[ImageRecord]
     connections: list[Connection]
+    images_format: CsvFormat | None = None  # the files' layouts, so that a rewrite keeps every column
+    connections_format: CsvFormat | None = None
+    notes: list[ReadNote] = field(default_factory=list)  # what the reader had to guess (warnings)
     _index: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -118,119 +135,349 @@ class Collection:
         return [c for c in self.connections if c.type in types]
 
 
+MAX_UID_LENGTH = 256
+
+
+def uid_problem(uid: str) -> str | None:
+    """What is wrong with a uid, or None. The one rule for uids, enforced by `python -m data check`.
+
+    A uid is 1 to 256 printable characters (`str.isprintable()`: no newline, tab or other control
+    character, which would break a line-based log or a terminal message) with no leading or trailing
+    whitespace (invisible in a spreadsheet, so two uids would look the same), and not `.` or `..` (a
+    browser resolves those in an image's URL even when escaped). Commas, quotes, spaces,
+    slashes and non-ASCII letters are allowed: every CSV is written with the csv module and every file
+    name or URL made from a uid escapes it.
+    """
+    if not uid:
+        return "empty uid; every row needs a unique uid."
+    if len(uid) > MAX_UID_LENGTH:
+        return f"uid of {len(uid)} characters is longer than {MAX_UID_LENGTH}; shorten it."
+    bad = next((ch for ch in uid if not ch.isprintable()), None)
+    if bad is not None:
+        return (f"uid {uid!r} contains U+{ord(bad):04X}, a control character or other non-printable one "
+                "(newline, tab, ...); uids must be printable text.")
+    if uid != uid.strip():
+        return f"uid {uid!r} has leading or trailing whitespace; remove it."
+    if uid in (".", ".."):
+        return f"uid {uid!r} is a path segment that web browsers and file systems treat specially; rename it."
+    return None
+
+
+def safe_file_stem(uid: str, keep: str = "-_.") -> str:
+    """A file name (without suffix) for a uid, distinct for distinct uids and at most ~120 bytes.
+
+    Plain uids (letters, digits and `keep`) are used as they are; any other uid has its other
+    characters replaced and a hash of the whole uid appended, so `a/b` and `a_b` never share a file.
+    """
+    safe = "".join(ch if ch.isalnum() or ch in keep else "_" for ch in uid)
+    if safe == uid and uid and len(uid.encode("utf-8")) <= 100:
+        return uid
+    digest = hashlib.sha256(uid.encode("utf-8")).hexdigest()[:16]
+    return f"{safe[:24]}-{digest}"
+
+
 def fetched_path(uid: str) -> str:
     """Where a remote (url-only) image is stored inside the collection, relative to its root."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in uid)
-    return f"images/fetched/{safe}.jpg"
+    return f"images/fetched/{safe_file_stem(uid)}.jpg"
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Read a CSV with a header; returns the header and (line number, row) pairs.
+# -- reading ----------------------------------------------------------------------------------------
+# Excel writes CSV as Windows-1252 ("CSV"), UTF-8 with a BOM ("CSV UTF-8") or UTF-16 with a BOM and TABs
+# ("Unicode text"); European locales separate with semicolons. All of them are read here, the one place
+# that opens images.csv and connections.csv.
+LEGACY_ENCODING = "cp1252"
+_DELIMITERS = (",", ";", "\t")
+
+
+@dataclass(frozen=True)
+class CsvFormat:
+    """How a user's CSV file is laid out, so that a rewrite keeps every column, in order.
+
+    `header`: the column names as written in the file; `keys`: one distinct key per column (the name
+    stripped; a repeated or empty name gets `name#2`, ...), under which rows keep the column's values;
+    `encoding`: what the file was read as (`utf-8`, `utf-8-sig`, `utf-16`, `cp1252`).
+    """
+
+    header: tuple[str, ...]
+    keys: tuple[str, ...]
+    delimiter: str = ","
+    encoding: str = "utf-8"
+
+    @property
+    def legacy(self) -> bool:
+        """True when a rewrite changes the encoding (writers always write UTF-8)."""
+        return self.encoding not in ("utf-8", "utf-8-sig")
+
+
+@dataclass(frozen=True)
+class ReadNote:
+    """Something the reader had to guess (e.g. the encoding), reported as a warning by every command."""
+
+    file: Path
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}" + (f":{self.line}" if self.line else "") + f": {self.message}"
+
+
+@dataclass
+class _Table:
+    fmt: CsvFormat
+    rows: list[tuple[int, dict[str, str]]]  # (line, key -> raw value)
+    notes: list[ReadNote]
+
+
+def _line_and_column(data: bytes, offset: int) -> tuple[int, int]:
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    return data.count(b"\n", 0, offset) + 1, offset - line_start + 1
+
+
+def _decode(path: Path, data: bytes) -> tuple[str, str, list[ReadNote]]:
+    """The text of a CSV file and the encoding it was read as; see the comment above for the choices."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16"), "utf-16", []
+        except UnicodeDecodeError as e:
+            raise CollectionError(
+                f"{path}: starts like UTF-16 text but byte {e.start} is not UTF-16; save the file as CSV UTF-8."
+            ) from None
+    if b"\x00" in data:
+        line, col = _line_and_column(data, data.index(b"\x00"))
+        raise CollectionError(
+            f"{path}:{line}: NUL byte at byte {col} of the line: this is UTF-16 text without a byte-order mark, "
+            "or not a text file; save it as CSV UTF-8 (in Excel: Save As, 'CSV UTF-8')."
+        )
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[bom:].decode("utf-8"), "utf-8-sig" if bom else "utf-8", []
+    except UnicodeDecodeError as e:
+        bad = bom + e.start
+    line, col = _line_and_column(data, bad)
+    try:
+        text = data[bom:].decode(LEGACY_ENCODING)
+    except UnicodeDecodeError as e:
+        where = bom + e.start
+        line, col = _line_and_column(data, where)
+        raise CollectionError(
+            f"{path}:{line}: byte 0x{data[where]:02x} (byte {col} of the line) is neither UTF-8 nor "
+            f"Windows-1252 text; open the file in a spreadsheet or editor and save it as CSV UTF-8."
+        ) from None
+    note = ReadNote(
+        path, line,
+        f"not UTF-8 (byte 0x{data[bad]:02x} at byte {col} of the line); read as Windows-1252 (Excel's 'CSV'); "
+        "save it as UTF-8 to silence this ('CSV UTF-8' in Excel).",
+    )
+    return text, LEGACY_ENCODING, [note]
+
+
+def read_text(path: Path) -> tuple[str, list[ReadNote]]:
+    """The text of a spreadsheet export, decoded by the same rules as images.csv (see `_decode`)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CollectionError(f"{path}: cannot open ({e.strerror}).") from e
+    text, _, notes = _decode(path, data)
+    return text.removeprefix("\ufeff"), notes
+
+
+def _sniff_delimiter(text: str) -> str:
+    """Comma, semicolon or TAB: whichever the header line holds most of (a comma on a tie)."""
+    first = text.split("\n", 1)[0]
+    counts = {d: first.count(d) for d in _DELIMITERS}
+    best = max(_DELIMITERS, key=lambda d: counts[d])  # max keeps the first (the comma) on a tie
+    return best if counts[best] else ","
+
+
+def _column_keys(header: list[str]) -> tuple[str, ...]:
+    keys: list[str] = []
+    for name in header:
+        base = name.strip()
+        key, k = base, 2
+        while key in keys:
+            key, k = f"{base}#{k}", k + 1
+        keys.append(key)
+    return tuple(keys)
+
+
+def _read_rows(path: Path, reader, n_columns: int) -> list[tuple[int, list[str]]]:
+    rows: list[tuple[int, list[str]]] = []
+    line = reader.line_num + 1
+    try:
+        for row in reader:
+            if len(row) > n_columns:
+                if any(v.strip() for v in row[n_columns:]):
+                    raise CollectionError(
+                        f"{path}:{line}: more fields than the header has columns; quote fields that contain "
+                        "the separator, or name the extra column in the header."
+                    )
+                row = row[:n_columns]
+            if any(v.strip() for v in row):
+                rows.append((line, row + [""] * (n_columns - len(row))))
+            line = reader.line_num + 1
+    except csv.Error as e:
+        raise CollectionError(f"{path}:{reader.line_num}: not valid CSV ({e}).") from e
+    return rows
+
+
+def _read_csv(path: Path) -> _Table:
+    """Read a CSV with a header in any of Excel's encodings and separators; rows keep every column.
 
     Line numbers are physical line numbers of the start of each record, so quoted
     multi-line fields still give the line a person finds in an editor.
     """
     try:
-        fh = open(path, newline="", encoding="utf-8-sig")
+        data = path.read_bytes()
     except OSError as e:
         raise CollectionError(f"{path}: cannot open ({e.strerror}).") from e
-    with fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        rows: list[tuple[int, dict[str, str]]] = []
-        line = reader.line_num + 1
-        try:
-            for row in reader:
-                if None in row:
-                    raise CollectionError(
-                        f"{path}:{line}: more fields than the header has columns; quote fields that contain commas."
-                    )
-                clean = {k: (v or "").strip() for k, v in row.items()}
-                if any(clean.values()):
-                    rows.append((line, clean))
-                line = reader.line_num + 1
-        except csv.Error as e:
-            raise CollectionError(f"{path}:{reader.line_num}: not valid CSV ({e}).") from e
-        except UnicodeDecodeError as e:
-            raise CollectionError(f"{path}: not UTF-8 text ({e}); save the file as UTF-8 CSV.") from e
-    return header, rows
+    text, encoding, notes = _decode(path, data)
+    text = text.removeprefix("\ufeff")
+    delimiter = _sniff_delimiter(text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader, [])
+    except csv.Error as e:
+        raise CollectionError(f"{path}:1: not valid CSV ({e}).") from e
+    keys = _column_keys(header)
+    rows = [(line, dict(zip(keys, row, strict=True))) for line, row in _read_rows(path, reader, len(header))]
+    fmt = CsvFormat(header=tuple(header), keys=keys, delimiter=delimiter, encoding=encoding)
+    return _Table(fmt=fmt, rows=rows, notes=notes)
 
 
-def read_images(path: Path) -> list[ImageRecord]:
-    header, rows = _read_csv(path)
-    if "uid" not in header or not ({"path", "url"} & set(header)):
+def read_csv_format(path: Path) -> CsvFormat:
+    """The layout of a CSV file (header, separator, encoding), e.g. to rewrite it the same way."""
+    return _read_csv(Path(path)).fmt
+
+
+def _images(path: Path, table: _Table) -> list[ImageRecord]:
+    header = set(table.fmt.keys)
+    if "uid" not in header or not ({"path", "url"} & header):
         raise CollectionError(
-            f"{path}:1: the header must have a 'uid' column and a 'path' or 'url' column; found {header}."
+            f"{path}:1: the header must have a 'uid' column and a 'path' or 'url' column; found "
+            f"{list(table.fmt.header)} (separated by {table.fmt.delimiter!r})."
         )
     out = []
-    for line, row in rows:
-        meta = {k: v for k, v in row.items() if k not in IMAGE_COLUMNS}
-        out.append(
-            ImageRecord(uid=row["uid"], path=row.get("path") or None, url=row.get("url") or None, meta=meta, line=line)
-        )
+    for line, row in table.rows:
+        meta = {k: v.strip() for k, v in row.items() if k not in IMAGE_COLUMNS}
+        out.append(ImageRecord(uid=row["uid"].strip(), path=row.get("path", "").strip() or None,
+                               url=row.get("url", "").strip() or None, meta=meta, line=line))
     return out
 
 
-def read_connections(path: Path) -> list[Connection]:
-    header, rows = _read_csv(path)
-    if not {"a", "b"} <= set(header):
-        raise CollectionError(f"{path}:1: the header must have columns 'a' and 'b' (and optionally 'type'); found {header}.")
+def _connections(path: Path, table: _Table) -> list[Connection]:
+    if not {"a", "b"} <= set(table.fmt.keys):
+        raise CollectionError(
+            f"{path}:1: the header must have columns 'a' and 'b' (and optionally 'type'); found "
+            f"{list(table.fmt.header)} (separated by {table.fmt.delimiter!r})."
+        )
     out = []
-    for line, row in rows:
+    for line, row in table.rows:
+        known = {k: row.get(k, "").strip() for k in CONNECTION_COLUMNS}
         out.append(
             Connection(
-                a=row["a"],
-                b=row["b"],
-                type=(row.get("type") or POSITIVE).upper(),
-                split=row.get("split") or None,
-                source=row.get("source") or None,
-                annotated_at=row.get("annotated_at") or None,
+                a=known["a"],
+                b=known["b"],
+                type=(known["type"] or POSITIVE).upper(),
+                split=known["split"] or None,
+                source=known["source"] or None,
+                annotated_at=known["annotated_at"] or None,
                 line=line,
+                extra={k: v for k, v in row.items() if k not in CONNECTION_COLUMNS},
             )
         )
     return out
 
 
-def load_collection(root: str | Path) -> Collection:
-    """Parse a collection folder. connections.csv is optional (a collection may have no known connections yet)."""
+def read_images(path: Path) -> list[ImageRecord]:
+    path = Path(path)
+    return _images(path, _read_csv(path))
+
+
+def read_connections(path: Path) -> list[Connection]:
+    path = Path(path)
+    return _connections(path, _read_csv(path))
+
+
+def load_collection(root: str | Path, *, quiet: bool = False) -> Collection:
+    """Parse a collection folder. connections.csv is optional (a collection may have no known connections yet).
+
+    What the reader had to guess (a Windows-1252 file) is kept in `notes` and, unless `quiet`, printed
+    to stderr as `warning: ...` lines, so every command that reads a collection says it.
+    """
     root = Path(root)
     if not root.is_dir():
         raise CollectionError(f"{root}: not a folder. A collection is a folder with {IMAGES_FILE} (and {CONNECTIONS_FILE}).")
     images_file = root / IMAGES_FILE
     if not images_file.exists():
         raise CollectionError(f"{images_file}: missing. Write a CSV with columns uid,path (path relative to {root}).")
-    images = read_images(images_file)
+    images_table = _read_csv(images_file)
+    images = _images(images_file, images_table)
+    notes = list(images_table.notes)
     conn_file = root / CONNECTIONS_FILE
-    connections = read_connections(conn_file) if conn_file.exists() else []
-    return Collection(root=root, images=images, connections=connections)
+    connections: list[Connection] = []
+    conn_fmt = None
+    if conn_file.exists():
+        conn_table = _read_csv(conn_file)
+        connections = _connections(conn_file, conn_table)
+        conn_fmt = conn_table.fmt
+        notes += conn_table.notes
+    if not quiet:
+        for note in notes:
+            print(f"warning: {note}", file=sys.stderr)
+    return Collection(root=root, images=images, connections=connections, images_format=images_table.fmt,
+                      connections_format=conn_fmt, notes=notes)
 
 
-def write_images(path: Path, records: Iterable[ImageRecord]) -> None:
-    """Write images.csv with uid,path,url and the union of metadata columns, in first-seen order."""
+# -- writing ----------------------------------------------------------------------------------------
+# Writers always write UTF-8 (with a BOM when asked, so that Excel still reads it as UTF-8) and, when
+# they rewrite a user's file, its `CsvFormat`: every column in its order, the user's columns' values
+# kept, the tool's columns that rows use and the header lacks appended at the end.
+
+
+def _columns(fmt: CsvFormat | None, needed: Iterable[str]) -> tuple[list[str], list[str]]:
+    header = list(fmt.header) if fmt else []
+    keys = list(fmt.keys) if fmt else []
+    for k in needed:
+        if k not in keys:
+            keys.append(k)
+            header.append(k)
+    return header, keys
+
+
+def _write_rows(path: Path, header: list[str], rows: Iterable[list[str]], fmt: CsvFormat | None, bom: bool) -> None:
+    delimiter = fmt.delimiter if fmt else ","
+    with open(path, "w", newline="", encoding="utf-8-sig" if bom else "utf-8") as fh:
+        w = csv.writer(fh, delimiter=delimiter)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _first_seen(dicts: Iterable[dict[str, str]]) -> list[str]:
+    out: dict[str, None] = {}
+    for d in dicts:
+        out.update(dict.fromkeys(d))
+    return list(out)
+
+
+def write_images(path: Path, records: Iterable[ImageRecord], *, fmt: CsvFormat | None = None,
+                 bom: bool = False) -> None:
+    """Write images.csv: `fmt`'s columns (a rewrite) or uid,path,url, then metadata columns in first-seen order."""
     records = list(records)
-    meta_cols: list[str] = []
-    for r in records:
-        for k in r.meta:
-            if k not in meta_cols:
-                meta_cols.append(k)
-    cols = ["uid", "path"] + (["url"] if any(r.url for r in records) else []) + meta_cols
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        for r in records:
-            row = {"uid": r.uid, "path": r.path or "", **r.meta}
-            if "url" in cols:
-                row["url"] = r.url or ""
-            w.writerow(row)
+    needed = ["uid", "path"] + (["url"] if any(r.url for r in records) else []) + _first_seen(r.meta for r in records)
+    header, keys = _columns(fmt, needed)
+    known = {"uid": lambda r: r.uid, "path": lambda r: r.path or "", "url": lambda r: r.url or ""}
+    rows = ([known[k](r) if k in known else r.meta.get(k, "") for k in keys] for r in records)
+    _write_rows(path, header, rows, fmt, bom)
 
 
-def write_connections(path: Path, connections: Iterable[Connection]) -> None:
-    """Write connections.csv with every optional column that any row uses."""
+def write_connections(path: Path, connections: Iterable[Connection], *, fmt: CsvFormat | None = None,
+                      bom: bool = False) -> None:
+    """Write connections.csv: `fmt`'s columns (a rewrite), then a,b,type, the optional columns any row
+    uses and the rows' extra columns, each appended only where missing."""
     connections = list(connections)
-    cols = ["a", "b", "type"] + [c for c in ("split", "source", "annotated_at") if any(getattr(x, c) for x in connections)]
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        for c in connections:
-            w.writerow({k: getattr(c, k) or "" for k in cols})
+    optional = [c for c in ("split", "source", "annotated_at") if any(getattr(x, c) for x in connections)]
+    header, keys = _columns(fmt, ["a", "b", "type", *optional, *_first_seen(c.extra for c in connections)])
+    rows = ([(getattr(c, k) or "") if k in CONNECTION_COLUMNS else c.extra.get(k, "") for k in keys]
+            for c in connections)
+    _write_rows(path, header, rows, fmt, bom)

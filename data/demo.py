@@ -32,7 +32,6 @@ chroma subsampling, no timestamps); across Pillow versions the pixels may differ
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
@@ -386,8 +385,6 @@ def build_demo(out: str | Path, *, seed: int = 0, max_side: int = 384, num_sourc
 
 
 def _save_jpeg(img: Image.Image, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    img.save(tmp, format="JPEG", **JPEG_OPTS)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: img.save(tmp, format="JPEG", **JPEG_OPTS))
 
 

@@ -11,17 +11,15 @@ So only the needed resolution travels for IIIF servers.
 
 Safety: a file is written to a temp name, fsynced, its bytes decoded in full, and only then renamed
 into place (`os.replace`), so a killed or failed download never leaves a partial image where a good
-one is expected. A second run skips every target that already decodes. Failures (after retries with
-exponential backoff for timeouts, connection errors, 408/429/5xx and undecodable bodies) are
+one is expected. A second run skips every target that already decodes (without damaged data). Failures (after retries with
+exponential backoff for timeouts, connection errors, 408/429/5xx and undecodable or damaged bodies) are
 returned by uid.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import re
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,8 +30,9 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
+from data.atomic import atomic_write
 from data.collection import Collection, fetched_path, load_collection
-from data.preprocess import ImageReadError, decode_rgb
+from data.image import ImageReadError, decode_image, discard_pixels, is_damaged
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".gif", ".webp", ".jp2", ".bmp")
 MAX_BYTES = 256 * 1024 * 1024
@@ -71,9 +70,9 @@ def request_url(url: str, max_side: int) -> tuple[str, bool]:
 
 
 def _good(path: Path) -> bool:
+    """The file decodes, and without damaged data (a damaged download is fetched again)."""
     try:
-        decode_rgb(path)
-        return True
+        return not is_damaged(decode_image(path, finish=discard_pixels).notes)
     except ImageReadError:
         return False
 
@@ -96,37 +95,37 @@ def _download(url: str, timeout: float) -> bytes:
 
 
 def _to_stored_bytes(data: bytes, max_side: int, url: str) -> bytes:
-    """Verify the body decodes; keep an RGB JPEG within max_side as is, else re-encode (downscaled)."""
+    """Verify the body decodes; keep an RGB JPEG within max_side that needed no correction as is, else
+    store the corrected picture (transparency on white, EXIF orientation applied, downscaled)."""
     try:
-        img = decode_rgb(data)
+        dec = decode_image(data, finish=lambda img: _downscale(img, max_side), name=url)
     except ImageReadError as e:
         raise _Retryable(f"{url}: the server did not send a readable image ({e})") from e
-    with Image.open(io.BytesIO(data)) as probe:
-        as_is = probe.format == "JPEG" and probe.mode == "RGB"
-    if max(img.size) > max_side:
-        s = max_side / max(img.size)
-        img = img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))), Image.Resampling.BICUBIC)
-    elif as_is:
+    if is_damaged(dec.notes):
+        raise _Retryable(f"{url}: the server sent damaged image data ({'; '.join(dec.notes)})")
+    if not dec.notes and dec.format == "JPEG" and dec.mode == "RGB" and max(dec.size) <= max_side:
         return data
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=92)
+    dec.image.save(buf, format="JPEG", quality=92)
     return buf.getvalue()
 
 
+def _downscale(img: Image.Image, max_side: int) -> Image.Image:
+    if max(img.size) <= max_side:
+        return img
+    s = max_side / max(img.size)
+    return img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))), Image.Resampling.BICUBIC)
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part-{os.getpid()}-{threading.get_ident()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    """`data.atomic.atomic_write`, renamed into place only once the bytes on disk decode."""
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
         if not _good(tmp):  # the bytes on disk, not just in memory
             raise ValueError(f"{path}: written file does not decode")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(path, write)
 
 
 def fetch_one(url: str, target: Path, *, max_side: int, retries: int, timeout: float, backoff: float) -> None:

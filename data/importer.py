@@ -7,15 +7,19 @@ The original's files (FIELD-NOTES section 1):
 - morphograph: `uid, img1, img2, type, annotated` (edge id, the two image uids, the edge type, a
   timestamp), as CSV or parquet.
 
-Nothing is guessed and nothing is lost: every metadata column is kept; edges of a type we do not
+Nothing is guessed and nothing is lost: every metadata column is kept, and every morphograph column
+beyond `uid,img1,img2,type,annotated` is kept in connections.csv; edges of a type we do not
 train on (NON-DUPLICATE, PROPOSAL, ...), without a type, or naming an image that is not in the
-metadata go to `connections_other.csv` with the reason, and are counted in the report.
+metadata go to `connections_other.csv` with the reason, and are counted in the report. The inputs are
+decoded like a collection's CSVs (`data.collection.read_text`: UTF-8, UTF-16 with BOM, or Windows-1252
+with a warning in the report).
 A pickle is never opened: unpickling runs arbitrary code, so the user converts a trusted one.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,15 +27,20 @@ from pathlib import Path
 
 from data.atomic import atomic_write
 from data.collection import (
+    CONNECTION_COLUMNS,
     CONNECTION_TYPES,
     IMAGES_FILE,
+    CollectionError,
     Connection,
     ImageRecord,
+    read_text,
+    safe_file_stem,
     write_connections,
     write_images,
 )
 
 OTHER_FILE = "connections_other.csv"
+_EDGE_COLUMNS = ("uid", "img1", "img2", "type", "annotated")  # morphograph columns that become ours
 REPORT_FILE = "import_report.json"
 _PICKLE_SUFFIXES = {".pkl", ".pickle", ".pck", ".p"}
 # Renamed to our column names; every other column is kept under its original name.
@@ -59,6 +68,7 @@ class ImportResult:
     connections: Counter = field(default_factory=Counter)
     kept_out: Counter = field(default_factory=Counter)  # reason -> count
     duplicate_uids: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings from reading the inputs (e.g. their encoding)
 
     def report_lines(self) -> list[str]:
         lines = [
@@ -75,7 +85,7 @@ class ImportResult:
             lines.append(f"no local file and no ImageURL for {len(self.no_image)} uids (first: {self.no_image[:3]})")
         if self.duplicate_uids:
             lines.append(f"duplicate uids in the metadata, first row kept: {self.duplicate_uids[:5]}")
-        return lines
+        return lines + self.notes
 
     def as_dict(self) -> dict:
         return {
@@ -106,7 +116,9 @@ def refuse_pickle(path: Path) -> None:
         )
 
 
-def _read_table(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+def _read_table(
+    path: Path, delimiter: str, notes: list[str]
+) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     refuse_pickle(path)
     if path.suffix.lower() == ".parquet":
         try:
@@ -125,11 +137,12 @@ def _read_table(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, 
         for i in range(table.num_rows):
             rows.append((i + 2, {c: "" if data[c][i] is None else str(data[c][i]).strip() for c in cols}))
         return cols, rows
-    try:
-        fh = open(path, newline="", encoding="utf-8-sig")
-    except OSError as e:
-        raise ImportError_(f"{path}: cannot open ({e.strerror}).") from e
-    with fh:
+    try:  # the same encodings as a collection's CSVs (UTF-8, UTF-16 with BOM, Windows-1252 with a warning)
+        text, read_notes = read_text(path)
+    except CollectionError as e:
+        raise ImportError_(str(e)) from e
+    notes.extend(f"warning: {n}" for n in read_notes)
+    with io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh, delimiter=delimiter)
         header = [h.strip() for h in (reader.fieldnames or [])]
         reader.fieldnames = header
@@ -143,9 +156,15 @@ def _read_table(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, 
                 if any(clean.values()):
                     rows.append((line, clean))
                 line = reader.line_num + 1
-        except (csv.Error, UnicodeDecodeError) as e:
+        except csv.Error as e:
             raise ImportError_(f"{path}:{line}: cannot parse ({e}).") from e
     return header, rows
+
+
+def _edge_extra(row: dict[str, str]) -> dict[str, str]:
+    """The morphograph's other columns, kept in connections.csv (renamed if they clash with ours)."""
+    return {(f"morphograph_{k}" if k in CONNECTION_COLUMNS else k): v
+            for k, v in row.items() if k not in _EDGE_COLUMNS}
 
 
 def import_original(
@@ -159,13 +178,13 @@ def import_original(
     metadata, morphograph, out = Path(metadata), Path(morphograph), Path(out)
     if (out / IMAGES_FILE).exists():
         raise ImportError_(f"{out}: already holds a collection ({IMAGES_FILE}); choose a new --out folder.")
-    header, rows = _read_table(metadata, ";")
+    res = ImportResult(out=out)
+    header, rows = _read_table(metadata, ";", res.notes)
     if "uid" not in header:
         hint = " (it looks comma-separated; the export is semicolon-separated)" if len(header) == 1 else ""
         raise ImportError_(f"{metadata}:1: no 'uid' column{hint}; found {header[:8]}.")
     if not ({"Drawer", "ImageNumber"} <= set(header) or "ImageURL" in header):
         raise ImportError_(f"{metadata}:1: need Drawer and ImageNumber columns, or ImageURL; found {header[:8]}.")
-    res = ImportResult(out=out)
     root = Path(images_root).resolve() if images_root else None
     out.mkdir(parents=True, exist_ok=True)
     records: list[ImageRecord] = []
@@ -202,11 +221,11 @@ def import_original(
             if root is not None and drawer and number:
                 path = str(root / drawer / f"{drawer}_{number}.jpg")
             else:
-                path = f"images/{uid}.jpg"
+                path = f"images/{safe_file_stem(uid)}.jpg"
         records.append(ImageRecord(uid=uid, path=path, url=url, meta=meta, line=len(records) + 2))
     res.images = len(records)
 
-    mheader, mrows = _read_table(morphograph, ",")
+    mheader, mrows = _read_table(morphograph, ",", res.notes)
     need = {"img1", "img2", "type"}
     if not need <= set(mheader):
         raise ImportError_(f"{morphograph}:1: need columns uid,img1,img2,type,annotated; found {mheader}.")
@@ -231,7 +250,7 @@ def import_original(
         edge = row.get("uid", "")
         kept.append(
             Connection(a=a, b=b, type=t, source=f"morphograph:{edge}" if edge else "morphograph",
-                       annotated_at=row.get("annotated") or None, line=line)
+                       annotated_at=row.get("annotated") or None, line=line, extra=_edge_extra(row))
         )
 
     atomic_write(out / IMAGES_FILE, lambda p: write_images(p, records))

@@ -21,9 +21,7 @@ import functools
 import hashlib
 import io
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,10 +30,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data.collection import Collection, load_collection
-from data.preprocess import ImageReadError, decode_rgb
+from data.atomic import atomic_dir, atomic_write_text
+from data.collection import Collection, ImageRecord, load_collection
+from data.image import ImageReadError, decode_image
 
-FORMAT_VERSION = 1
+# 2: images decoded by data.image (16-bit scaled, transparency on white, EXIF orientation applied).
+FORMAT_VERSION = 2
 DATASET_NAME = "collection_images"  # tfds name of `CollectionImages`
 SPLIT_NAME = "images"
 FINGERPRINT_FILE = "fingerprint.json"
@@ -48,6 +48,8 @@ class PrepareResult:
     num_images: int
     skipped: dict[str, str] = field(default_factory=dict)
     reused: bool = False
+    # (uid, file, what the decoder corrected or found damaged), for `data.image.note_lines`
+    notes: list[tuple[str, str, list[str]]] = field(default_factory=list)
 
 
 def fingerprint(coll: Collection, max_side: int) -> str:
@@ -64,23 +66,39 @@ def fingerprint(coll: Collection, max_side: int) -> str:
     return h.hexdigest()
 
 
-def encode_downscaled(path: Path, max_side: int) -> bytes:
-    """JPEG bytes of the image with its longest side at most `max_side`.
-
-    A baseline RGB JPEG already small enough is stored as is (no second lossy pass)."""
-    raw = path.read_bytes()
-    img = decode_rgb(raw)  # raises ImageReadError
+def _downscale(img: Image.Image, max_side: int) -> Image.Image:
     if max(img.size) <= max_side:
-        with Image.open(io.BytesIO(raw)) as probe:
-            if probe.format == "JPEG" and probe.mode == "RGB":
-                return raw
-    else:
-        s = max_side / max(img.size)
-        size = (max(1, round(img.width * s)), max(1, round(img.height * s)))
-        img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+        return img
+    s = max_side / max(img.size)
+    size = (max(1, round(img.width * s)), max(1, round(img.height * s)))
+    return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def encode_downscaled(path: Path, max_side: int) -> tuple[bytes, tuple[str, ...]]:
+    """JPEG bytes of the image with its longest side at most `max_side`, and the decoder's notes.
+
+    An RGB JPEG already small enough that needed no correction (no EXIF rotation, no damage) is
+    stored as is (no second lossy pass); everything else is stored as the corrected picture."""
+    raw = path.read_bytes()
+    dec = decode_image(raw, finish=lambda img: _downscale(img, max_side), name=str(path))  # ImageReadError
+    if not dec.notes and dec.format == "JPEG" and dec.mode == "RGB" and max(dec.size) <= max_side:
+        return raw, dec.notes
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=2)
-    return buf.getvalue()
+    dec.image.save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=2)
+    return buf.getvalue(), dec.notes
+
+
+def _load_item(coll: Collection, max_side: int, item: tuple[int, ImageRecord]):
+    """(index, record, JPEG bytes, [(uid, file, notes)] when the decoder corrected something, error)."""
+    idx, rec = item
+    path = coll.image_path(rec)
+    try:
+        data, notes = encode_downscaled(path, max_side)
+    except ImageReadError as e:
+        return idx, rec, None, [], str(e)
+    except OSError as e:
+        return idx, rec, None, [], f"{path}: cannot read ({e.strerror or e})"
+    return idx, rec, data, [(rec.uid, str(path), list(notes))] if notes else [], None
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn, items, ahead: int) -> Iterator:
@@ -155,7 +173,8 @@ def prepare_collection(
         except ValueError:
             saved = {}
         if saved.get("fingerprint") == fp:
-            return PrepareResult(path=ds_dir, num_images=saved["num_images"], skipped=saved["skipped"], reused=True)
+            return PrepareResult(path=ds_dir, num_images=saved["num_images"], skipped=saved["skipped"], reused=True,
+                                 notes=[tuple(n) for n in saved.get("notes", [])])
 
     seen: set[str] = set()
     work = []
@@ -164,32 +183,24 @@ def prepare_collection(
             seen.add(rec.uid)
             work.append((idx, rec))
     skipped: dict[str, str] = {}
+    notes: list[tuple[str, str, list[str]]] = []
     kept_uids: list[str] = []
     kept_index: list[int] = []
 
-    def load(item):
-        idx, rec = item
-        try:
-            return idx, rec, encode_downscaled(coll.image_path(rec), max_side), None
-        except ImageReadError as e:
-            return idx, rec, None, str(e)
-        except OSError as e:
-            return idx, rec, None, f"{coll.image_path(rec)}: cannot read ({e.strerror or e})"
-
+    load = functools.partial(_load_item, coll, max_side)
     pool = ThreadPoolExecutor(max(1, workers))
 
     def examples() -> Iterator:
-        for idx, rec, data, err in _bounded_map(pool, load, work, ahead=4 * max(1, workers)):
+        for idx, rec, data, noted, err in _bounded_map(pool, load, work, ahead=4 * max(1, workers)):
             if err is not None:
                 skipped[rec.uid] = err
                 continue
+            notes.extend(noted)
             kept_uids.append(rec.uid)
             kept_index.append(idx)
             yield idx, {"image": data, "uid": rec.uid, "index": idx, "meta": json.dumps(rec.meta, sort_keys=True)}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    def build(tmp: Path) -> None:
         import tensorflow_datasets as tfds
 
         tfds.disable_progress_bar()
@@ -204,18 +215,12 @@ def prepare_collection(
         )
         pool.shutdown()
         shutil.rmtree(tmp / "downloads", ignore_errors=True)
-        record = {"fingerprint": fp, "num_images": len(kept_uids), "skipped": skipped, "max_side": max_side}
-        (tmp / FINGERPRINT_FILE).write_text(json.dumps(record, indent=1, sort_keys=True))
-        # Swap in: the old dataset stays intact until the new one is complete.
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old.{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        record = {"fingerprint": fp, "num_images": len(kept_uids), "skipped": skipped, "max_side": max_side,
+                  "notes": notes}
+        atomic_write_text(tmp / FINGERPRINT_FILE, json.dumps(record, indent=1, sort_keys=True))
+
+    try:  # the old dataset stays intact until the new one is complete (`data.atomic.atomic_dir`)
+        atomic_dir(out, build, is_complete=lambda p: (p / FINGERPRINT_FILE).is_file())
     finally:
         pool.shutdown(cancel_futures=True)
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return PrepareResult(path=ds_dir, num_images=len(kept_uids), skipped=skipped)
+    return PrepareResult(path=ds_dir, num_images=len(kept_uids), skipped=skipped, notes=notes)

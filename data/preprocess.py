@@ -10,36 +10,16 @@ pipelines can ship uint8 to the accelerator (4x less traffic) and normalise ther
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+# The one decoder of every stage lives in data.image; these names stay importable from here.
+from data.image import DecodedImage, ImageReadError, decode_image, decode_rgb  # noqa: F401 - re-exported
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# Archive scans can be huge; PIL's default bomb guard (~89 Mpx) would reject real scans.
-Image.MAX_IMAGE_PIXELS = 400_000_000
-
-
-class ImageReadError(ValueError):
-    """An image file that cannot be decoded. The caller reports it by uid and path and skips it."""
-
-
-def decode_rgb(source: str | Path | bytes) -> Image.Image:
-    """Decode a file or encoded bytes to a fully loaded RGB PIL image, or raise ImageReadError."""
-    try:
-        fh = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
-    except OSError as e:
-        raise ImageReadError(f"{source}: cannot open ({e.strerror})") from e
-    try:
-        with fh, Image.open(fh) as im:
-            im.load()  # force the full decode now: truncated files fail here, not later
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        name = "<bytes>" if isinstance(source, bytes) else str(source)
-        raise ImageReadError(f"{name}: not a readable image ({e})") from e
 
 
 def squash_resize(img: Image.Image, resolution: int) -> Image.Image:
@@ -51,7 +31,13 @@ def squash_resize(img: Image.Image, resolution: int) -> Image.Image:
 
 def load_uint8(source: str | Path | bytes, resolution: int) -> np.ndarray:
     """Decode + squash-resize: a (R, R, 3) uint8 array."""
-    return np.asarray(squash_resize(decode_rgb(source), resolution), dtype=np.uint8)
+    return np.asarray(load_resized(source, resolution).image, dtype=np.uint8)
+
+
+def load_resized(source: str | Path | bytes, resolution: int, *, name: str | None = None) -> DecodedImage:
+    """Decode + squash-resize inside the decode budget (the full-size picture is dropped there); a
+    `data.image.DecodedImage` whose notes say what the decoder corrected."""
+    return decode_image(source, finish=lambda img: squash_resize(img, resolution), name=name)
 
 
 def normalize(x, xp=np):

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,8 +60,22 @@ def save_signatures(path: str | Path, sig: Signatures) -> None:
     )
 
 
+def _refuse_non_finite(path: Path, sig: Signatures) -> None:
+    """NaN/inf rows would flow on as a wrong mAP or a clustering crash far from their cause: stop here.
+
+    (The unit-norm check below cannot catch them: every comparison with NaN is False.)
+    """
+    bad = np.flatnonzero(~np.isfinite(sig.vectors).all(axis=1))
+    if bad.size:
+        raise ValueError(
+            f"{path}: {bad.size} of {len(sig)} signature rows are not finite (NaN or inf; first: uid "
+            f"{sig.uids[bad[0]]!r}). The network that wrote them was broken (a run whose loss became NaN?): "
+            f"recompute them with `python -m model embed` or from a good run's weights."
+        )
+
+
 def load_signatures(path: str | Path, *, check_norm: bool = True) -> Signatures:
-    """Read a signatures file; with `check_norm`, every row must have unit L2 norm (within 1e-3)."""
+    """Read a signatures file; rows must be finite and, with `check_norm`, of unit L2 norm (within 1e-3)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -68,11 +83,13 @@ def load_signatures(path: str | Path, *, check_norm: bool = True) -> Signatures:
             vectors = z["vectors"]
             skipped = [str(u) for u in z["skipped"]] if "skipped" in z else []
             meta = json.loads(str(z["meta"])) if "meta" in z else {}
-    except (OSError, KeyError, ValueError) as e:
+        sig = Signatures(uids=uids, vectors=vectors, skipped=skipped, meta=meta)
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:  # BadZipFile: a truncated file
         raise ValueError(
-            f"{path}: not a signatures file ({e}). Make one with `python -m model embed` or `python -m train`."
+            f"{path}: not a signatures file, or a damaged one ({e}). Make it again with `python -m model embed` "
+            f"or `python -m train`."
         ) from e
-    sig = Signatures(uids=uids, vectors=vectors, skipped=skipped, meta=meta)
+    _refuse_non_finite(path, sig)
     if check_norm and len(sig):
         norms = np.linalg.norm(sig.vectors, axis=1)
         bad = np.flatnonzero(np.abs(norms - 1.0) > 1e-3)

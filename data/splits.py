@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.atomic import atomic_write_text
 from data.collection import DUPLICATE, NEGATIVE, POSITIVE, SPLITS, Collection, Connection
 from data.graph import UnionFind
 
@@ -177,14 +177,8 @@ def assign_splits(
 
 
 def save_splits(path: str | Path, assignment: SplitAssignment) -> None:
-    """Write the assignment as JSON atomically (temp file + fsync + rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(assignment.to_json(), fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write the assignment as JSON atomically (`data.atomic`), creating the folder if needed."""
+    atomic_write_text(path, json.dumps(assignment.to_json(), indent=1))
 
 
 def load_splits(path: str | Path) -> dict[str, str]:

@@ -8,6 +8,7 @@ listed twice, a remote image not fetched yet).
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +22,11 @@ from data.collection import (
     POSITIVE,
     SPLITS,
     Collection,
+    Connection,
     load_collection,
+    uid_problem,
 )
-from data.preprocess import ImageReadError, decode_rgb
+from data.image import ImageReadError, ImageTooLargeError, decode_image, discard_pixels, is_damaged
 from data.splits import SplitAssignment, assign_splits, load_previous
 
 ERROR = "error"
@@ -83,55 +86,61 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def _check_image(path: Path) -> str | None:
+def _check_image(path: Path) -> tuple[str | None, tuple[str, ...]]:
+    """(error, notes) of decoding one image in full, the way every stage decodes it."""
     try:
-        decode_rgb(path)
+        return None, decode_image(path, finish=discard_pixels).notes
+    except ImageTooLargeError as e:  # the message says what to do, like every stage's
+        return str(e), ()
     except ImageReadError as e:
-        return str(e)
-    return None
+        return f"unreadable image: {e}", ()
 
 
-def validate(collection: Collection | str | Path, *, decode_images: bool = True, workers: int = 4) -> ValidationReport:
-    """Check a collection. With `decode_images`, every local image is fully decoded (slow on huge archives)."""
-    coll = collection if isinstance(collection, Collection) else load_collection(collection)
-    rep = ValidationReport()
-    add = rep.problems.append
+def _check_images(to_decode: list[tuple[str, int, Path]], workers: int, add: Callable[[Problem], None]) -> None:
+    """Decode every image: an error for one that cannot be used, a warning naming what was corrected."""
+    if not to_decode:
+        return
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for (uid, line, _p), (err, notes) in zip(to_decode, pool.map(lambda t: _check_image(t[2]), to_decode),
+                                                 strict=True):
+            if err:
+                add(Problem(ERROR, IMAGES_FILE, line, uid, err))
+            elif notes:  # a note on damage says so itself; the others are corrections
+                what = "; ".join(notes)
+                add(Problem(WARNING, IMAGES_FILE, line, uid, what if is_damaged(notes) else
+                            f"image read with corrections: {what}"))
 
-    # images.csv
-    first_line: dict[str, int] = {}
-    to_decode: list[tuple[str, int, Path]] = []
-    remote = 0
-    for rec in coll.images:
-        if not rec.uid:
-            add(Problem(ERROR, IMAGES_FILE, rec.line, None, "empty uid; every row needs a unique uid."))
-            continue
-        if rec.uid in first_line:
-            add(Problem(ERROR, IMAGES_FILE, rec.line, rec.uid,
-                        f"duplicate uid (first on line {first_line[rec.uid]}); give each image its own uid."))
-            continue
-        first_line[rec.uid] = rec.line
-        if not rec.path and not rec.url:
-            add(Problem(ERROR, IMAGES_FILE, rec.line, rec.uid, "neither path nor url given."))
-            continue
-        p = coll.image_path(rec)
-        if not rec.path:
-            remote += 1
-            if not p.exists():
-                add(Problem(WARNING, IMAGES_FILE, rec.line, rec.uid,
-                            f"remote image not fetched yet ({rec.url}); run `python -m data fetch {coll.root}`."))
-                continue
-        elif not p.exists():
-            add(Problem(ERROR, IMAGES_FILE, rec.line, rec.uid, f"image file missing: {p}"))
-            continue
-        if decode_images:
-            to_decode.append((rec.uid, rec.line, p))
-    if to_decode:
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            for (uid, line, _p), err in zip(to_decode, pool.map(lambda t: _check_image(t[2]), to_decode), strict=True):
-                if err:
-                    add(Problem(ERROR, IMAGES_FILE, line, uid, f"unreadable image: {err}"))
 
-    # connections.csv
+def _check_files(coll: Collection, add: Callable[[Problem], None]) -> None:
+    """What the reader had to guess (a file read as Windows-1252), and an images.csv without rows."""
+    for note in coll.notes:  # a warning in the report, not only on stderr
+        add(Problem(WARNING, note.file.name, note.line, None, note.message))
+    if not coll.images:
+        add(Problem(ERROR, IMAGES_FILE, None, None,
+                    "no images: the file has a header but no rows; add one row (uid,path) per image."))
+
+
+def _check_pair(c: Connection, earlier: list[tuple[str, int]], add: Callable[[Problem], None]) -> None:
+    """Compare a connection with the earlier rows of the same pair (contradiction, duplicate, two types)."""
+    for t, line in earlier:
+        if frozenset((t, c.type)) in _CONTRADICTORY:
+            add(Problem(ERROR, CONNECTIONS_FILE, c.line, c.a,
+                        f"contradictory pair ({c.a}, {c.b}): {c.type} here, {t} on line {line}; keep one."))
+            break
+        if t == c.type:
+            add(Problem(WARNING, CONNECTIONS_FILE, c.line, c.a,
+                        f"duplicate pair ({c.a}, {c.b}) {c.type}, already on line {line}."))
+            break
+    else:
+        if earlier:
+            t, line = earlier[0]
+            add(Problem(WARNING, CONNECTIONS_FILE, c.line, c.a,
+                        f"pair ({c.a}, {c.b}) is {c.type} here and {t} on line {line}."))
+    earlier.append((c.type, c.line))
+
+
+def _check_connections(coll: Collection, add: Callable[[Problem], None]) -> Counter[str]:
+    """Every connections.csv problem; returns the rows per type for the summary."""
     by_pair: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
     type_counts: Counter[str] = Counter()
     for c in coll.connections:
@@ -155,22 +164,49 @@ def validate(collection: Collection | str | Path, *, decode_images: bool = True,
         if c.a == c.b:
             add(Problem(ERROR, CONNECTIONS_FILE, c.line, c.a, "self connection (a == b)."))
             continue
-        earlier = by_pair[c.pair]
-        for t, line in earlier:
-            if frozenset((t, c.type)) in _CONTRADICTORY:
-                add(Problem(ERROR, CONNECTIONS_FILE, c.line, c.a,
-                            f"contradictory pair ({c.a}, {c.b}): {c.type} here, {t} on line {line}; keep one."))
-                break
-            if t == c.type:
-                add(Problem(WARNING, CONNECTIONS_FILE, c.line, c.a,
-                            f"duplicate pair ({c.a}, {c.b}) {c.type}, already on line {line}."))
-                break
-        else:
-            if earlier:
-                t, line = earlier[0]
-                add(Problem(WARNING, CONNECTIONS_FILE, c.line, c.a,
-                            f"pair ({c.a}, {c.b}) is {c.type} here and {t} on line {line}."))
-        earlier.append((c.type, c.line))
+        _check_pair(c, by_pair[c.pair], add)
+    return type_counts
+
+
+def validate(collection: Collection | str | Path, *, decode_images: bool = True, workers: int = 4) -> ValidationReport:
+    """Check a collection. With `decode_images`, every local image is fully decoded (slow on huge archives)."""
+    coll = collection if isinstance(collection, Collection) else load_collection(collection, quiet=True)
+    rep = ValidationReport()
+    add = rep.problems.append
+    _check_files(coll, add)
+
+    # images.csv
+    first_line: dict[str, int] = {}
+    to_decode: list[tuple[str, int, Path]] = []
+    remote = 0
+    for rec in coll.images:
+        bad_uid = uid_problem(rec.uid)
+        if bad_uid:  # the uid itself is named (escaped) in the message: it may hold a newline
+            add(Problem(ERROR, IMAGES_FILE, rec.line, None, bad_uid))
+            continue
+        if rec.uid in first_line:
+            add(Problem(ERROR, IMAGES_FILE, rec.line, rec.uid,
+                        f"duplicate uid (first on line {first_line[rec.uid]}); give each image its own uid."))
+            continue
+        first_line[rec.uid] = rec.line
+        if not rec.path and not rec.url:
+            add(Problem(ERROR, IMAGES_FILE, rec.line, rec.uid, "neither path nor url given."))
+            continue
+        p = coll.image_path(rec)
+        if not rec.path:
+            remote += 1
+            if not p.exists():
+                add(Problem(WARNING, IMAGES_FILE, rec.line, rec.uid,
+                            f"remote image not fetched yet ({rec.url}); run `python -m data fetch {coll.root}`."))
+                continue
+        elif not p.exists():
+            add(Problem(ERROR, IMAGES_FILE, rec.line, rec.uid, f"image file missing: {p}"))
+            continue
+        if decode_images:
+            to_decode.append((rec.uid, rec.line, p))
+    _check_images(to_decode, workers, add)
+
+    type_counts = _check_connections(coll, add)
 
     # splits and summary
     try:

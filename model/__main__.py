@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from data.paths import PathOrWord, UserPath
 from model.lowering import GROUPED_IMPLS
 from model.registry import ARCHS, DTYPES, arch_param_count, param_count
 from model.signature import POOLINGS
@@ -36,9 +37,9 @@ def list_cmd() -> None:
 
 @cli.command()
 @click.option("--arch", type=_ARCH, required=True, help="Architecture the weights are for.")
-@click.option("--state-dict", "state_dict", type=click.Path(dir_okay=False, path_type=Path), help="A .pth file.")
+@click.option("--state-dict", "state_dict", type=UserPath(dir_okay=False), help="A .pth file.")
 @click.option("--torchvision-weights", help="torchvision weights name, e.g. ResNeXt101_32X8D_Weights.IMAGENET1K_V2.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Weights directory.")
+@click.option("--out", type=UserPath(file_okay=False), required=True, help="Weights directory.")
 def convert(arch: str, state_dict: Path | None, torchvision_weights: str | None, out: Path) -> None:
     """Convert a torchvision state_dict (file or torchvision download) into a weights directory."""
     from model.convert import (
@@ -72,10 +73,10 @@ def convert(arch: str, state_dict: Path | None, torchvision_weights: str | None,
 
 @cli.command()
 @click.option("--arch", type=_ARCH, help="Architecture (optional with a weights directory; must agree).")
-@click.option("--weights", required=True, help="A weights directory, or 'random' (initialised from --seed).")
+@click.option("--weights", type=PathOrWord("random"), required=True, help="A weights directory, or 'random' (initialised from --seed).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --weights random.")
 @click.option(
-    "--collection", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+    "--collection", type=UserPath(exists=True, file_okay=False), required=True,
     help="Collection folder with images.csv.",
 )
 @click.option("--resolution", type=click.IntRange(min=32), required=True, help="Images are squash-resized to R x R.")
@@ -83,7 +84,7 @@ def convert(arch: str, state_dict: Path | None, torchvision_weights: str | None,
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
 @click.option("--pooling", type=click.Choice(list(POOLINGS)), help="Default: the stored pooling, or mean.")
 @click.option("--grouped-impl", type=click.Choice(list(GROUPED_IMPLS)), default="auto", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="signatures.npz")
+@click.option("--out", type=UserPath(dir_okay=False), required=True, help="signatures.npz")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option(
     "--no-compile-cache", is_flag=True,

@@ -26,7 +26,8 @@ from flax import nnx
 from tqdm import tqdm
 
 from data.collection import load_collection
-from data.preprocess import ImageReadError, load_uint8, normalize
+from data.image import note_lines
+from data.preprocess import ImageReadError, load_resized, normalize
 from data.signatures import Signatures
 from model.registry import get_spec
 from model.signature import SignatureNet, set_mode
@@ -53,14 +54,19 @@ def _decode_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2)))
 
 
-def _load(path: Path, resolution: int) -> np.ndarray | ImageReadError:
+_Loaded = tuple[np.ndarray, tuple[str, ...]] | ImageReadError
+
+
+def _load(path: Path, resolution: int) -> _Loaded:
+    """(R, R, 3) uint8 pixels and what the decoder corrected, or the error of an unreadable image."""
     try:
-        return load_uint8(path, resolution)
+        dec = load_resized(path, resolution)
     except ImageReadError as e:
         return e
+    return np.asarray(dec.image, dtype=np.uint8), dec.notes
 
 
-def _decoded(paths: list[Path], resolution: int, prefetch: int) -> Iterator[np.ndarray | ImageReadError]:
+def _decoded(paths: list[Path], resolution: int, prefetch: int) -> Iterator[_Loaded]:
     """Decoded images (or their errors) in order, decoding up to `prefetch` images ahead."""
     with ThreadPoolExecutor(max_workers=_decode_workers(), thread_name_prefix="decode") as pool:
         queue: deque[Future] = deque()
@@ -95,7 +101,7 @@ def embed_collection(
         if rec.uid in seen:
             raise ValueError(
                 f"{coll.images_file}:{rec.line}: uid {rec.uid!r} already used on line {seen[rec.uid]}; "
-                f"uids must be unique (run `python -m data validate`)."
+                f"uids must be unique (run `python -m data check {coll.root}` to see every problem)."
             )
         seen[rec.uid] = rec.line
     records = coll.images
@@ -104,6 +110,7 @@ def embed_collection(
 
     uids: list[str] = []
     skipped: list[str] = []
+    noted: list[tuple[str, str, tuple[str, ...]]] = []  # (uid, file, what the decoder corrected)
     chunks: list[np.ndarray] = []
     pending: list[tuple[jax.Array, int]] = []  # dispatched batches not yet copied back
     batch = np.zeros((batch_size, resolution, resolution, 3), np.uint8)
@@ -125,6 +132,9 @@ def embed_collection(
                 print(f"skipped uid {rec.uid} ({path}): {img}", file=sys.stderr)
                 skipped.append(rec.uid)
                 continue
+            img, notes = img
+            if notes:
+                noted.append((rec.uid, str(path), notes))
             batch[fill] = img
             uids.append(rec.uid)
             fill += 1
@@ -143,6 +153,8 @@ def embed_collection(
     vectors = np.concatenate(chunks, axis=0) if chunks else np.zeros((0, dim), np.float32)
     if skipped:
         print(f"{len(skipped)} of {len(records)} images could not be read and were left out.", file=sys.stderr)
+    for line in note_lines(noted, collection=coll.root):
+        print(line, file=sys.stderr)
     meta = {
         "arch": model.arch,
         "pooling": model.pooling,

@@ -6,16 +6,14 @@ A weights directory holds
 - `meta.json`: {"format", "version", "arch", "pooling", "gem_p", "gem_learnable", "param_count", "meta"},
   so loading needs only the directory ("meta" is free-form provenance from the caller: source weights,
   training run, ...).
-Writes are atomic: everything is written to a temporary sibling directory that is renamed into place, so
-a killed process leaves either the old weights or the new ones, never a half-written directory.
+Writes are atomic (`data.atomic.atomic_dir`): everything is written to a scratch sibling directory that
+is renamed into place, so a killed process leaves either the old weights or the new ones, never a
+half-written directory, and the next save cleans up what a killed one left.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax
@@ -23,6 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from data.atomic import atomic_dir, atomic_write_text, recover_dir
+from data.paths import resolve_path
 from model.registry import build, build_abstract, get_spec, param_count
 from model.signature import SignatureNet
 from model.state import assign, init_value
@@ -58,54 +58,45 @@ def model_meta(model: SignatureNet) -> dict:
     }
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _is_weights_dir(path: Path) -> bool:
+    return (path / META_FILE).is_file() and (path / STATE_DIR).is_dir()
+
+
+def remove_stale_exports(directory: str | Path) -> list[Path]:
+    """Clean up after killed `save_weights` calls beside `directory` (`data.atomic.recover_dir`): their
+    scratch folders are deleted, or, when a kill fell between the two renames and `directory` is missing,
+    the complete previous weights are put back. Returns the folders dealt with."""
+    directory = resolve_path(directory)
+    if not directory.parent.is_dir():
+        return []
+    return recover_dir(directory, _is_weights_dir)
 
 
 def save_weights(model: SignatureNet, directory: str | Path, meta: dict | None = None) -> Path:
     """Write the model's weights to `directory` (replacing earlier weights there, atomically).
 
     Refuses to overwrite a non-empty directory that is not a weights directory, so a typo cannot
-    delete unrelated files.
+    delete unrelated files. Scratch folders left beside it by killed saves are removed first.
     """
-    directory = Path(directory).absolute()
+    directory = resolve_path(directory)
     if directory.exists() and not (directory / META_FILE).is_file():
         if not directory.is_dir() or any(directory.iterdir()):
             raise WeightsError(f"{directory}: exists and is not a weights directory; choose a new --out path.")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         ckpt = ocp.StandardCheckpointer()
         ckpt.save(tmp / STATE_DIR, _saved_variables(model))
         ckpt.wait_until_finished()
         ckpt.close()
         info = {**model_meta(model), "meta": meta or {}}
-        with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
-            json.dump(info, fh, indent=2, sort_keys=True, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        old = None
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        _fsync_dir(directory.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+        atomic_write_text(tmp / META_FILE, json.dumps(info, indent=2, sort_keys=True, default=str))
+
+    return atomic_dir(directory, write, is_complete=_is_weights_dir)
 
 
 def read_meta(directory: str | Path) -> dict:
     """The metadata of a weights directory, with clear errors for anything that is not one."""
-    directory = Path(directory)
+    directory = resolve_path(directory)
     if not directory.exists():
         raise WeightsError(f"{directory}: no such weights directory. Make one with `python -m model convert`.")
     meta_file = directory / META_FILE
@@ -133,8 +124,9 @@ def load_weights(
 
     `pooling=None` keeps the stored pooling. Another pooling may be asked for: loading "mean" weights
     as "gem" starts p at the stored (or default) gem_p; loading "gem" weights as "mean" drops p.
+    The path is resolved first: orbax needs an absolute one (a relative one gave no metadata).
     """
-    directory = Path(directory)
+    directory = resolve_path(directory)
     meta = read_meta(directory)
     arch = meta["arch"]
     pooling = pooling or meta.get("pooling", "mean")

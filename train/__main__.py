@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from data.paths import PathOrWord, UserPath
 from train.config import DEFAULT_PRESET, PRESETS, apply_overrides, load_config, preset, start_config
 
 
@@ -33,20 +34,20 @@ def cli() -> None:
 
 
 @cli.command("run")
-@click.option("--collection", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+@click.option("--collection", type=UserPath(exists=True, file_okay=False), required=True,
               help="Collection folder (images.csv, connections.csv).")
 @click.option("--arch", default=None,
               help="Architecture (see `python -m model list`); default: the weights' arch, else the preset's.")
-@click.option("--weights", default="random", show_default=True,
+@click.option("--weights", type=PathOrWord("random"), default="random", show_default=True,
               help="Start weights: a weights directory (`python -m model convert`) or 'random' (from --seed).")
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
+@click.option("--out", "out", type=UserPath(file_okay=False), required=True, help="Run folder.")
 @click.option("--preset", "preset_name", type=click.Choice(PRESETS), default=None,
               help=f"Settings preset; default: {DEFAULT_PRESET}, or with --resume-from the source run's preset.")
 @click.option("--seed", type=int, default=None, help="Seed (initialisation with --weights random, data order).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config field, e.g. --set lr=1e-4 --set batch_size=8 (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint.")
-@click.option("--resume-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+@click.option("--resume-from", type=UserPath(exists=True, file_okay=False), default=None,
               help="Start a new run (new round) from another run's best weights, splits and preset.")
 @click.option("--coordinator", default=None, help="Multi-process: coordinator HOST:PORT (process 0's address).")
 @click.option("--num-processes", type=int, default=None, help="Multi-process: number of processes.")
@@ -100,10 +101,10 @@ def run_cmd(collection, arch, weights, out, preset_name, seed, overrides, resume
 
 
 @cli.command("evaluate")
-@click.argument("signatures", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--collection", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.argument("signatures", type=UserPath(exists=True, dir_okay=False))
+@click.option("--collection", type=UserPath(exists=True, file_okay=False), required=True)
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
-@click.option("--splits-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+@click.option("--splits-file", type=UserPath(exists=True, dir_okay=False), default=None,
               help="A splits.json to use (default: the collection's, else computed as training would).")
 def evaluate_cmd(signatures, collection, split, splits_file) -> None:
     """Retrieval metrics of SIGNATURES (a signatures.npz) on the queries of one split, as JSON."""

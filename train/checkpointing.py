@@ -11,10 +11,13 @@ after a validation carry a metric; never selected on test). Saving is asynchrono
 on while the arrays are written; `wait()` before reading or exiting.
 
 Typed PRNG keys (nnx RNG streams) are stored as their raw key data and re-wrapped on restore.
+A checkpoint damaged on disk (a file deleted or truncated) does not end the run: `restore_newest`
+falls back to the next older checkpoint and sets the damaged ones aside in RUN_DIR/damaged_checkpoints/.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +29,11 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
 METRIC = "val_mAP"
+DAMAGED_DIR = "damaged_checkpoints"  # beside checkpoints/: where unrestorable step folders are moved
+
+
+class CheckpointError(ValueError):
+    """No checkpoint of a run can be restored; the message names the folder and what to do."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -50,7 +58,7 @@ class RunCheckpoints:
     """Thin wrapper around an orbax CheckpointManager with this project's retention policy."""
 
     def __init__(self, directory: str | Path, *, keep: int = 3, async_save: bool = True):
-        self.directory = Path(directory).resolve()
+        self.directory = Path(directory).expanduser().resolve()  # orbax needs an absolute path
         policy = cm.AnyPreservationPolicy(
             [
                 cm.LatestN(n=max(1, keep)),
@@ -105,12 +113,65 @@ class RunCheckpoints:
         state = from_saveable(out["state"], like_state)
         return state, np.asarray(out["mining"]["triplets"]), meta
 
+    def restore_meta(self, step: int) -> dict:
+        """The JSON meta of `step` alone (it says how to build the state `restore` needs)."""
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore_newest(self, like_of: Callable[[dict], Any], warn: Callable[[str], None]
+                       ) -> tuple[int, Any, np.ndarray, dict] | None:
+        """(step, state, triplets, meta) of the newest checkpoint that restores; None if there is none.
+
+        `like_of(meta)` builds the `like_state` of `restore` from a checkpoint's meta. A checkpoint that
+        fails to restore (orbax raises many kinds of errors for missing or truncated files) is reported
+        through `warn` and the next older one is tried; once one restores, the newer damaged ones are
+        moved to DAMAGED_DIR (so that training can write those steps again). If none restores, nothing
+        is moved and a CheckpointError lists what failed.
+        """
+        steps = sorted(self.all_steps(), reverse=True)
+        failed: list[tuple[int, str]] = []
+        for step in steps:
+            try:
+                meta = self.restore_meta(step)
+                state, triplets, meta = self.restore(step, like_of(meta))
+            except Exception as e:  # noqa: BLE001 - any failure means: this checkpoint is unusable
+                why = _short_error(e)
+                failed.append((step, why))
+                warn(f"{self.directory / str(step)}: cannot restore this checkpoint ({why}); trying an older one.")
+                continue
+            for bad, _ in failed:
+                warn(f"moved the damaged checkpoint of step {bad} to {self._set_aside(bad)}; "
+                     f"resuming from step {step}.")
+            if failed:
+                self.manager.reload()
+            return step, state, triplets, meta
+        if failed:
+            raise CheckpointError(
+                f"{self.directory}: none of the checkpoints can be restored ("
+                + "; ".join(f"step {s}: {w}" for s, w in failed)
+                + "). Start the run again in a new --out folder (or restore the folder from a backup)."
+            )
+        return None
+
+    def _set_aside(self, step: int) -> Path:
+        target_dir = self.directory.parent / DAMAGED_DIR
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target, k = target_dir / str(step), 1
+        while target.exists():
+            target, k = target_dir / f"{step}.{k}", k + 1
+        os.replace(self.directory / str(step), target)
+        return target
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _short_error(e: Exception, limit: int = 300) -> str:
+    text = " ".join(f"{type(e).__name__}: {e}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class GracefulStop:

@@ -9,10 +9,19 @@ RUN_DIR layout
 - start_eval.json    retrieval of the starting network (val and test), computed once
 - start_signatures.npz  the starting network's signatures (identical to `python -m model embed` with the
                      same weights / seed and resolution)
-- eval.json          retrieval of the starting and of the trained (best-on-val) network, same splits and code
-- signatures.npz     the trained network's signatures of the whole collection (`model embed`'s format)
-- weights/           the trained network's weights (`model.weights` format: `--weights RUN_DIR/weights`)
+- eval.json          retrieval of the starting and of the exported (best-on-val) network, same splits and code
+- signatures.npz     the exported network's signatures of the whole collection (`model embed`'s format)
+- weights/           the exported network's weights (`model.weights` format: `--weights RUN_DIR/weights`)
 - curves.png         training loss and val mAP
+
+The exported network is the best on val among the starting network (epoch 0) and every epoch's: a run
+that never beats its start exports the start and says so (eval.json "selected": "start", the log).
+
+Before anything is computed the collection goes through `python -m data check`'s validation (without
+decoding images: preparing the dataset reports unreadable ones); a collection with errors is refused.
+A resume survives what a kill can leave behind: a torn last line of metrics.jsonl (dropped), a damaged
+newest checkpoint (the next older one is used, train/checkpointing.py), damaged start files (recomputed)
+and scratch folders of a killed weights export (removed); each is reported as a `warning:` line.
 
 Exact resume: the train step is deterministic, triplets are stored in each checkpoint, the data
 iterator's state too (grain), and every epoch's iterator seed derives from (seed, epoch, mining round).
@@ -25,7 +34,6 @@ carried with the last batch *used*, not the prefetcher's.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,22 +44,26 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from data.atomic import atomic_write_text
+from data.atomic import atomic_write, atomic_write_text
 from data.augment import AugmentConfig
 from data.collection import Collection, load_collection
+from data.image import note_lines
+from data.paths import resolve_path
 from data.pipeline import PreparedSource, open_prepared, triplet_dataset
 from data.prepare import PrepareResult, prepare_collection
-from data.signatures import Signatures, save_signatures
+from data.signatures import Signatures, load_signatures, save_signatures
 from data.splits import SPLITS_FILE, assign_splits, load_previous, load_splits, save_splits
+from data.validate import validate
 from model.embed import embed_collection
 from model.registry import build_abstract
 from model.signature import set_mode
-from model.weights import load_or_init, save_weights
-from train.checkpointing import GracefulStop, RunCheckpoints, check_finite
+from model.weights import load_or_init, remove_stale_exports, save_weights
+from train.checkpointing import CheckpointError, GracefulStop, RunCheckpoints, check_finite
 from train.config import TrainConfig, resolved_workers, save_config
 from train.distributed import is_main
 from train.embedding import embed_indices, local_copy, make_embed_fn
 from train.metrics import evaluate_split
+from train.metrics_log import MetricsLog, read_metrics
 from train.mining import MiningInputs, mine_triplets, mining_inputs
 from train.optim import make_optimizer, make_schedule
 from train.prefetch import DevicePrefetcher
@@ -88,32 +100,11 @@ class RunResult:
     final_eval: dict = field(default_factory=dict)
     best_step: int | None = None
     losses: list[float] = field(default_factory=list)
+    selected: str = "trained"  # "start" when no epoch beat the starting network on val
 
 
 def _write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=float))
-
-
-class _MetricsLog:
-    """Append-only JSON lines; on resume, records after the restored step are dropped."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def truncate_after(self, step: int) -> None:
-        if not (self.enabled and self.path.exists()):
-            return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        _write_json_lines(self.path, keep)
-
-    def write(self, rec: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(rec, sort_keys=True, default=float) + "\n")
-
-
-def _write_json_lines(path: Path, lines: list[str]) -> None:
-    atomic_write_text(path, "".join(ln + "\n" for ln in lines))
 
 
 class _ClosePrefetch:
@@ -203,13 +194,32 @@ class _Context:
     start_meta: dict
 
 
-def _prepare(collection_dir, cfg: TrainConfig, run_dir: Path, weights: str, previous_splits: dict | None,
+def refuse_invalid_collection(collection: Collection, warn, *, shown: int = 20) -> None:
+    """Stop before any compilation or embedding if `python -m data check` finds errors (listed, like check).
+
+    Images are not decoded here: preparing the dataset reports (and skips) unreadable images already.
+    """
+    report = validate(collection, decode_images=False)
+    for p in report.warnings[:shown]:
+        warn(str(p))
+    if len(report.warnings) > shown:
+        warn(f"... and {len(report.warnings) - shown} more warnings (`python -m data check {collection.root}`)")
+    if report.errors:
+        listed = "\n".join(str(p) for p in report.errors[:shown])
+        more = f"\n... and {len(report.errors) - shown} more" if len(report.errors) > shown else ""
+        raise RunError(f"{collection.root}: {len(report.errors)} errors in the collection; fix them before "
+                       f"training (`python -m data check {collection.root}` lists them all):\n{listed}{more}")
+
+
+def _prepare(collection: Collection, cfg: TrainConfig, run_dir: Path, weights: str, previous_splits: dict | None,
              log) -> _Context:
-    collection = load_collection(collection_dir)
     prepared = prepare_once(collection, max_side=max(cfg.resolution + 100, 256))
     source = open_prepared(prepared.path)
     if source.skipped:
         log(f"{len(source.skipped)} unreadable images skipped (first: {sorted(source.skipped.items())[:3]})")
+    if is_main():  # what the decoder corrected or found damaged, by uid and file (like `data check`)
+        for line in note_lines(prepared.notes, collection=collection.root):
+            print(line, file=sys.stderr, flush=True)
     previous = previous_splits if previous_splits is not None else load_previous(collection)
     assignment = assign_splits(collection, previous)
     if is_main():
@@ -229,8 +239,7 @@ def _prepare(collection_dir, cfg: TrainConfig, run_dir: Path, weights: str, prev
     present = np.array([collection.uids[i] not in source.skipped for i in range(len(collection.uids))], bool)
 
     # Start weights: f32 parameters (and the same ones `model embed --weights W --seed N` uses).
-    model = load_or_init(weights, cfg.arch, seed=cfg.seed, dtype="float32", pooling=cfg.pooling)
-    set_mode(model, training=False)
+    model = _start_model(cfg, weights)
     eval_graphdef, params, rest = split_model(model)
     train_model = build_abstract(model.arch, dtype=cfg.compute_dtype, pooling=model.pooling, gem_p=model.gem_p,
                                  gem_learnable=model.gem_learnable, remat=cfg.remat)
@@ -295,13 +304,70 @@ def _make_iterator(ctx: _Context, triplets: np.ndarray, epoch: int, rnd: int, da
     return it
 
 
-def _plot(run_dir: Path) -> None:
+def _load_start(run_dir: Path, warn) -> dict | None:
+    """start_eval.json if it and start_signatures.npz are intact; None (after a warning) if they must be redone."""
+    files = (run_dir / START_EVAL_FILE, run_dir / START_SIGNATURES_FILE)
+    missing = [f for f in files if not f.exists()]
+    if missing:
+        if len(missing) < len(files):  # one without the other: a run killed between the two writes
+            warn(f"{missing[0]} is missing: recomputing the starting network's signatures and evaluation.")
+        return None
+    try:
+        start_eval = json.loads(files[0].read_text(encoding="utf-8"))
+        if not isinstance(start_eval, dict) or not {"val", "test"} <= set(start_eval):
+            raise ValueError("no val and test figures")
+    except ValueError as e:
+        warn(f"{files[0]}: damaged ({e}); recomputing the starting network's signatures and evaluation.")
+        return None
+    try:
+        load_signatures(files[1])
+    except ValueError as e:
+        warn(f"{files[1]}: damaged ({e.__cause__ or e}); recomputing the starting network's signatures and "
+             "evaluation.")
+        return None
+    return start_eval
+
+
+def _start_eval(ctx: _Context, *, progress: bool, main: bool, log, warn) -> dict:
+    """Retrieval of the starting network, embedded exactly as `python -m model embed` does (original files).
+
+    Computed once per run; a resume reuses the files unless they are damaged (then computed again: the
+    start is deterministic, so the figures are the same).
+    """
+    start_eval = _load_start(ctx.run_dir, warn)
+    if start_eval is not None:
+        return start_eval
+    t0 = time.time()
+    start_sig = _embed_files(ctx, ctx.params, ctx.rest, progress=progress)
+    start_sig.meta.update({**ctx.start_meta, "seed": ctx.cfg.seed, "trained": False})
+    start_eval = {s: _evaluate_sig(ctx, start_sig, s) for s in ("val", "test")}
+    if main:
+        save_signatures(ctx.run_dir / START_SIGNATURES_FILE, start_sig)
+        _write_json(ctx.run_dir / START_EVAL_FILE, start_eval)
+    log(f"start: val mAP {start_eval['val'].get('mAP', float('nan')):.4f} ({time.time() - t0:.1f}s to embed)")
+    return start_eval
+
+
+def _start_candidate(val0: dict) -> dict | None:
+    """The starting network as the first candidate of best-epoch selection (epoch 0, step 0).
+
+    Its val is from the same path as every epoch's (the prepared dataset), so the comparison is like with like.
+    """
+    return {"mAP": val0["mAP"], "step": 0, "epoch": 0} if val0.get("mAP") is not None else None
+
+
+def _report_stale_exports(run_dir: Path, warn) -> None:
+    for path in remove_stale_exports(run_dir / WEIGHTS_DIR):
+        warn(f"removed {path}, left by a weights export that was killed")
+
+
+def _plot(run_dir: Path, warn) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = [json.loads(ln) for ln in (run_dir / METRICS_FILE).read_text().splitlines() if ln.strip()]
+    recs = read_metrics(run_dir / METRICS_FILE, warn)
     steps = [r for r in recs if "loss" in r]
     epochs = [r for r in recs if "val" in r and "mAP" in r["val"]]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -314,10 +380,10 @@ def _plot(run_dir: Path) -> None:
     a2.set_xlabel("epoch (0 = start)")
     a2.legend()
     fig.tight_layout()
-    tmp = run_dir / "curves.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, run_dir / "curves.png")
+    try:
+        atomic_write(run_dir / "curves.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def run_training(
@@ -332,13 +398,19 @@ def run_training(
     extra_config: dict | None = None,
 ) -> RunResult:
     """Train (or continue training) into `run_dir`; see the module docstring for what is written."""
-    run_dir = Path(run_dir)
+    run_dir = resolve_path(run_dir)  # relative paths, ~ and symlinks: orbax needs absolute paths
     main = is_main()
 
     def log(msg: str) -> None:
         if main:
             print(msg, flush=True)
 
+    def warn(msg: str) -> None:
+        if main:
+            print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+    collection = load_collection(resolve_path(collection_dir))
+    refuse_invalid_collection(collection, warn)
     ckpt_dir = run_dir / CHECKPOINT_DIR
     if resume:
         if not (run_dir / CONFIG_FILE).exists():
@@ -346,52 +418,40 @@ def run_training(
         saved = json.loads((run_dir / CONFIG_FILE).read_text())
         weights = saved.get("weights", weights)
         previous_splits = load_splits(run_dir / SPLITS_FILE)
+        if main:
+            _report_stale_exports(run_dir, warn)
     else:
         if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
             raise RunError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out.")
         previous_splits = None
         if resume_from is not None:
-            src = Path(resume_from)
+            src = resolve_path(resume_from)
             if not (src / WEIGHTS_DIR).exists():
                 raise RunError(f"{src}: no {WEIGHTS_DIR}/ (a finished run's best weights); cannot --resume-from it.")
             weights = str(src / WEIGHTS_DIR)
             previous_splits = load_splits(src / SPLITS_FILE) if (src / SPLITS_FILE).exists() else None
         run_dir.mkdir(parents=True, exist_ok=True)
+    weights = weights if weights == "random" else str(resolve_path(weights))
     if main:
-        save_config(cfg, run_dir / CONFIG_FILE, {"weights": str(weights), **(extra_config or {})})
+        save_config(cfg, run_dir / CONFIG_FILE, {"weights": weights, **(extra_config or {})})
 
-    ctx = _prepare(collection_dir, cfg, run_dir, weights, previous_splits, log)
+    ctx = _prepare(collection, cfg, run_dir, weights, previous_splits, log)
     embed_fn = make_embed_fn(ctx.eval_graphdef, ctx.eval_mesh)
-    metrics_log = _MetricsLog(run_dir / METRICS_FILE, main)
+    metrics_log = MetricsLog(run_dir / METRICS_FILE, main, warn)
+    start_eval = _start_eval(ctx, progress=progress and main, main=main, log=log, warn=warn)
 
-    # The starting network, embedded exactly as `python -m model embed` does (original files), once.
-    start_file = run_dir / START_EVAL_FILE
-    sig0 = None
-    if start_file.exists() and (run_dir / START_SIGNATURES_FILE).exists():
-        start_eval = json.loads(start_file.read_text())
-    else:
-        t0 = time.time()
-        start_sig = _embed_files(ctx, ctx.params, ctx.rest, progress=progress and main)
-        start_sig.meta.update({**ctx.start_meta, "seed": cfg.seed, "trained": False})
-        start_eval = {s: _evaluate_sig(ctx, start_sig, s) for s in ("val", "test")}
-        if main:
-            save_signatures(run_dir / START_SIGNATURES_FILE, start_sig)
-            _write_json(start_file, start_eval)
-        # Epoch 0 of the curves and the first mining use the same path as every later epoch.
-        sig0 = _embed_all(ctx, embed_fn, ctx.params, ctx.rest)
-        metrics_log.write({"step": 0, "epoch": 0, "val": _evaluate(ctx, sig0, "val")})
-        log(f"start: val mAP {start_eval['val'].get('mAP', float('nan')):.4f} ({time.time() - t0:.1f}s to embed)")
+    def like_of(meta: dict):
+        """The state structure of a checkpoint (its optimizer's schedule length comes from its meta)."""
+        return replicate(init_state(ctx.params, ctx.rest, make_optimizer(cfg, ctx.params, meta["total_steps"]),
+                                    cfg.seed), ctx.mesh)
 
     ckpts = RunCheckpoints(ckpt_dir, keep=cfg.keep_checkpoints)
-    latest = ckpts.latest_step() if resume else None
-
-    # Triplets of the first epoch fix the number of steps per epoch (and the schedule length).
-    if latest is None:
-        if sig0 is None:
-            sig0 = _embed_all(ctx, embed_fn, ctx.params, ctx.rest)
-        triplets = _mine(ctx, sig0)
-    else:
-        triplets = None
+    try:
+        restored = ckpts.restore_newest(like_of, warn) if resume else None
+    except CheckpointError:
+        ckpts.close()
+        raise
+    latest = restored[0] if restored is not None else None
     steps_per_epoch_0 = None
 
     def build(num_triplets: int):
@@ -402,17 +462,22 @@ def run_training(
         opt = make_optimizer(cfg, ctx.params, total)
         return spe, total, opt
 
-    if latest is None:
+    if restored is None:
+        # Epoch 0 of the curves, the first mining and the start's candidacy for the best epoch use the same
+        # path as every later epoch. Records of an attempt killed before its first checkpoint are dropped.
+        sig0 = _embed_all(ctx, embed_fn, ctx.params, ctx.rest)
+        val0 = _evaluate(ctx, sig0, "val")
+        metrics_log.truncate_after(-1)
+        metrics_log.write({"step": 0, "epoch": 0, "val": val0})
+        # Triplets of the first epoch fix the number of steps per epoch (and the schedule length).
+        triplets = _mine(ctx, sig0)
         steps_per_epoch_0, total_steps, opt = build(len(triplets))
         state = replicate(init_state(ctx.params, ctx.rest, opt, cfg.seed), ctx.mesh)
-        epoch, rnd, step_in_epoch, data_state, best = 0, 0, 0, None, None
+        epoch, rnd, step_in_epoch, data_state, best = 0, 0, 0, None, _start_candidate(val0)
     else:
-        meta0 = ckpts.manager.restore(latest, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))["meta"]
-        steps_per_epoch_0, total_steps = meta0["steps_per_epoch"], meta0["total_steps"]
+        _, state, triplets, meta = restored
+        steps_per_epoch_0, total_steps = meta["steps_per_epoch"], meta["total_steps"]
         opt = make_optimizer(cfg, ctx.params, total_steps)
-        like = replicate(init_state(ctx.params, ctx.rest, opt, cfg.seed), ctx.mesh)
-        state, triplets, meta = ckpts.restore(latest, like)
         state = replicate(state, ctx.mesh)
         epoch, rnd, step_in_epoch = meta["epoch"], meta["round"], meta["step_in_epoch"]
         data_state, best = meta["data_state"], meta.get("best")
@@ -535,31 +600,68 @@ def run_training(
         ckpts.close()
         return result
 
-    # Finished: the best state by val mAP (or the last one if there was no val query).
-    final_state = state
-    if best is not None and best["step"] != global_step:
-        final_state, _, _ = ckpts.restore(best["step"], state)
-    ckpts.close()
-    final_sig = _embed_files(ctx, final_state.params, final_state.rest, progress=progress and main)
-    final_eval = {s: _evaluate_sig(ctx, final_sig, s) for s in ("val", "test")}
+    # Finished: the best by val mAP among the start (epoch 0) and the epochs (the last state without val queries).
+    result.selected = "start" if best is not None and best["epoch"] == 0 else "trained"
+    if result.selected == "start":  # no epoch beat the start: export the start, never something worse
+        ckpts.close()
+        final_eval = start_eval
+        final_sig = load_signatures(run_dir / START_SIGNATURES_FILE) if main else None
+    else:
+        final_state = state
+        if best is not None and best["step"] != global_step:
+            final_state, _, _ = ckpts.restore(best["step"], state)
+        ckpts.close()
+        final_sig = _embed_files(ctx, final_state.params, final_state.rest, progress=progress and main)
+        final_eval = {s: _evaluate_sig(ctx, final_sig, s) for s in ("val", "test")}
     result.final_eval = final_eval
     if main:
-        meta = {**ctx.start_meta, "run": str(run_dir.resolve()), "step": best["step"] if best else global_step,
-                "seed": cfg.seed, "trained": True}
+        meta = {**ctx.start_meta, "run": str(run_dir), "step": best["step"] if best else global_step,
+                "seed": cfg.seed, "trained": result.selected == "trained", "selected": result.selected}
         final_sig.meta.update(meta)
         save_signatures(run_dir / SIGNATURES_FILE, final_sig)
+        epoch_vals = _val_by_epoch(metrics_log.records())
         _write_json(run_dir / EVAL_FILE, {
             "start": start_eval, "trained": final_eval, "best": best, "steps": global_step,
-            "selected_by": "val mAP", "weights_start": str(weights),
+            "selected_by": "val mAP", "selected": result.selected, "val_mAP_by_epoch": epoch_vals,
+            "weights_start": str(weights),
             "note": "both rows: signatures from the original image files (as `python -m model embed`), "
-                    "whole collection ranked, same splits and metric code",
+                    "whole collection ranked, same splits and metric code; `trained` is the exported network "
+                    "(the start itself when `selected` is `start`); val_mAP_by_epoch: the prepared dataset's "
+                    "val mAP that selected it (epoch 0 = the start)",
         })
-        model = nnx.merge(ctx.eval_graphdef, jax.device_get(final_state.params), jax.device_get(final_state.rest))
+        if result.selected == "start":  # reloaded: training consumed (donated) the start's device arrays
+            model = _start_model(cfg, weights)
+        else:
+            model = nnx.merge(ctx.eval_graphdef, jax.device_get(final_state.params), jax.device_get(final_state.rest))
         save_weights(model, run_dir / WEIGHTS_DIR, meta)
-        _plot(run_dir)
+        _plot(run_dir, warn)
+        if result.selected == "start":
+            log(_start_kept_line(epoch_vals))
         log(f"done: test mAP {start_eval['test'].get('mAP', float('nan')):.4f} -> "
             f"{final_eval['test'].get('mAP', float('nan')):.4f}; outputs in {run_dir}")
     return result
+
+
+def _start_model(cfg: TrainConfig, weights: str):
+    """The starting network in eval mode, built exactly as `_prepare` builds it."""
+    model = load_or_init(weights, cfg.arch, seed=cfg.seed, dtype="float32", pooling=cfg.pooling)
+    set_mode(model, training=False)
+    return model
+
+
+def _val_by_epoch(records: list[dict]) -> dict[str, float]:
+    """{epoch: val mAP} from the metrics log's epoch records (epoch 0: the start), as selection saw them."""
+    return {str(int(r["epoch"])): r["val"]["mAP"] for r in records
+            if isinstance(r.get("val"), dict) and r["val"].get("mAP") is not None}
+
+
+def _start_kept_line(epoch_vals: dict[str, float]) -> str:
+    start = epoch_vals.get("0", float("nan"))
+    trained = {e: v for e, v in epoch_vals.items() if e != "0"}
+    best = max(trained, key=trained.get) if trained else None
+    beaten = f"the best epoch ({best}) reached {trained[best]:.4f}" if best else "no epoch was validated"
+    return (f"selected the START network: no epoch beat it on val (val mAP {start:.4f} at the start; {beaten}). "
+            f"Exported the starting weights and signatures; try a lower learning rate or more connections.")
 
 
 def final_params(run_dir: str | Path):

@@ -14,6 +14,10 @@ Safety, for a server that only ever needs to talk to the expert's own browser:
   pages that would otherwise reach a loopback server from the expert's browser;
 - POST bodies must be JSON (`Content-Type: application/json`, which a cross-site form cannot send
   without a preflight that this server never approves) and at most 64 KiB;
+- a POST whose `Origin` header names another origin than the server's own (scheme://host:port), or
+  whose `Sec-Fetch-Site` says it comes from another site or another port of this one, gets 403: another
+  page open in the expert's browser (another local web app included) cannot record or undo decisions.
+  Requests without these headers (curl, scripts) are let through: they are not a browser acting for a page;
 - every malformed request gets a 4xx with a JSON `{"error": ...}` explaining it; a decision is fsynced
   to annotations.jsonl before the reply (see `store`).
 """
@@ -26,15 +30,17 @@ import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from flask import Flask, abort, jsonify, render_template, request
-from PIL import Image, UnidentifiedImageError
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter
 
 from cluster.annotate.queue import DECISIONS, DecisionError, implied_edges, order_clusters, pair
 from cluster.annotate.store import AnnotationError, AnnotationStore
 from cluster.clusters_file import file_sha256, read_clusters
 from data.collection import Collection, load_collection
+from data.image import ImageReadError, decode_image, is_damaged
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +75,18 @@ def _caption(meta: dict[str, str]) -> list[list[str]]:
 
 
 class _Thumbs:
-    """Resized JPEGs, made on first request and kept in a bounded in-memory LRU."""
+    """Resized JPEGs, made on first request and kept in a bounded in-memory LRU.
+
+    Decoded by `data.image` like every other stage (EXIF orientation, transparency on white, 16-bit
+    scaled; JPEGs at a reduced scale), under the same pixel limit and decode budget, so the server's
+    threads cannot decode many huge scans at once. Why an image could not be shown is kept by uid
+    (`errors`) for the 404 the page receives.
+    """
 
     def __init__(self, collection: Collection) -> None:
         self.collection = collection
         self.cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self.errors: dict[str, str] = {}
         self.lock = threading.Lock()
 
     def get(self, uid: str, size: int) -> bytes | None:
@@ -84,21 +97,34 @@ class _Thumbs:
                 return self.cache[key]
         path = self.collection.image_path(uid)
         try:
-            with Image.open(path) as im:
-                im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster for big scans
-                im = im.convert("RGB")
-                im.thumbnail((size, size), Image.Resampling.LANCZOS)
-                buf = io.BytesIO()
-                im.save(buf, format="JPEG", quality=85)
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            log.warning("image %s of uid %s cannot be read (%s); the page shows it as unreadable", path, uid, e)
+            dec = decode_image(path, max_side=size)
+        except ImageReadError as e:
+            log.warning("uid %s: %s (the page shows it as unreadable)", uid, e)
+            with self.lock:
+                self.errors[uid] = str(e)
             return None
+        if is_damaged(dec.notes):
+            log.warning("uid %s (%s): %s", uid, path, "; ".join(dec.notes))
+        buf = io.BytesIO()
+        dec.image.save(buf, format="JPEG", quality=85)
         data = buf.getvalue()
         with self.lock:
+            self.errors.pop(uid, None)
             self.cache[key] = data
             while len(self.cache) > THUMB_CACHE_ENTRIES:
                 self.cache.popitem(last=False)
         return data
+
+
+class UidConverter(BaseConverter):
+    """Any uid in a URL path, slashes included (`/image/sl/ash`, `/image//lead`).
+
+    The page sends `encodeURIComponent(uid)`; the server sees the path already decoded, so `%2F` is a
+    `/` again and `?` or `#` arrive as themselves. flask's own `path` converter refuses a leading `/`.
+    """
+
+    regex = ".+"
+    part_isolating = False
 
 
 class AnnotationSession:
@@ -252,6 +278,41 @@ def _json_body() -> dict:
     return body
 
 
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+SAME_ORIGIN_FETCH_SITES = frozenset({"same-origin", "none"})  # "none": the user typed or bookmarked it
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin_key(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin such as `http://127.0.0.1:8765`, or None if it is not one."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), DEFAULT_PORTS[scheme] if port is None else port
+
+
+def _foreign_origin(origin: str | None, fetch_site: str | None, scheme: str, host: str) -> str | None:
+    """Why a state-changing request comes from another origin than this server's, or None if it does not.
+
+    A browser sends `Origin` with every POST from a script and `Sec-Fetch-Site` with every request;
+    `Origin: null` (a sandboxed frame, a file:// page) is foreign too.
+    """
+    if fetch_site is not None and fetch_site.lower() not in SAME_ORIGIN_FETCH_SITES:
+        return f"Sec-Fetch-Site is {fetch_site!r}"
+    if origin is None:
+        return None
+    own = _origin_key(f"{scheme}://{host}")
+    theirs = _origin_key(origin)
+    if theirs is None or theirs != own:
+        return f"Origin {origin!r} is not this server's {scheme}://{host}"
+    return None
+
+
 def create_app(
     collection_dir: str | Path,
     clusters_path: str | Path,
@@ -278,6 +339,19 @@ def create_app(
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         if name not in allowed_hosts:
             abort(400, description=f"unexpected Host header {request.host!r}; open the page via http://{bound_host}.")
+        return None
+
+    @app.before_request
+    def _origin_guard():
+        # Checked whatever the bound address: a page on another origin must never change the log.
+        if request.method not in UNSAFE_METHODS:
+            return None
+        why = _foreign_origin(
+            request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"), request.scheme, request.host
+        )
+        if why is not None:
+            abort(403, description=f"refused a request from another web page ({why}); decisions can only be "
+                  "made on this server's own page.")
         return None
 
     @app.errorhandler(HTTPException)
@@ -353,10 +427,17 @@ def create_app(
         if not isinstance(did, str) or not did:
             abort(400, description="'decision' must be the id of the decision to undo.")
         rec = session.undo(did)
-        with session.store.lock:
-            return jsonify({"ok": True, "undone": rec["undoes"], "state": session.state()})
+        # an undone decision that `cluster accept` already wrote to connections.csv: say what happens to it
+        from cluster.accept import undo_note
 
-    @app.get("/image/<uid>")
+        undone = next((r for r in session.store.log.records if r["id"] == did), None)
+        note = undo_note(session.collection.root, undone) if undone is not None else None
+        with session.store.lock:
+            return jsonify({"ok": True, "undone": rec["undoes"], "note": note, "state": session.state()})
+
+    app.url_map.converters["uid"] = UidConverter
+
+    @app.get("/image/<uid:uid>", merge_slashes=False)
     def image(uid: str):
         if uid not in session.collection:
             abort(404, description="no image with this uid in the collection.")
@@ -365,7 +446,8 @@ def create_app(
             abort(400, description=f"size must be one of {THUMB_SIZES}.")
         data = session.thumbs.get(uid, int(size_arg))
         if data is None:
-            abort(404, description=f"the image file of uid {uid} is missing or unreadable.")
+            why = session.thumbs.errors.get(uid, "the image file is missing or unreadable.")
+            abort(404, description=f"uid {uid}: {why}")
         resp = app.response_class(data, mimetype="image/jpeg")
         resp.headers["Cache-Control"] = "private, max-age=3600"
         return resp

@@ -14,6 +14,7 @@ from cluster.annotate.app import WILDCARD_HOSTS, AnnotateSetupError, create_app
 from cluster.annotate.store import AnnotationError
 from cluster.clusters_file import ClustersFileError
 from data.collection import CollectionError
+from data.paths import UserPath
 
 
 def _default_annotator() -> str:
@@ -24,9 +25,9 @@ def _default_annotator() -> str:
 
 
 @click.command("annotate")
-@click.option("--collection", "collection_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--collection", "collection_dir", required=True, type=UserPath(file_okay=False),
               help="Collection folder (images.csv, connections.csv); decisions go to its annotations.jsonl.")
-@click.option("--clusters", "clusters_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--clusters", "clusters_path", required=True, type=UserPath(dir_okay=False),
               help="clusters.csv written by `python -m cluster optics`.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Keep the loopback default unless you know who can reach this machine.")

@@ -113,3 +113,95 @@ def test_unknown_uids_are_reported_not_written(annot_collection):
     rep = accept_annotations(annot_collection.root)
     assert rep.unknown == [bad] and not rep.added
     assert (annot_collection.root / "connections.csv").read_text() == before
+
+
+def _write_bytes(path, rows, *, encoding="utf-8", delimiter=",", bom=b""):
+    path.write_bytes(bom + "".join(delimiter.join(r) + "\r\n" for r in rows).encode(encoding))
+
+
+def test_accept_keeps_the_museums_columns_in_order(annot_collection):
+    """Issue 11, defect 2: accept used to drop every column it does not know (comment, reviewer)."""
+    u = annot_collection.uids
+    path = annot_collection.root / "connections.csv"
+    _write_bytes(path, [["reviewer", "a", "b", "comment", "type"],
+                        ["ada", u[0], u[1], '"seen 1998, drawer 12"', "POSITIVE"],
+                        ["bob", u[11], u[12], "", "POSITIVE"]])
+    store = AnnotationStore(annot_collection.root)
+    _decide(store, u[6:9], u[7:9], [[u[7], u[8], "POSITIVE"]])
+    r = CliRunner().invoke(accept, ["--collection", str(annot_collection.root)])
+    assert r.exit_code == 0, r.output
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "reviewer,a,b,comment,type,source,annotated_at"
+    assert lines[1] == f'ada,{u[0]},{u[1]},"seen 1998, drawer 12",POSITIVE,,'
+    assert lines[2] == f"bob,{u[11]},{u[12]},,POSITIVE,,"
+    a, b = sorted(u[7:9])
+    assert lines[3].startswith(f",{a},{b},,POSITIVE,annotation:1,")
+
+
+def test_accept_rewrites_an_excel_file_as_utf8_and_says_so(annot_collection):
+    """Issue 11, defect 4: a Windows-1252, semicolon-separated connections.csv (European Excel)."""
+    u = annot_collection.uids
+    path = annot_collection.root / "connections.csv"
+    _write_bytes(path, [["a", "b", "type", "remarque"], [u[0], u[1], "POSITIVE", "vérifié"]],
+                 encoding="cp1252", delimiter=";")
+    original = path.read_bytes()
+    store = AnnotationStore(annot_collection.root)
+    _decide(store, u[6:9], u[7:9], [[u[7], u[8], "POSITIVE"]])
+    r = CliRunner().invoke(accept, ["--collection", str(annot_collection.root)])
+    assert r.exit_code == 0, r.output
+    assert "Windows-1252" in r.output and "rewritten as UTF-8" in r.output
+    backup = next(annot_collection.root.glob("connections.csv.bak-*"))
+    assert backup.read_bytes() == original
+    text = path.read_bytes().decode("utf-8-sig")
+    assert text.splitlines()[:2] == ["a;b;type;remarque;source;annotated_at", f"{u[0]};{u[1]};POSITIVE;vérifié;;"]
+    assert [c.extra for c in _rows(annot_collection)][:1] == [{"remarque": "vérifié"}]
+
+
+def test_undo_after_accept_is_said_on_the_page_and_accept_removes_the_rows(annot_collection):
+    """Issue 11, defect 10: an undone decision's accepted rows used to stay in connections.csv, with no word."""
+    from cluster.annotate.app import create_app
+
+    u = annot_collection.uids
+    app = create_app(annot_collection.root, annot_collection.clusters, "ada")
+    c = app.test_client()
+    ticked = [u[0], u[2]]  # no known link between them
+    d = c.post("/api/decision", json={"cluster": 2, "decision": "confirm", "ticked": ticked}).get_json()
+    runner = CliRunner()
+    assert runner.invoke(accept, ["--collection", str(annot_collection.root)]).exit_code == 0
+    path = annot_collection.root / "connections.csv"
+    accepted = path.read_text()
+    r = c.post("/api/undo", json={"decision": d["id"]})
+    assert r.status_code == 200
+    assert "already accepted into connections.csv" in r.get_json()["note"]
+    # a later decision is kept; the undone one's row goes, listed, with a backup holding it
+    store = AnnotationStore(annot_collection.root)
+    _decide(store, u[9:11], u[9:11], [[u[9], u[10], "SIMILAR"]], "similar")
+    r = runner.invoke(accept, ["--collection", str(annot_collection.root)])
+    assert r.exit_code == 0, r.output
+    a, b = sorted(ticked)
+    assert "removed (their decision was undone after it was accepted): 1" in r.output
+    assert f"{a} {b} POSITIVE" in r.output and d["id"] in r.output
+    rows = _rows(annot_collection)
+    assert (a, b) not in {x.pair for x in rows}
+    assert (*sorted(u[9:11]), "SIMILAR") in {(*x.pair, x.type) for x in rows}
+    assert any(p.read_text() == accepted for p in annot_collection.root.glob("connections.csv.bak-*"))
+    # idempotent: nothing more to remove or add
+    r = runner.invoke(accept, ["--collection", str(annot_collection.root)])
+    assert "removed" not in r.output and "added: nothing (connections.csv unchanged)." in r.output
+    # a second undo of a decision never accepted says nothing about connections.csv
+    last = c.get("/api/state").get_json()["last_decision"]
+    d2 = c.post("/api/decision", json={"cluster": 0, "decision": "wrong", "ticked": []}).get_json()
+    assert last is not None and d2["ok"]
+    assert c.post("/api/undo", json={"decision": d2["id"]}).get_json().get("note") is None
+
+
+def test_a_hand_edited_row_of_an_undone_decision_stays(annot_collection):
+    u = annot_collection.uids
+    store = AnnotationStore(annot_collection.root)
+    d = _decide(store, u[9:11], u[9:11], [[u[9], u[10], "DUPLICATE"]], "duplicate")
+    accept_annotations(annot_collection.root)
+    path = annot_collection.root / "connections.csv"
+    path.write_text(path.read_text().replace("DUPLICATE,annotation:1", "SIMILAR,annotation:1"))
+    store.undo(d["id"], "ada")
+    rep = accept_annotations(annot_collection.root)
+    assert not rep.removed and not rep.written

@@ -289,3 +289,110 @@ def test_log_damaged_while_running_is_a_clear_503(annot_collection):
     r = _decide(c, EXPECTED_QUEUE[1], "wrong", [])
     assert r.status_code == 503 and "annotations.jsonl:2" in r.get_json()["error"]
     assert c.get("/api/state").status_code == 503
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b'{"kind":"decision","id":"torn","clu',  # a second server crashed mid-write
+        b'{"kind":"undo","id":"t2","undoes":"no\xc3',  # ... inside a multi-byte character
+        b"\r",  # a stray byte from an editor
+    ],
+)
+def test_torn_line_appearing_while_running_is_cut_before_the_next_decision(annot_collection, tail):
+    """Issue 11, defect 8: the next decision used to be glued onto the torn bytes; then 503 for good."""
+    from click.testing import CliRunner
+
+    from cluster.__main__ import cli
+    from cluster.annotate.store import read_log
+
+    _, c = _app(annot_collection)
+    m = annot_collection.members(2)
+    acked = [_decide(c, 2, "confirm", m[1:3]).get_json()["id"]]  # a new POSITIVE pair
+    log = annot_collection.root / "annotations.jsonl"
+    with open(log, "ab") as fh:  # behind the server's back
+        fh.write(tail)
+    r = _decide(c, EXPECTED_QUEUE[1], "wrong", [])
+    assert r.status_code == 200, r.get_json()
+    acked.append(r.get_json()["id"])
+    assert any("incomplete last line" in n and ".torn-" in n for n in r.get_json()["state"]["notes"])
+    parsed = read_log(log)
+    assert not parsed.torn_tail and [x["id"] for x in parsed.records] == acked
+    sides = list(annot_collection.root.glob("annotations.jsonl.torn-*"))
+    assert len(sides) == 1 and sides[0].read_bytes() == tail
+    r = _decide(c, EXPECTED_QUEUE[2], "skip", [])
+    assert r.status_code == 200
+    acked.append(r.get_json()["id"])
+    res = CliRunner().invoke(cli, ["accept", "--collection", str(annot_collection.root)])
+    assert res.exit_code == 0, res.output
+    assert "added: 1 POSITIVE" in res.output
+    _, c2 = _app(annot_collection)  # a restarted server resumes where the first one was
+    s = c2.get("/api/state").get_json()
+    assert s["progress"]["done"] == 3 and s["last_decision"]["id"] == acked[-1]
+    assert _decide(c2, EXPECTED_QUEUE[3], "wrong", []).status_code == 200
+    assert [x["id"] for x in _lines(annot_collection)][:3] == acked
+
+
+def test_last_record_saved_without_newline_while_running_is_kept(annot_collection):
+    """An editor saved annotations.jsonl without its final newline: the acknowledged decision stays."""
+    _, c = _app(annot_collection)
+    first = _decide(c, 2, "wrong", []).get_json()["id"]
+    log = annot_collection.root / "annotations.jsonl"
+    log.write_bytes(log.read_bytes().rstrip(b"\n"))
+    r = _decide(c, EXPECTED_QUEUE[1], "wrong", [])
+    assert r.status_code == 200, r.get_json()
+    assert [x["id"] for x in _lines(annot_collection)] == [first, r.get_json()["id"]]
+    assert any("no final newline" in n for n in r.get_json()["state"]["notes"])
+    assert not list(annot_collection.root.glob("annotations.jsonl.torn-*"))
+
+
+def test_log_replaced_or_shrunk_while_running_is_read_again(annot_collection):
+    """The server notices a log restored from a backup or cut by hand, even at the same size."""
+    _, c = _app(annot_collection)
+    first = _decide(c, 2, "wrong", []).get_json()["id"]
+    second = _decide(c, EXPECTED_QUEUE[1], "wrong", []).get_json()["id"]
+    log = annot_collection.root / "annotations.jsonl"
+    # same length, other content: the second record under another id, written as a new file (a restore)
+    tmp = log.with_name("restore.tmp")
+    tmp.write_bytes(log.read_bytes().replace(second.encode(), b"f" * len(second)))
+    tmp.replace(log)
+    s = c.get("/api/state").get_json()
+    assert s["progress"]["done"] == 2 and s["last_decision"]["id"] == "f" * len(second)
+    assert c.post("/api/undo", json={"decision": second}).status_code == 409
+    assert c.post("/api/undo", json={"decision": "f" * len(second)}).status_code == 200
+    assert [x["kind"] for x in _lines(annot_collection)] == ["decision", "decision", "undo"]
+    assert _lines(annot_collection)[0]["id"] == first
+    log.write_bytes(b"")  # shrunk to nothing by hand
+    assert c.get("/api/state").get_json()["progress"]["done"] == 0
+
+
+def test_posts_from_another_origin_are_refused(annot_collection):
+    """Issue 11, defect 10: another page in the expert's browser (another port included) must not decide."""
+    _, c = _app(annot_collection)
+    own = {"Host": "127.0.0.1:8765"}
+    body = {"cluster": 2, "decision": "wrong", "ticked": []}
+    foreign = [
+        {"Origin": "http://evil.example"},
+        {"Origin": "http://127.0.0.1:3000"},  # another local web app
+        {"Origin": "https://127.0.0.1:8765"},
+        {"Origin": "http://localhost:8765"},  # another origin, even if it is the same machine
+        {"Origin": "null"},  # a sandboxed frame or a file:// page
+        {"Origin": "http://127.0.0.1:8765", "Sec-Fetch-Site": "same-site"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ]
+    for extra in foreign:
+        for path, payload in (("/api/decision", body), ("/api/undo", {"decision": "x"})):
+            r = c.post(path, json=payload, headers={**own, **extra})
+            assert r.status_code == 403, (extra, r.get_json())
+            assert "another web page" in r.get_json()["error"]
+    assert not (annot_collection.root / "annotations.jsonl").exists()
+    # GETs stay readable (the page's own images and state need no Origin)
+    assert c.get("/api/state", headers={**own, "Origin": "http://evil.example"}).status_code == 200
+    # the page itself (same origin), curl (no Origin), and the default port spelled out
+    same = {**own, "Origin": "http://127.0.0.1:8765", "Sec-Fetch-Site": "same-origin"}
+    assert c.post("/api/decision", json=body, headers=same).status_code == 200
+    assert _decide(c, EXPECTED_QUEUE[1], "wrong", []).status_code == 200
+    r = c.post("/api/decision", json={**body, "cluster": EXPECTED_QUEUE[2]},
+               headers={"Host": "localhost", "Origin": "http://LOCALHOST:80"})
+    assert r.status_code == 200, r.get_json()
+    assert len(_lines(annot_collection)) == 3

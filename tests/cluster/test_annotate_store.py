@@ -33,7 +33,7 @@ def test_torn_last_line_is_reported_and_ignored(tmp_path):
     path = tmp_path / "annotations.jsonl"
     full = json.dumps({"kind": "decision", "id": "x", "members": [], "ticked": [], "edges": []})
     with open(path, "a") as fh:
-        fh.write(full)  # complete JSON but no newline: never acknowledged, still torn
+        fh.write(full[:-3])  # a write cut short: never acknowledged
     with pytest.warns(TornLineWarning, match=r"annotations.jsonl:2: incomplete last line"):
         log = read_log(path)
     assert [r["id"] for r in log.records] == [d1["id"]]
@@ -43,6 +43,31 @@ def test_torn_last_line_is_reported_and_ignored(tmp_path):
     _decide(s2, 2)
     log = read_log(path)
     assert len(log.records) == 2 and not log.torn_tail
+    assert [p.read_text() for p in tmp_path.glob("annotations.jsonl.torn-*")] == [full[:-3]]
+
+
+def test_whole_last_record_without_newline_is_kept(tmp_path):
+    """An editor that saved the log without a final newline must not cost the last (acknowledged) record."""
+    s = AnnotationStore(tmp_path)
+    d1 = _decide(s, 1)
+    path = tmp_path / "annotations.jsonl"
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    with pytest.warns(TornLineWarning, match=r"annotations.jsonl:1: .*complete record without its final newline"):
+        log = read_log(path)
+    assert [r["id"] for r in log.records] == [d1["id"]] and log.unterminated
+    d2 = _decide(s, 2)  # the running writer completes the line, then appends
+    assert [r["id"] for r in read_log(path).records] == [d1["id"], d2["id"]]
+    assert any("no final newline" in n for n in s.notes)
+    assert not list(tmp_path.glob("annotations.jsonl.torn-*"))
+
+
+def test_last_line_that_parses_but_is_no_record_is_an_error(tmp_path):
+    s = AnnotationStore(tmp_path)
+    _decide(s, 1)
+    with open(tmp_path / "annotations.jsonl", "a") as fh:
+        fh.write('{"kind": "vote", "id": "q"}')
+    with pytest.raises(AnnotationError, match=r"annotations.jsonl:2: unknown record kind"):
+        read_log(tmp_path / "annotations.jsonl")
 
 
 @pytest.mark.parametrize(
@@ -77,3 +102,27 @@ def test_repeated_id_is_an_error(tmp_path):
     s.append(dict(d))
     with pytest.raises(AnnotationError, match="appears twice"):
         read_log(tmp_path / "annotations.jsonl")
+
+
+def test_two_processes_appending_at_once_lose_and_cut_nothing(tmp_path):
+    """Two servers on one collection: the tail check before each append must never take the other's line
+    in progress for a torn one (appends hold a flock), and every record must arrive whole."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import sys\n"
+        "from cluster.annotate.store import AnnotationStore\n"
+        "s = AnnotationStore(sys.argv[1])\n"
+        "members = [f'u{i:05d}' for i in range(3000)]\n"  # ~30 KB lines: a write spans several pages
+        "for k in range(60):\n"
+        "    s.decide(cluster=k, decision='wrong', members=members, ticked=[], edges=[], clusters_file='c.csv',\n"
+        "             clusters_sha256='0' * 64, annotator=sys.argv[2])\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), who], cwd=root) for who in ("ada", "bob")]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    log = read_log(tmp_path / "annotations.jsonl")
+    assert not log.torn_tail and sorted(r["annotator"] for r in log.records) == ["ada"] * 60 + ["bob"] * 60
+    assert not list(tmp_path.glob("annotations.jsonl.torn-*"))

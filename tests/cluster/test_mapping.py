@@ -183,3 +183,10 @@ def test_thumb_names_are_safe_and_distinct():
     assert thumb_name("abc_1") == "abc_1.jpg"
     a, b = thumb_name("a/b"), thumb_name("a?b")
     assert a != b and "/" not in a and a.endswith(".jpg")
+
+
+def test_thumb_names_of_long_and_accented_uids_fit_a_file_name():
+    """Issue 11, defect 6: a uid may be 256 characters; a file name may not."""
+    names = [thumb_name(u) for u in ("x" * 256, "é" * 256, "x" * 255 + "y", "plain")]
+    assert len(set(names)) == 4 and names[-1] == "plain.jpg"
+    assert all(len(n.encode("utf-8")) <= 255 and "/" not in n for n in names)

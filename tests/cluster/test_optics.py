@@ -13,7 +13,7 @@ from sklearn.cluster import OPTICS
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score, pairwise_distances
 
-from cluster.optics import OpticsConfig, optics, prepare
+from cluster.optics import OpticsConfig, OpticsMemoryError, memory_plan, optics, prepare
 
 
 def _unit(x):
@@ -130,24 +130,45 @@ def test_device_engines_match_sklearn_without_near_ties(engine, name):
     np.testing.assert_allclose(ours.reachability, sk.reachability_, rtol=0, atol=1e-12)
 
 
+def _least_budget_mb(x, **kwargs):
+    """The smallest budget a run accepts: the points, the per-point state and the smallest tile."""
+    plan = memory_plan(len(x), x.shape[1], OpticsConfig(block_size=8, memory_budget_mb=1e6, **kwargs))
+    return (plan.points + plan.per_point + plan.tile) / 2**20
+
+
 def test_auto_engine_picks_graph_for_finite_eps_and_device_for_inf():
     x, metric = DATA["cos32"]
     assert optics(x, OpticsConfig(min_samples=2, max_eps=0.5, metric=metric)).engine == "graph"
     assert optics(x, OpticsConfig(min_samples=2, metric=metric)).engine == "dense"
-    tiny = OpticsConfig(min_samples=2, metric=metric, memory_budget_mb=0.01)
-    assert optics(x, tiny).engine == "stream"
+    tiny = OpticsConfig(
+        min_samples=2, metric=metric, memory_budget_mb=_least_budget_mb(x, min_samples=2) + 0.05
+    )
+    assert optics(x, tiny).engine == "stream"  # the 300 x 300 matrix (0.7 MB) does not fit
 
 
 def test_graph_over_budget_falls_back_and_stays_correct():
     x, metric = DATA["cos32"]
-    sk = _sklearn(x, metric, 2, 0.5, 0.05, "xi")
-    ours = optics(x, OpticsConfig(min_samples=2, max_eps=0.5, metric=metric, memory_budget_mb=0.001))
+    sk = _sklearn(x, metric, 2, 1.0, 0.05, "xi")
+    small = _least_budget_mb(x, min_samples=2) + 0.02  # room for ~3,000 edges; the graph has ~45,000
+    ours = optics(x, OpticsConfig(min_samples=2, max_eps=1.0, metric=metric, memory_budget_mb=small))
     assert ours.engine == "stream"
     np.testing.assert_array_equal(ours.labels, sk.labels_)
     with pytest.raises(MemoryError, match="memory-budget-mb"):
         optics(
-            x, OpticsConfig(min_samples=2, max_eps=0.5, metric=metric, engine="graph", memory_budget_mb=0.001)
+            x, OpticsConfig(min_samples=2, max_eps=1.0, metric=metric, engine="graph", memory_budget_mb=small)
         )
+    with pytest.raises(MemoryError, match="dense 300x300 distance matrix needs"):
+        optics(
+            x, OpticsConfig(min_samples=2, max_eps=1.0, metric=metric, engine="dense", memory_budget_mb=small)
+        )
+
+
+def test_budget_below_the_points_is_a_clear_error():
+    x, metric = DATA["cos32"]
+    with pytest.raises(
+        OpticsMemoryError, match=r"too small for 300 signatures of dimension 32: .* at least 0\.6 MB"
+    ):
+        optics(x, OpticsConfig(min_samples=2, max_eps=0.5, metric=metric, memory_budget_mb=0.3))
 
 
 def test_small_blocks_give_the_same_result():
@@ -239,3 +260,54 @@ def test_parity_on_demo_signatures(demo_signatures, kwargs):
     ours = optics(x, OpticsConfig(metric="cosine", engine="graph", **kwargs))
     _assert_equal(ours, sk)
     assert sk.labels_.max() >= 0
+
+
+@pytest.mark.parametrize("block_size", [16, 40])
+@pytest.mark.parametrize("name", ["lattice", "dup_cos", "blobs64"])
+def test_graph_engine_with_many_small_tiles_equals_sklearn(name, block_size):
+    """The radius graph is laid out tile by tile and strip by strip (diagonal tiles hold each pair once,
+    the last tile is padded): with tiles far smaller than n it must still be exactly sklearn's."""
+    x, metric = DATA[name]
+    sk = _sklearn(x, metric, 3, EPS[name], 0.05, "xi")
+    ours = optics(x, OpticsConfig(min_samples=3, max_eps=EPS[name], metric=metric, engine="graph",
+                                  block_size=block_size))  # fmt: skip
+    _assert_equal(ours, sk)
+
+
+def test_float32_graph_is_the_same_with_small_tiles():
+    x, metric = DATA["cos32"]
+    cfg = {"min_samples": 2, "max_eps": 0.5, "metric": metric, "precision": "float32", "engine": "graph"}
+    a, b = optics(x, OpticsConfig(**cfg)), optics(x, OpticsConfig(block_size=24, **cfg))
+    np.testing.assert_array_equal(a.ordering, b.ordering)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_allclose(a.reachability, b.reachability, rtol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_accelerator_pair_extraction_gives_the_same_graph(monkeypatch, precision):
+    """On an accelerator only the pairs of a tile cross to the host (`_tile_pairs`); run that path here on
+    the CPU and compare it with the host path, tile for tile."""
+    import cluster.optics as co
+
+    x, metric = DATA["lattice"]
+    cfg = OpticsConfig(min_samples=3, max_eps=1.0, metric=metric, block_size=24, precision=precision)
+    exact = precision == "float64"
+    graphs = []
+    for backend in ("cpu", "gpu"):
+        monkeypatch.setattr(co.jax, "default_backend", lambda b=backend: b)
+        with co.jax.enable_x64(True):
+            pts = co.prepare(x, metric, 3)
+            plan = co.memory_plan(len(x), x.shape[1], cfg)
+            _, _, g, near = co.neighbours_pass(
+                pts, cfg, co.jnp.float64 if exact else co.jnp.float32, 5, 1.0 + 1e-9 * exact, plan,
+                collect=True, near_above=1.0 - 1e-9 if exact else None,
+            )  # fmt: skip
+        graphs.append((g, near))
+    (a, na), (b, nb) = graphs
+    assert a.indices.size > 500 and (na[0].size > 50 or not exact)
+    np.testing.assert_array_equal(a.indptr, b.indptr)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    if not exact:
+        np.testing.assert_array_equal(a.dists, b.dists)
+    np.testing.assert_array_equal(na[0], nb[0])
+    np.testing.assert_array_equal(na[1], nb[1])

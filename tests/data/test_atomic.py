@@ -36,3 +36,24 @@ def test_temp_keeps_the_suffix_for_format_sniffing_writers(tmp_path):
     with np.load(target) as z:
         assert z["x"].tolist() == [0, 1, 2]
     assert [p.name for p in tmp_path.iterdir()] == ["s.npz"]
+
+
+def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path):
+    """SIGKILL runs no clean-up: the next write of the same target removes the dead process's temp file."""
+    import subprocess
+    import sys
+
+    from data.atomic import temp_path
+
+    target = tmp_path / "clusters.csv"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = temp_path(target, pid=int(dead.stdout))
+    stale.write_text("half a file")
+    live = temp_path(target, pid=1)  # a live process (init): its temp file is in use, never touched
+    live.write_text("being written")
+    other = target.with_name(".other.x-1.tmp.csv")
+    other.write_text("not ours")
+    atomic_write_text(target, "whole\n")
+    assert target.read_text() == "whole\n"
+    assert not stale.exists()
+    assert live.exists() and other.exists()

@@ -31,6 +31,7 @@ def _png(size):
 class _Handler(BaseHTTPRequestHandler):
     requests: list[str] = []
     flaky_left = {"n": 1}
+    files: dict[str, bytes] = {}
 
     def log_message(self, *args):  # keep test output quiet
         pass
@@ -58,6 +59,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, _jpeg((40, 30)))
         if self.path == "/garbage/g.jpg":
             return self._send(200, b"<html>this is not an image</html>", "image/jpeg")
+        if self.path in self.files:  # made per test (tests.data.image_kinds)
+            return self._send(200, self.files[self.path])
         return self._send(404, b"no", "text/plain")
 
 
@@ -67,6 +70,7 @@ def server(monkeypatch):
         monkeypatch.delenv(var, raising=False)  # 127.0.0.1 must be reached directly
     _Handler.requests = []
     _Handler.flaky_left = {"n": 1}
+    _Handler.files = {}
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
@@ -131,3 +135,23 @@ def test_cli_fetch_exit_code(tmp_path, server):
     bad = _collection(tmp_path / "bad", server, [("a", "{base}/missing.jpg")])
     res = CliRunner().invoke(cli, ["fetch", str(bad), "--retries", "1"])
     assert res.exit_code == 1 and "FAILED uid a" in res.output
+
+
+def test_fetch_stores_the_corrected_picture_and_fetches_damaged_data_again(tmp_path, server):
+    """A transparent PNG was stored as JPEG on black; a damaged JPEG body was kept (issue 11, defect 3/10)."""
+    from tests.data import image_kinds as K
+
+    _Handler.files = {"/drawing.png": K.line_drawing(tmp_path / "d.png").read_bytes(),
+                      "/photo.jpg": K.oriented_jpeg(tmp_path / "o.jpg", 6).read_bytes(),
+                      "/damaged.jpg": K.damaged_jpeg(tmp_path / "x.jpg").read_bytes()}
+    root = _collection(tmp_path / "c", server, [("d", "{base}/drawing.png"), ("o", "{base}/photo.jpg"),
+                                                ("x", "{base}/damaged.jpg")])
+    res = fetch_collection(root, max_side=64, workers=2, retries=2, timeout=5, backoff=0.01)
+    assert sorted(res.fetched) == ["d", "o"] and list(res.failed) == ["x"]
+    assert "damaged image data" in res.failed["x"] and _Handler.requests.count("/damaged.jpg") == 2
+    stored = decode_rgb(root / fetched_path("d"))
+    assert K.mean_rgb(stored, (0, 0, 8, 8)).min() > 245  # paper, not black
+    assert decode_rgb(root / fetched_path("o")).size == (32, 48)  # stored upright
+    (root / fetched_path("x")).write_bytes(_Handler.files["/damaged.jpg"])  # a damaged file already there
+    res2 = fetch_collection(root, max_side=64, workers=2, retries=1, timeout=5, backoff=0.01)
+    assert "x" not in res2.skipped and list(res2.failed) == ["x"]

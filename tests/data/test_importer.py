@@ -124,3 +124,22 @@ def test_cli_import(tmp_path):
                                    str(images), "--out", str(tmp_path / "c6")])
     assert res.exit_code == 0, res.output
     assert "kept out of training" in res.output and "type PROPOSAL 1" in res.output
+
+
+def test_import_keeps_morphograph_columns_and_reads_windows_1252(tmp_path):
+    """Issue 11, defects 2 and 4: the morphograph's other columns survive; an Excel (cp1252) export is read."""
+    meta, morph, images = _fixture(tmp_path)
+    meta.write_bytes(meta.read_text(encoding="utf-8").encode("cp1252"))  # Dürer as Excel on Windows saves it
+    with open(morph, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["uid", "img1", "img2", "type", "annotated", "annotator", "source"])
+        w.writerow(["e1", U[0], U[4], "POSITIVE", "2019-03-01", "ada", "thesis"])
+    out = tmp_path / "coll"
+    r = CliRunner().invoke(cli, ["import", "--metadata", str(meta), "--morphograph", str(morph),
+                                 "--images-root", str(images), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "Windows-1252" in r.output and "metadata.csv" in r.output
+    coll = load_collection(out)
+    assert coll.record(U[2]).meta["author"] == "Dürer"
+    (c,) = coll.connections
+    assert c.source == "morphograph:e1" and c.extra == {"annotator": "ada", "morphograph_source": "thesis"}

@@ -82,3 +82,26 @@ def test_embed_uses_the_compilation_cache_unless_told_not_to(tiny_collection, tm
         jax.config.update("jax_compilation_cache_dir", keep[0])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", keep[1])
         compilation_cache.reset_cache()  # later tests in this process: back to the session's cache
+
+
+def test_embed_takes_relative_home_relative_and_symlinked_paths(tiny_collection, tmp_path, monkeypatch):
+    """`model embed --weights runA/weights` crashed with an AttributeError (issue 11, defect 1)."""
+    import os
+
+    from data.signatures import load_signatures
+    from model.registry import build
+    from model.weights import save_weights
+
+    save_weights(build("resnet18", seed=1), tmp_path / "real" / "runA" / "weights")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "cwd").mkdir()
+    os.symlink(tmp_path / "real" / "runA", tmp_path / "cwd" / "runA")  # a symlinked run folder
+    os.symlink(tiny_collection, tmp_path / "home" / "coll")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "cwd")
+    res = CliRunner().invoke(cli, ["embed", "--weights", "runA/weights", "--collection", "~/coll", "--resolution",
+                                   "32", "--out", "out/sig.npz", "--no-progress", "--no-compile-cache"])
+    assert res.exit_code == 0, res.output
+    sig = load_signatures(tmp_path / "cwd" / "out" / "sig.npz")
+    assert sig.uids == ["u3", "u1", "u2"]
+    assert sig.meta["weights"] == str((tmp_path / "real" / "runA" / "weights").resolve())

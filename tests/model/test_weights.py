@@ -77,3 +77,56 @@ def test_clear_errors(tmp_path):
     (tmp_path / "w" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(WeightsError, match="does not fit resnet34"):
         load_weights(tmp_path / "w")
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_later_save_removes_what_killed_saves_left_behind(tmp_path):
+    """A killed export left `.w.tmp-*` folders for good (issue 11, defect 7d): the writer's pid is in the
+    name now, and a later save removes the folders of dead writers, never those of a live one."""
+    import os
+
+    from data.atomic import writer_tag
+    from model.weights import remove_stale_exports
+
+    dead = writer_tag(_dead_pid())
+    stale = tmp_path / f".w.tmp-{dead}.abcd1234"
+    (stale / "state").mkdir(parents=True)
+    live = tmp_path / f".w.tmp-{writer_tag()}.efgh5678"  # a save in progress in another thread
+    live.mkdir()
+    other_host = tmp_path / f".w.tmp-{dead}x.abcd1234"  # another host on a shared folder: not ours to judge
+    other_host.mkdir()
+    save_weights(build("resnet18", seed=2), tmp_path / "w")
+    assert not stale.exists() and live.is_dir() and other_host.is_dir()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["w", live.name, other_host.name])  # the save's own scratch names are gone too
+    # killed between its two renames: w is missing, the previous weights wait in .w.old-*: they come back
+    os.replace(tmp_path / "w", tmp_path / f".w.old-{dead}")
+    assert remove_stale_exports(tmp_path / "w") == [tmp_path / f".w.old-{dead}"]
+    assert read_meta(tmp_path / "w")["arch"] == "resnet18"
+
+
+def test_weights_paths_may_be_relative_home_relative_or_symlinks(tmp_path, monkeypatch):
+    """orbax got a relative path and returned no metadata: AttributeError (issue 11, defect 1)."""
+    import os
+
+    m = build("resnet18", seed=3)
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    save_weights(m, "runA/weights")
+    os.symlink(tmp_path / "runA", tmp_path / "home" / "linked")
+    for path in ("runA/weights", "~/linked/weights"):
+        back = load_or_init(path, None)
+        np.testing.assert_array_equal(_params(back)[0], _params(m)[0])
+    save_weights(build("resnet18", seed=4), "~/linked/weights")  # through the link: the real folder changes
+    assert (tmp_path / "home" / "linked").is_symlink()
+    np.testing.assert_array_equal(_params(load_weights(tmp_path / "runA" / "weights"))[0],
+                                  _params(build("resnet18", seed=4))[0])

@@ -81,3 +81,22 @@ def _compilation_cache(tmp_path_factory):
         jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     yield
+
+
+def assert_runs_end_alike(ref_out, out) -> None:
+    """Two finished runs end bit-identical: newest checkpoint's parameters, exported signatures, eval figures."""
+    import json
+
+    import jax
+
+    from data.signatures import load_signatures
+    from train.loop import final_params
+
+    a, b = final_params(ref_out), final_params(out)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    sa, sb = load_signatures(ref_out / "signatures.npz"), load_signatures(out / "signatures.npz")
+    assert sa.uids == sb.uids
+    np.testing.assert_array_equal(sa.vectors, sb.vectors)
+    assert json.loads((out / "eval.json").read_text())["trained"] == json.loads(
+        (ref_out / "eval.json").read_text())["trained"]

@@ -126,3 +126,62 @@ def test_train_sets_the_compilation_cache(tmp_path, monkeypatch):
     finally:
         jax.config.update("jax_compilation_cache_dir", keep[0])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", keep[1])
+
+
+def _evaluate_files(tmp_path):
+    uids = [f"u{i}" for i in range(6)]
+    write_images(tmp_path / "images.csv", [ImageRecord(u, f"{u}.jpg", None, {}, 0) for u in uids])
+    write_connections(tmp_path / "connections.csv", [Connection("u0", "u1", "POSITIVE", split="test")])
+    vec = np.eye(6, 4, dtype=np.float32) + 0.1
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    return uids, vec
+
+
+def test_evaluate_refuses_nan_signatures_naming_the_file_and_uid(tmp_path):
+    """A NaN row used to give a wrong mAP with exit 0 (issue 11, defect 5)."""
+    uids, vec = _evaluate_files(tmp_path)
+    vec[[1, 4]] = np.nan
+    save_signatures(tmp_path / "sig.npz", Signatures(uids, vec))
+    res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "sig.npz"), "--collection", str(tmp_path)])
+    assert res.exit_code != 0 and isinstance(res.exception, SystemExit)
+    assert "mAP" not in res.output and "Traceback" not in res.output
+    assert str(tmp_path / "sig.npz") in res.output and "'u1'" in res.output and "not finite" in res.output
+
+
+def test_evaluate_names_a_truncated_signatures_file(tmp_path):
+    uids, vec = _evaluate_files(tmp_path)
+    save_signatures(tmp_path / "sig.npz", Signatures(uids, vec))
+    data = (tmp_path / "sig.npz").read_bytes()
+    (tmp_path / "sig.npz").write_bytes(data[: len(data) - 40])
+    res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "sig.npz"), "--collection", str(tmp_path)])
+    assert res.exit_code != 0 and isinstance(res.exception, SystemExit)
+    assert str(tmp_path / "sig.npz") in res.output and "damaged" in res.output
+
+
+def test_train_refuses_a_collection_that_check_rejects(tmp_path, monkeypatch):
+    """`train` runs `data check`'s validation first and stops before preparing, compiling or embedding
+    (issue 11, defect 10)."""
+    import train.loop
+
+    def never(*a, **k):
+        raise AssertionError("training went on with an invalid collection")
+
+    monkeypatch.setattr(train.loop, "_prepare", never)
+    monkeypatch.setenv("VISUAL_SIGNATURES_CACHE", "off")
+    coll = tmp_path / "coll"
+    (coll / "img").mkdir(parents=True)
+    from PIL import Image
+
+    for u in ("a", "b", "c"):
+        Image.new("RGB", (8, 8)).save(coll / "img" / f"{u}.png")
+    write_images(coll / "images.csv", [ImageRecord(u, f"img/{u}.png", None, {}, 0) for u in ("a", "b", "c")])
+    write_connections(coll / "connections.csv", [Connection("a", "b", "POSITIVE"), Connection("a", "zz", "POSITIVE"),
+                                                 Connection("a", "b", "NEGATIVE")])
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["--collection", str(coll), "--out", str(out), "--arch", "resnet18",
+                                   "--preset", "demo", "--no-progress"])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert "2 errors" in res.output and "data check" in res.output
+    assert "connections.csv:3: uid zz:" in res.output  # listed as `data check` lists them
+    assert "connections.csv:4: uid a:" in res.output  # POSITIVE and NEGATIVE for one pair
+    assert not (coll / "prepared").exists() and not (out / "start_signatures.npz").exists()

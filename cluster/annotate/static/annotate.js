@@ -171,7 +171,7 @@ async function undo() {
     const r = await call("POST", "/api/undo", { decision: state.last.id });
     if (location.hash) history.replaceState(null, "", location.pathname);
     render(r.state);
-    say("Undone: the cluster is back for review.", "ok");
+    say("Undone: the cluster is back for review." + (r.note ? " " + r.note : ""), "ok");
   } catch (e) {
     say(e.message, "error");
   } finally {

@@ -1,0 +1,173 @@
+"""Reading and writing a collection's CSVs the way museums save them (issue 11, defects 2, 4, 6, 10).
+
+Every test drives `python -m data check` (or the reader every command shares) on files written the way
+Excel writes them: Windows-1252, UTF-16 with a BOM and TABs, semicolons, extra columns.
+"""
+
+from __future__ import annotations
+
+import codecs
+
+import pytest
+from click.testing import CliRunner
+
+from data.__main__ import cli
+from data.collection import (
+    Connection,
+    ImageRecord,
+    fetched_path,
+    load_collection,
+    read_connections,
+    uid_problem,
+    write_connections,
+)
+from tests.data.conftest import write_image
+
+ROWS = [("é1", "Gravure à l'eau-forte"), ("u2", "Œuvre – “copie”"), ("u3", "plain")]
+
+
+def _collection(root, *, encoding: str, delimiter: str = ",", bom: bytes = b"", conn_rows=None):
+    """images.csv and connections.csv encoded as given (Excel's choices), with images on disk."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = [delimiter.join(["uid", "path", "title"])]
+    for uid, title in ROWS:
+        write_image(root / "img" / f"{ROWS.index((uid, title))}.png")
+        lines.append(delimiter.join([uid, f"img/{ROWS.index((uid, title))}.png", title]))
+    (root / "images.csv").write_bytes(bom + ("\r\n".join(lines) + "\r\n").encode(encoding))
+    conn = conn_rows or [["a", "b", "type", "comment"], ["é1", "u2", "POSITIVE", "vu par René"]]
+    text = "\r\n".join(delimiter.join(r) for r in conn) + "\r\n"
+    (root / "connections.csv").write_bytes(bom + text.encode(encoding))
+    return root
+
+
+def _check(root, *extra):
+    r = CliRunner().invoke(cli, ["check", str(root), *extra])
+    assert not isinstance(r.exception, Exception) or isinstance(r.exception, SystemExit), r.exc_info
+    return r
+
+
+def test_check_reads_excel_windows_1252_with_a_named_warning(tmp_path):
+    root = _collection(tmp_path / "c", encoding="cp1252")
+    r = _check(root)
+    assert r.exit_code == 0, r.output
+    assert "Windows-1252" in r.output and "save it as UTF-8" in r.output
+    assert "images.csv" in r.output and "connections.csv" in r.output
+    coll = load_collection(root)
+    assert coll.uids == ["é1", "u2", "u3"]
+    assert coll.record("u2").meta["title"] == "Œuvre – “copie”"
+    assert coll.connections[0].extra == {"comment": "vu par René"}
+
+
+@pytest.mark.parametrize(
+    ("encoding", "bom", "delimiter"),
+    [
+        ("utf-16-le", codecs.BOM_UTF16_LE, "\t"),  # Excel's "Unicode text"
+        ("utf-16-be", codecs.BOM_UTF16_BE, "\t"),
+        ("utf-8", codecs.BOM_UTF8, ";"),  # European Excel's "CSV UTF-8"
+        ("utf-8", b"", ";"),
+        ("utf-8", b"", "\t"),
+    ],
+)
+def test_check_reads_utf16_bom_and_sniffs_tab_and_semicolon(tmp_path, encoding, bom, delimiter):
+    root = _collection(tmp_path / "c", encoding=encoding, bom=bom, delimiter=delimiter)
+    r = _check(root)
+    assert r.exit_code == 0, r.output
+    assert "WARNING" not in r.output and "warning:" not in r.output
+    coll = load_collection(root)
+    assert coll.uids == ["é1", "u2", "u3"] and coll.record("é1").meta["title"] == "Gravure à l'eau-forte"
+    assert [(c.a, c.b, c.type, c.extra) for c in coll.connections] == [("é1", "u2", "POSITIVE", {"comment": "vu par René"})]
+    assert coll.connections_format.delimiter == delimiter
+
+
+def test_bytes_that_are_no_known_text_stop_with_file_line_and_byte(tmp_path):
+    root = _collection(tmp_path / "c", encoding="utf-8")
+    data = (root / "connections.csv").read_bytes().replace("René".encode(), b"Ren\x81")  # 0x81: not in cp1252
+    (root / "connections.csv").write_bytes(data)
+    r = _check(root)
+    assert r.exit_code == 2
+    out = r.output
+    assert "connections.csv:2:" in out and "byte" in out and "0x81" in out and "UTF-8" in out
+    assert "Traceback" not in out
+
+
+def test_utf16_without_bom_is_named_not_a_traceback(tmp_path):
+    root = _collection(tmp_path / "c", encoding="utf-16-le", delimiter="\t")
+    r = _check(root)
+    assert r.exit_code == 2 and "images.csv" in r.output and "UTF-16" in r.output
+
+
+def test_check_fails_on_an_images_csv_with_a_header_only(tmp_path):
+    root = tmp_path / "c"
+    root.mkdir()
+    (root / "images.csv").write_text("uid,path\n")
+    r = _check(root)
+    assert r.exit_code == 1 and "ERROR images.csv" in r.output and "no images" in r.output
+
+
+def test_uid_rule():
+    for ok in ["a,b", 'q"x', "sp ace", "sl/ash", "é1", "?x", "x" * 256, "日本", "...", ".a"]:
+        assert uid_problem(ok) is None, ok
+    for bad in ["", " lead", "trail ", "tab\tin", "new\nline", "bell\x07", "x" * 257, "nbsp\xa0", ".", ".."]:
+        assert uid_problem(bad), bad
+
+
+def test_check_names_the_line_of_a_bad_uid(tmp_path):
+    root = tmp_path / "c"
+    write_image(root / "a.png")
+    (root / "images.csv").write_text('uid,path\nok1,a.png\n"two\nlines",a.png\n"x\x07y",a.png\n' + "z" * 300 + ",a.png\n")
+    r = _check(root, "--no-decode")
+    assert r.exit_code == 1, r.output
+    assert "ERROR images.csv:3:" in r.output and "control character" in r.output  # a newline
+    assert "ERROR images.csv:5:" in r.output and "control character" in r.output  # a bell
+    assert "ERROR images.csv:6:" in r.output and "longer than 256" in r.output
+    assert "images.csv:2:" not in r.output
+
+
+def test_extra_fields_beyond_the_header_are_an_error_unless_blank(tmp_path):
+    root = tmp_path / "c"
+    write_image(root / "a.png")
+    (root / "images.csv").write_text("uid,path\nu1,a.png,,\n")  # Excel's trailing empty cells
+    assert _check(root, "--no-decode").exit_code == 0
+    (root / "images.csv").write_text("uid,path\nu1,a.png,oops\n")
+    r = _check(root, "--no-decode")
+    assert r.exit_code == 2 and "images.csv:2:" in r.output and "quote" in r.output
+
+
+def test_fetched_paths_of_different_uids_never_collide():
+    uids = ["a/b", "a_b", "a b", "a?b", "é", "e", "x" * 256, "x" * 255 + "é"]
+    paths = [fetched_path(u) for u in uids]
+    assert len(set(paths)) == len(paths)
+    assert fetched_path("plain-uid_1.v2") == "images/fetched/plain-uid_1.v2.jpg"  # plain uids keep their name
+    assert all(len(p.rsplit("/", 1)[1].encode()) <= 255 and "/" not in p[len("images/fetched/"):] for p in paths)
+
+
+def test_writer_keeps_the_users_columns_and_their_order(tmp_path):
+    src = tmp_path / "connections.csv"
+    src.write_text('reviewer,a,comment,b,type,,comment\nada,u1,"a, b",u2,positive,,second\nbob,u2, spaced ,u3,,,\n')
+    coll_rows = read_connections(src)
+    fmt = _format(src)
+    out = tmp_path / "out.csv"
+    write_connections(out, [*coll_rows, Connection("u3", "u4", "NEGATIVE", source="annotation:1")], fmt=fmt)
+    assert out.read_text().splitlines() == [
+        "reviewer,a,comment,b,type,,comment,source",
+        'ada,u1,"a, b",u2,POSITIVE,,second,',
+        "bob,u2, spaced ,u3,POSITIVE,,,",
+        ",u3,,u4,NEGATIVE,,,annotation:1",
+    ]
+
+
+def _format(path):
+    from data.collection import read_csv_format
+
+    return read_csv_format(path)
+
+
+def test_write_images_keeps_the_header(tmp_path):
+    from data.collection import read_csv_format, read_images, write_images
+
+    src = tmp_path / "images.csv"
+    src.write_text("title,uid,url,path,note\nT,u1,,a.png,n1\n")
+    recs = read_images(src)
+    out = tmp_path / "out.csv"
+    write_images(out, [*recs, ImageRecord("u2", "b.png", None, {}, 0)], fmt=read_csv_format(src))
+    assert out.read_text().splitlines() == ["title,uid,url,path,note", "T,u1,,a.png,n1", ",u2,,b.png,"]

@@ -1,0 +1,275 @@
+"""Kill -9 at any moment: outputs complete or absent, the user's files untouched, a rerun finishes the job.
+
+Each command of `CASES` runs as a user runs it (a subprocess in the workspace folder, relative paths) with
+the crash-point injector of tests/faults/crashpoints/sitecustomize.py on its PYTHONPATH. A first,
+uninterrupted run lists the command's file-system steps (open for writing, close, fsync, rename, unlink,
+mkdir, truncate) and gives the reference outputs. Then, for chosen steps N, a fresh copy of the workspace
+runs the command again, killed with SIGKILL just before step N, and the suite checks:
+- every output is absent or byte-identical to the reference (never half a file; an output that is not
+  byte-reproducible, the prepared dataset, is compared through what a reader gets from it);
+- a read-only command (`data check`) touches nothing at all;
+- every file of the user (collection, signatures, clusters, run) is unchanged, or (for a command whose job
+  is to rewrite one, `cluster accept`) is either the old file or the whole new one;
+- running the command again finishes the job: exit 0, outputs identical to the reference, and no temp file
+  of the killed process left in the workspace.
+Between two steps nothing on disk changes, so killing before each step covers every state a kill can leave.
+Commands with few steps are killed before every one; long ones (a map writes a thumbnail per image) at
+`MAX_POINTS` steps chosen to include the first, the last and every rename; `VS_FAULTS_ALL=1` kills before
+every step of every command.
+
+Training has its own test below: killed twice at two steps inside checkpoint and export writes, resumed
+each time, it must end bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.faults.workspace import Workspace, digest
+
+REPO = Path(__file__).resolve().parents[2]
+CRASH_DIR = Path(__file__).resolve().parent / "crashpoints"
+MAX_POINTS = 8
+pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    argv: list[str]  # after `python -m`, relative to the workspace folder
+    outputs: list[str]  # files or folders the command creates (relative)
+    rewrites: set[str] = field(default_factory=set)  # user files it may replace (relative)
+    # Outputs that are not byte-reproducible (a dataset whose record order and fingerprint depend on the
+    # folder): compared through what a reader gets from them instead.
+    view: Callable[[Path], object] | None = None
+    max_points: int = MAX_POINTS
+
+
+def prepared_view(root: Path) -> object:
+    """What training reads from a prepared dataset: (uid, image bytes) by collection index; None if absent."""
+    from data.pipeline import open_prepared
+
+    folder = root / "coll" / "prepared"
+    if not folder.exists():
+        return None
+    src = open_prepared(folder)
+    return sorted((int(i), *src[int(i)]) for i in src.indices), dict(src.skipped)
+
+
+CASES = [
+    Case("data check", ["data", "check", "coll"], []),
+    Case("data prepare", ["data", "prepare", "coll"], ["coll/prepared"], view=prepared_view, max_points=6),
+    Case("cluster optics", ["cluster", "optics", "sig.npz", "--out", "out/clusters.csv", "--max-eps", "0.3"],
+         ["out"]),
+    Case("cluster evaluate", ["cluster", "evaluate", "clusters.csv", "--collection", "coll", "--json", "q.json"],
+         ["q.json"]),
+    Case("cluster accept", ["cluster", "accept", "--collection", "coll"], [], rewrites={"coll/connections.csv"}),
+    Case("data splits", ["data", "splits", "coll", "--out", "splits.json"], ["splits.json"]),
+    Case("cluster report", ["cluster", "report", "--collection", "coll", "--clusters", "clusters.csv", "--run", "run",
+                            "--out", "report.html"], ["report.html"]),
+    Case("model embed", ["model", "embed", "--weights", "random", "--arch", "resnet18", "--collection", "coll",
+                         "--resolution", "32", "--batch-size", "8", "--out", "emb.npz", "--no-progress"],
+         ["emb.npz"], max_points=5),
+    Case("cluster map", ["cluster", "map", "sig.npz", "--collection", "coll", "--clusters", "clusters.csv", "--out",
+                         "newmap", "--n-neighbors", "4", "--thumb-size", "16"], ["newmap"], max_points=3),
+]
+
+
+def _env(root: Path, at: int = 0, log: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(CRASH_DIR), str(REPO), env.get("PYTHONPATH", "")])
+    env.update(VS_CRASH_ROOT=str(root), VS_CRASH_AT=str(at), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+               MPLBACKEND="Agg")
+    if log is not None:
+        env["VS_CRASH_LOG"] = str(log)
+    return env
+
+
+def run(argv: list[str], root: Path, at: int = 0, log: Path | None = None,
+        timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *argv], cwd=root, env=_env(root, at, log), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def steps(log: Path) -> list[tuple[int, str, str]]:
+    out = []
+    for line in log.read_text().splitlines():
+        n, kind, path = line.split(" ", 2)
+        out.append((int(n), kind, path))
+    return out
+
+
+def choose(points: list[tuple[int, str, str]], k: int) -> list[int]:
+    """Every step when there are few; else the first, the last, every rename, and evenly spaced others."""
+    ns = [n for n, _, _ in points]
+    if os.environ.get("VS_FAULTS_ALL") or len(ns) <= k:
+        return ns
+    must = {ns[0], ns[-1]} | {n for n, kind, _ in points if kind in ("replace", "rename")}
+    must = set(sorted(must)[:k])
+    rest = [n for n in ns if n not in must]
+    extra = k - len(must)
+    if extra > 0 and rest:
+        must |= {rest[int(i)] for i in np.linspace(0, len(rest) - 1, extra)}
+    return sorted(must)
+
+
+def snapshot(root: Path, rels: list[str]) -> dict[str, bytes]:
+    """Bytes of every file under the given paths (folders walked), keyed by path relative to root.
+
+    Provenance records name the workspace's absolute path, which differs between copies: it is replaced
+    by a placeholder so that two runs in two copies compare equal byte for byte.
+    """
+    out: dict[str, bytes] = {}
+    names = sorted({str(root).encode(), str(root.resolve()).encode()}, key=len, reverse=True)
+    for rel in rels:
+        p = root / rel
+        files = [x for x in p.rglob("*") if x.is_file()] if p.is_dir() else [p] if p.is_file() else []
+        for f in files:
+            data = _canonical_npz(f) if f.suffix == ".npz" and not _is_temp(f.relative_to(root)) else f.read_bytes()
+            for name in names:
+                data = data.replace(name, b"<WS>")
+            out[str(f.relative_to(root))] = data
+    return out
+
+
+def _canonical_npz(path: Path) -> bytes:
+    """An .npz as its arrays' names, shapes and contents: the zip's own offsets and a text array's width move
+    when a path stored inside (provenance) is longer in one workspace copy than in another. Text arrays are
+    compared as UTF-8 text (where the path placeholder applies). An unreadable file stays raw bytes."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            parts = []
+            for k in sorted(z.files):
+                a = z[k]
+                body = "\x1f".join(map(str, a.ravel())).encode() if a.dtype.kind == "U" else a.tobytes()
+                parts.append(f"{k}:{a.dtype.kind}:{a.shape}:".encode() + body)
+    except Exception:  # noqa: BLE001 - a half-written file: compared as raw bytes, so it shows as incomplete
+        return path.read_bytes()
+    return b"\n".join(parts)
+
+
+def _is_temp(rel: Path) -> bool:
+    return any(part.startswith(".") and "tmp" in part for part in rel.parts)
+
+
+def litter(root: Path, ref_root: Path) -> list[str]:
+    """Files a killed process left that a finished run does not have (temp files, half folders).
+
+    Backups (`*.bak-<time>`) are not litter: each run that rewrites a user's file keeps one.
+    """
+    def names(r: Path) -> set[str]:
+        return {str(p.relative_to(r)) for p in r.rglob("*") if ".bak-" not in p.name}
+
+    return sorted(names(root) - names(ref_root))
+
+
+def user_files(ws: Workspace) -> list[str]:
+    return ["coll", "sig.npz", "clusters.csv", "run", "map"]
+
+
+def outputs_of(case: Case, root: Path) -> object:
+    return case.view(root) if case.view is not None else snapshot(root, case.outputs)
+
+
+def _check_after_kill(case: Case, root: Path, n: int, pristine: dict[str, bytes], ref_user: dict[str, bytes],
+                      ref_out) -> None:
+    where = f"{case.name}, killed before step {n}"
+    user_now = snapshot(root, user_files(Workspace(root)))
+    for rel, data in pristine.items():
+        now = user_now.get(rel)
+        if now == data:
+            continue
+        assert rel in case.rewrites, f"{where}: the user's {rel} changed"
+        assert now == ref_user.get(rel), f"{where}: {rel} is neither the old file nor the whole new one"
+    if case.view is not None:
+        now = case.view(root)
+        assert now is None or now == ref_out, f"{where}: the output reads differently from a finished run's"
+        return
+    for rel, data in snapshot(root, case.outputs).items():
+        if _is_temp(Path(rel)):
+            continue  # a hidden temp file of the killed process: the rerun must remove it (checked there)
+        assert rel in ref_out, f"{where}: left {rel}, which a finished run does not write"
+        assert data == ref_out[rel], f"{where}: {rel} is incomplete (differs from a finished run's)"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_kill_at_every_step(case: Case, _pristine: Workspace, tmp_path: Path) -> None:
+    ref = _pristine.copy(tmp_path / "ref")
+    log = tmp_path / "steps.log"
+    pristine_user = snapshot(ref.root, user_files(ref))
+    done = run(case.argv, ref.root, log=log)
+    assert done.returncode == 0, done.stderr
+    ref_out = outputs_of(case, ref.root)
+    ref_user = snapshot(ref.root, user_files(ref))
+    points = steps(log)
+    if not case.outputs and not case.rewrites:  # a read-only command: a kill cannot harm what it never writes
+        assert not points, f"{case.name} should write nothing, but it did: {points[:3]}"
+        assert ref_user == pristine_user
+        return
+    assert points, f"{case.name}: no file-system step seen; is the injector loaded?"
+    for n in choose(points, case.max_points):
+        ws = _pristine.copy(tmp_path / f"kill{n}")
+        killed = run(case.argv, ws.root, at=n)
+        assert killed.returncode == -9, f"{case.name}: not killed before step {n} ({killed.returncode})"
+        _check_after_kill(case, ws.root, n, pristine_user, ref_user, ref_out)
+        again = run(case.argv, ws.root)
+        assert again.returncode == 0, f"{case.name}: the rerun after a kill before step {n} failed:\n{again.stderr}"
+        assert "Traceback" not in again.stderr
+        left = litter(ws.root, ref.root)
+        assert not left, f"{case.name}: killed before step {n} and run again, it left {left}"
+        assert outputs_of(case, ws.root) == ref_out, f"{case.name}: rerun after step {n} differs"
+        final_user = snapshot(ws.root, user_files(ws))
+        for rel in case.rewrites:
+            assert final_user.get(rel) == ref_user.get(rel), f"{case.name}: {rel} after the rerun (step {n})"
+
+
+def test_digest_helper_sees_changes(tmp_path):
+    """The suite's own instrument: a changed byte changes the digest (else every check above is void)."""
+    f = tmp_path / "a.csv"
+    f.write_bytes(b"uid,path\n")
+    before = digest([tmp_path])
+    f.write_bytes(b"uid,path \n")
+    assert digest([tmp_path]) != before
+
+
+TRAIN = ["train", "--collection", "coll", "--arch", "resnet18", "--weights", "random", "--preset", "demo",
+         "--no-progress", "--set", "resolution=32", "--set", "batch_size=4", "--set", "epochs=2",
+         "--set", "num_negatives=1", "--set", "eval_batch_size=16", "--set", "checkpoint_every=1",
+         "--set", "slow_stages=", "--set", "frozen_stages=", "--set", "lr=3e-4"]
+
+
+def _train(root: Path, out: str, *extra: str, match: str = "", at: int = 0) -> subprocess.CompletedProcess:
+    env = _env(root, at)
+    env["VS_CRASH_MATCH"] = match
+    return subprocess.run([sys.executable, "-m", *TRAIN, "--out", out, *extra], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_training_killed_in_a_checkpoint_and_in_the_export_resumes_bit_identical(_pristine, tmp_path):
+    """SIGKILL inside the 2nd checkpoint write, then again inside the weights export of the resumed run;
+    a third `--resume` finishes. Parameters, signatures and retrieval figures equal an uninterrupted run's."""
+    from tests.train.conftest import assert_runs_end_alike
+
+    ws = _pristine.copy(tmp_path / "ws")
+    ref = _train(ws.root, "ref")
+    assert ref.returncode == 0, ref.stderr
+    first = _train(ws.root, "run", match="run/checkpoints/2.", at=10)
+    assert first.returncode == -9, f"not killed inside a checkpoint write:\n{first.stderr}"
+    assert not (ws.root / "run" / "signatures.npz").exists()
+    second = _train(ws.root, "run", "--resume", match="run/.weights", at=5)
+    assert second.returncode == -9, f"not killed inside the weights export:\n{second.stderr}"
+    third = _train(ws.root, "run", "--resume")
+    assert third.returncode == 0, third.stderr
+    assert "Traceback" not in third.stderr
+    assert_runs_end_alike(ws.root / "ref", ws.root / "run")
+    left = [p.name for p in (ws.root / "run").iterdir() if "tmp" in p.name or ".old" in p.name]
+    assert not left, f"the resumed run left {left}"
+
