@@ -6,6 +6,7 @@ Thin: each command parses options and calls library functions that the tests cal
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import click
@@ -55,7 +56,7 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
 
     The default method is OPTICS equal to scikit-learn's OPTICS with the same parameters.
     """
-    from cluster.clusters_file import write_clusters
+    from cluster.clusters_file import remove_previous, write_clusters
     from cluster.optics import OpticsConfig, cluster_signatures
     from cluster.plots import reachability_plot
 
@@ -77,13 +78,15 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
         )
     except (ValueError, MemoryError) as e:
         raise click.ClickException(str(e)) from e
+    plot = (plot or out.with_name("reachability.png")) if res is not None else None
+    table.params["plot"] = os.path.relpath(plot.resolve(), out.resolve().parent) if plot else None
+    remove_previous(out, *([plot] if plot else []))  # no file of an older run may sit beside the new ones
     write_clusters(out, table)
     n_clusters = len(set(table.labels.tolist()) - {-1})
     click.echo(
         f"{out}: {len(table)} images, {n_clusters} clusters, {float((table.labels < 0).mean()):.1%} noise"
     )
     if res is not None:
-        plot = plot or out.with_name("reachability.png")
         reachability_plot(
             plot,
             res.ordering,
@@ -105,21 +108,30 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
               help="Leave out (with a warning) the rows of CLUSTERS whose uid is not in the collection, "
                    "instead of refusing them.")  # fmt: skip
 def evaluate_cmd(clusters: Path, collection_dir: Path, json_out: Path | None, ignore_unknown: bool) -> None:
-    """Quality of CLUSTERS (clusters.csv) against the collection's known connections."""
-    from cluster.clusters_file import ClustersFileError, read_clusters
+    """Quality of CLUSTERS (clusters.csv) against the collection's known connections.
+
+    The JSON records the clusters file (path and sha256), so that `cluster report` can refuse a quality file
+    of another clustering.
+    """
+    from cluster.clusters_file import ClustersFileError, file_sha256, read_clusters
     from cluster.quality import UnknownUidsError, evaluate, format_report, write_report
     from data.collection import CollectionError, load_collection
 
     try:
-        report = evaluate(read_clusters(clusters), load_collection(collection_dir), ignore_unknown=ignore_unknown)
+        table = read_clusters(clusters)
+        sha = file_sha256(clusters)
+        report = evaluate(table, load_collection(collection_dir), ignore_unknown=ignore_unknown)
     except UnknownUidsError as e:
         raise click.ClickException(f"{clusters}: {e}") from e
     except (ClustersFileError, CollectionError) as e:
         raise click.ClickException(str(e)) from e
+    report.clusters_file, report.clusters_sha256 = str(clusters.resolve()), sha
     if report.uids_not_in_collection:
         left = report.uids_not_in_collection
         click.echo(f"warning: {clusters}: left out {len(left)} uid(s) that are not in the collection: "
                    + ", ".join(repr(u) for u in left[:20]) + (", ..." if len(left) > 20 else ""), err=True)
+    for w in report.warnings:
+        click.echo(f"warning: {clusters}: {w}", err=True)
     click.echo(format_report(report))
     if json_out:
         write_report(json_out, report)
@@ -174,16 +186,17 @@ def map_cmd(signatures: Path, collection_dir: Path, clusters_path: Path | None, 
 def report_cmd(collection_dir: Path, clusters_path: Path, run_dir: Path | None, quality: Path | None,
                map_dir: Path | None, reachability: Path | None, top: int, out: Path) -> None:  # fmt: skip
     """One self-contained HTML page: retrieval before/after, curves, reachability, map, top clusters."""
-    from cluster.clusters_file import ClustersFileError
+    from cluster.clusters_file import ClustersFileError, recorded_plot
     from cluster.report import ReportError, ReportInputs, write_report
     from data.collection import CollectionError
 
-    if reachability is None and (clusters_path.parent / "reachability.png").exists():
-        reachability = clusters_path.parent / "reachability.png"
+    if reachability is None:  # the plot clusters.json names (older files: reachability.png beside it)
+        _, plot = recorded_plot(clusters_path)
+        reachability = plot if plot is not None and plot.is_file() else None
     inputs = ReportInputs(collection=collection_dir, clusters=clusters_path, run_dir=run_dir, quality=quality,
                           map_dir=map_dir, reachability=reachability, top_clusters=top)  # fmt: skip
     try:
-        write_report(inputs, out)
+        write_report(inputs, out, warn=lambda w: click.echo(f"warning: {w}", err=True))
     except (ClustersFileError, CollectionError, ReportError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"{out}: written")

@@ -13,6 +13,8 @@ Rules (why each):
   `annotation:<N>` and its pair, type and `annotated_at` are those of an edge of an undone decision (the
   undo says the expert no longer stands by it; leaving the row would train on it). Each removed row is
   listed, and the backup keeps it. A row edited by hand (another type or time) no longer matches and stays;
+  so does a row in which someone has written since (a `comment`, a `split`: any cell accept left empty),
+  because that is a curator's work on it: it is listed as kept, with the cell, for a person to decide;
 - the file is the museum's: every column is kept in its order, with its values (`comment`, `reviewer`,
   ...); new rows leave those columns empty; the columns accept needs and the file lacks (`source`,
   `annotated_at`) are appended at the end. The separator is kept; the file is written as UTF-8 (with a
@@ -73,6 +75,13 @@ class Removed:
 
 
 @dataclass
+class Kept:
+    row: Connection  # a row an undone decision had added, kept because someone has written in it since
+    decision: str
+    reason: str
+
+
+@dataclass
 class AcceptReport:
     round: int
     decisions: int = 0  # decisions in force
@@ -82,20 +91,29 @@ class AcceptReport:
     contradictions: list[Contradiction] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)  # uids not in images.csv
     removed: list[Removed] = field(default_factory=list)  # rows of decisions undone after they were accepted
+    kept: list[Kept] = field(default_factory=list)  # such rows that a person has written in since: kept
     backup: Path | None = None
     written: bool = False
     notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        out = [f"annotation round {self.round}: {self.decisions} decision(s) in force ({self.undone} undone)."]
-        if self.added:
-            out.append("added: " + ", ".join(f"{n} {t}" for t, n in sorted(self.added.items())))
+        in_force = f"{self.decisions} decision(s) in force ({self.undone} undone)"
+        if self.added:  # a round is named only when rows of it were written
+            out = [f"annotation round {self.round}: {in_force}.",
+                   "added: " + ", ".join(f"{n} {t}" for t, n in sorted(self.added.items()))]
+        elif self.written:
+            out = [f"{in_force}: nothing new to add."]
         else:
-            out.append("added: nothing" + ("" if self.written else " (connections.csv unchanged)."))
+            out = [f"{in_force}: nothing new to add; connections.csv unchanged."]
         if self.removed:
             out.append(f"removed (their decision was undone after it was accepted): {len(self.removed)}")
             out.extend(f"  {r.row.a} {r.row.b} {r.row.type} (was line {r.row.line}, decision {r.decision})"
                        for r in self.removed)
+        if self.kept:
+            out.append(f"kept, though their decision was undone (someone has written in the row since; delete it "
+                       f"by hand if it should go): {len(self.kept)}")
+            out.extend(f"  {k.row.a} {k.row.b} {k.row.type} (line {k.row.line}, decision {k.decision}): {k.reason}"
+                       for k in self.kept)
         out.append(f"skipped (already present): {self.skipped}")
         out.append(f"contradictions (not written): {len(self.contradictions)}")
         for c in self.contradictions:
@@ -150,12 +168,28 @@ def undo_note(collection_dir: str | Path, decision: dict) -> str | None:
         return None  # the page cannot fix the file; `cluster accept` names the problem
     if not rows:
         return None
-    return (f"{len(rows)} connection(s) of this decision were already accepted into {CONNECTIONS_FILE}; the next "
-            "`python -m cluster accept` removes them (keeping a backup of the file).")
+    worked = sum(1 for r in rows if written_since(r) is not None)
+    note = (f"{len(rows)} connection(s) of this decision were already accepted into {CONNECTIONS_FILE}; the next "
+            "`python -m cluster accept` removes them (keeping a backup of the file)")
+    if worked:
+        note += f", except {worked} in which someone has written since (a comment...): those it keeps and lists"
+    return note + "."
 
 
-def _drop_undone(existing: list[Connection], log: AnnotationLog) -> tuple[list[Connection], list[Removed]]:
-    """Split the rows into those kept and those an undone decision had added (see the module docstring)."""
+def written_since(row: Connection) -> str | None:
+    """Why a row that accept wrote shows a person's work since (a cell accept left empty is filled), or None."""
+    filled = [(k, v.strip()) for k, v in row.extra.items() if v.strip()]
+    if row.split:
+        filled.insert(0, ("split", row.split))
+    if not filled:
+        return None
+    return "; ".join(f"column {k!r} holds {v!r}" for k, v in filled[:3]) + ("; ..." if len(filled) > 3 else "")
+
+
+def _drop_undone(existing: list[Connection], log: AnnotationLog,
+                 report: AcceptReport) -> tuple[list[Connection], list[Removed]]:
+    """Split the rows into those kept and those an undone decision had added (see the module docstring);
+    such rows that a person has written in since stay, listed in `report.kept`."""
     owner: dict[tuple[str, str, str, str], str] = {}
     for rec in _undone_decisions(log):
         owner.update(dict.fromkeys(_edge_keys(rec), rec["id"]))
@@ -163,8 +197,11 @@ def _drop_undone(existing: list[Connection], log: AnnotationLog) -> tuple[list[C
     removed: list[Removed] = []
     for c in existing:
         who = owner.get((*c.pair, c.type, c.annotated_at or "")) if c.source and _ROUND.match(c.source) else None
-        if who is None:
+        why = written_since(c) if who is not None else None
+        if who is None or why is not None:
             kept.append(c)
+            if why is not None:
+                report.kept.append(Kept(c, who, why))
         else:
             removed.append(Removed(c, who))
     return kept, removed
@@ -234,7 +271,7 @@ def accept_annotations(collection_dir: str | Path, *, round: int | None = None) 
     active = log.active_decisions()
     report.decisions = len(active)
     report.undone = len(log.undone_ids())
-    kept, report.removed = _drop_undone(existing, log)
+    kept, report.removed = _drop_undone(existing, log, report)
     new_rows = _new_rows(collection, kept, active, report)
     if new_rows or report.removed:
         _write(collection, kept + new_rows, report)

@@ -17,6 +17,13 @@ pca, the signatures file path and sha256, n, ...), so a result can always be tra
 
 uids are written and read with the csv module, so commas, quotes and spaces in a uid survive (the uid
 rule is `data.collection.uid_problem`). Both files are written atomically (temp file, fsync, rename): a reader never sees half a file.
+
+Every file present belongs to one clustering: a new one written over an older one first removes the older
+clusters.csv, then its clusters.json and the reachability plot it names (`remove_previous`), and only then
+writes clusters.json, clusters.csv and the plot, in that order. A kill at any moment leaves some of the old
+files or some of the new ones, never an old plot beside a new clusters.csv. clusters.json records the plot
+(`plot`, relative to its folder; null when the method draws none) so that the next run and `cluster report`
+know which plot goes with it.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.atomic import atomic_write_text
+from data.atomic import atomic_write_text, fsync_dir
 
 COLUMNS = ("uid", "cluster", "order", "reachability", "core_distance")
 
@@ -127,6 +134,43 @@ def write_clusters(path: str | Path, table: ClusterTable) -> None:
     params.setdefault("n", len(table))
     atomic_write_text(sidecar_path(path), json.dumps(params, indent=2, sort_keys=True, default=str) + "\n")
     atomic_write_text(path, buf.getvalue())
+
+
+def recorded_plot(path: str | Path) -> tuple[bool, Path | None]:
+    """(recorded, plot): the reachability plot that clusters.json next to `path` names.
+
+    `recorded` is False when there is no readable clusters.json or it predates the record (an older version
+    always drew `reachability.png` beside clusters.csv, so that is the plot then).
+    """
+    path = Path(path)
+    try:
+        params = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        params = None
+    if not isinstance(params, dict) or "plot" not in params:
+        return False, path.with_name("reachability.png")
+    plot = params["plot"]
+    return True, (path.parent / plot if isinstance(plot, str) and plot else None)
+
+
+def remove_previous(path: str | Path, *also: Path) -> list[Path]:
+    """Remove an earlier clustering written at `path`: clusters.csv first (so a clusters.json or plot never sits
+    beside a clusters.csv of another run), then its clusters.json and plot, then `also` (the files the new run
+    is about to write). Returns what was removed."""
+    path = Path(path)
+    _, old_plot = recorded_plot(path)
+    removed = []
+    for p in dict.fromkeys([path, sidecar_path(path), *([old_plot] if old_plot else []), *also]):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            continue
+        except IsADirectoryError:  # not ours to remove; writing will say so
+            continue
+        removed.append(p)
+    for folder in {p.parent for p in removed}:
+        fsync_dir(folder)
+    return removed
 
 
 def _parse_float(text: str, path: Path, line: int, col: str) -> float:

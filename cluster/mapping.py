@@ -9,7 +9,13 @@
   to zoom, hover for the thumbnail and metadata, click for the whole cluster with its members.
 
 An image that cannot be read is reported by uid (returned in `MapResult.unreadable`) and shown without a
-thumbnail; it is never replaced by a blank picture.
+thumbnail; it is never replaced by a blank picture. Signatures of another collection (uids that are not in
+images.csv) are refused before any work, like `cluster evaluate` refuses such clusters.
+
+The folder is written whole (`data.atomic.atomic_dir`): built in a scratch folder beside it and swapped in,
+so a map killed while it overwrites an older one leaves the older map or the new one, never coords of one
+run beside the picture of another, and a map that fails leaves no folder. Because the whole folder is
+replaced, an existing MAP_DIR must hold nothing but a map's files (`MAP_FILES`).
 """
 
 from __future__ import annotations
@@ -18,19 +24,27 @@ import csv
 import html
 import io
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cluster.clusters_file import read_clusters
-from data.atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from data.atomic import atomic_dir, atomic_write, atomic_write_bytes, atomic_write_text
 from data.collection import POSITIVE, Collection, load_collection, safe_file_stem
 from data.graph import pattern_groups
 from data.image import ImageReadError, decode_image
 from data.signatures import load_signatures
 
 META_FIELDS = ("title", "author", "date", "place")
+MAP_FILES = frozenset({"coords.csv", "map.png", "map.html", "thumbs"})  # all that a map folder holds
+_SYSTEM_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})  # what file browsers leave in a folder
+
+
+def _ours(name: str) -> bool:
+    """A map's file, a temp file of a killed writer of one (`.coords.PID@HOST.tmp.csv`) or a file browser's."""
+    return name in MAP_FILES or name in _SYSTEM_FILES or (name.startswith(".") and ".tmp" in name)
 
 
 @dataclass(frozen=True)
@@ -75,7 +89,11 @@ def embed_2d(vectors: np.ndarray, cfg: MapConfig) -> np.ndarray:
         random_state=cfg.seed,
         init="spectral" if n > 10 else "random",
     )
-    return np.asarray(reducer.fit_transform(x), dtype=np.float64)
+    with warnings.catch_warnings():
+        # the seed is what makes the map reproducible; umap-learn warns that it costs its threads, which says
+        # nothing a user can act on
+        warnings.filterwarnings("ignore", message=r"n_jobs value .* overridden", category=UserWarning)
+        return np.asarray(reducer.fit_transform(x), dtype=np.float64)
 
 
 def thumb_name(uid: str) -> str:
@@ -172,12 +190,13 @@ def make_map(
     cfg: MapConfig = MapConfig(),
 ) -> MapResult:
     """Everything `python -m cluster map` writes (see the module docstring)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir).resolve()  # `--out .` must name the folder, not "" (atomic_dir renames it)
+    check_out_dir(out_dir)
     sig = load_signatures(signatures_path)
     if len(sig) == 0:
         raise ValueError(f"{signatures_path}: no signatures to map.")
     collection = load_collection(collection_dir)
+    check_signature_uids(signatures_path, sig.uids, collection)
     uids = sig.uids
     labels = np.full(len(uids), -1, dtype=np.int64)
     if clusters_path is not None:
@@ -201,11 +220,43 @@ def make_map(
         }
     )
     grouped = np.array([u in groups for u in uids], dtype=bool)
-    write_coords(out_dir / "coords.csv", uids, coords, labels, groups)
-    thumbs, bad = make_thumbnails(collection, uids, out_dir, cfg.thumb_size)
-    plot_map_png(out_dir / "map.png", coords, labels, grouped, links)
-    write_map_html(out_dir / "map.html", uids, coords, labels, groups, collection, thumbs, bad, links)
-    return MapResult(coords=coords, uids=uids, labels=labels, n_thumbs=len(thumbs), unreadable=bad)
+    done: dict[str, list] = {}
+
+    def build(folder: Path) -> None:
+        write_coords(folder / "coords.csv", uids, coords, labels, groups)
+        thumbs, bad = make_thumbnails(collection, uids, folder, cfg.thumb_size)
+        plot_map_png(folder / "map.png", coords, labels, grouped, links)
+        write_map_html(folder / "map.html", uids, coords, labels, groups, collection, thumbs, bad, links)
+        done.update(thumbs=list(thumbs), bad=bad)
+
+    atomic_dir(out_dir, build)
+    return MapResult(coords=coords, uids=uids, labels=labels, n_thumbs=len(done["thumbs"]), unreadable=done["bad"])
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """The map replaces its whole folder: refuse one that holds anything else (a clusters.csv, a report)."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: not a folder; pass --out a folder for the map.")
+    other = sorted(p.name for p in out_dir.iterdir() if not _ours(p.name))
+    if other:
+        raise ValueError(
+            f"{out_dir}: holds other files than a map's ({', '.join(other[:5])}{', ...' if len(other) > 5 else ''}); "
+            f"the map replaces its whole folder, so it writes only into a new folder or an older map's. "
+            f"Pass --out a new folder (e.g. {out_dir / 'map'})."
+        )
+
+
+def check_signature_uids(signatures_path: str | Path, uids: list[str], collection: Collection) -> None:
+    """Signatures of another collection would give a map of points without thumbnails or metadata: refuse."""
+    unknown = [u for u in uids if u not in collection]
+    if unknown:
+        raise ValueError(
+            f"{signatures_path}: {len(unknown)} of its {len(uids)} uids are not in {collection.images_file} "
+            f"(first: {unknown[0]!r}): the signatures were made from another collection. Pass --collection the "
+            f"collection they were made from, or make signatures of this one with `python -m model embed`."
+        )
 
 
 def _meta(collection: Collection, uid: str) -> dict[str, str]:

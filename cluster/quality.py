@@ -18,7 +18,12 @@ Definitions (the images are the rows of clusters.csv, U; noise = label -1):
 Every row of clusters.csv must be an image of the collection: a uid that is not in images.csv would be
 counted as an image without a group (a wrong precision, and a sign the signatures came from another
 collection), so `evaluate` refuses it (`UnknownUidsError`) unless told to leave such rows out, and then
-the report lists them (`uids_not_in_collection`).
+the report lists them (`uids_not_in_collection`). The same rule guards `cluster report` and `cluster map`.
+
+The other way round, clusters of part of a collection (signatures of a subset) are judged on that part
+only: recall is over the known pairs whose two images are both in clusters.csv. The report says how much
+of the collection that is (`collection_images`, `collection_true_pairs`) and warns (`warnings`) when it
+is not all of it, since a recall "over 6 pairs" reads like one over the collection's 22.
 """
 
 from __future__ import annotations
@@ -108,6 +113,11 @@ class QualityReport:
     proposed_pairs_implied: int = 0
     proposed_pairs_new: int = 0
     uids_not_in_collection: list[str] = field(default_factory=list)  # rows left out (ignore_unknown)
+    collection_images: int = 0  # distinct uids of images.csv
+    collection_true_pairs: int = 0  # pairs in one pattern group over the whole collection
+    warnings: list[str] = field(default_factory=list)  # what the figures do not cover (see the module docstring)
+    clusters_file: str | None = None  # the clusters.csv judged (absolute path) and its sha256, so that a later
+    clusters_sha256: str | None = None  # reader (`cluster report`) can tell a quality file of another clustering
     definitions: str = "see cluster/quality.py"
 
 
@@ -128,19 +138,33 @@ def restrict(table: ClusterTable, uids: set[str]) -> ClusterTable:
                         core_distance=table.core_distance[keep], params=dict(table.params))
 
 
+def unknown_uids_message(unknown: Sequence[str], collection: Collection, consequence: str, advice: str = "") -> str:
+    """The one message for rows whose uid is not in the collection: how many, the first ones, what to do."""
+    first = ", ".join(repr(u) for u in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+    return (f"{len(unknown)} uid(s) are not in {collection.images_file} ({first}); {consequence}. Were the "
+            "signatures made from another collection (then pass that collection, or re-run `python -m model embed` "
+            "and `python -m cluster optics` on this one)?" + (f" {advice}" if advice else ""))
+
+
 def _check_uids(table: ClusterTable, collection: Collection, ignore_unknown: bool) -> tuple[ClusterTable, list[str]]:
     unknown = unknown_uids(table, collection)
     if not unknown:
         return table, []
     if not ignore_unknown:
-        first = ", ".join(repr(u) for u in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-        raise UnknownUidsError(
-            f"{len(unknown)} uid(s) are not in {collection.images_file} ({first}); they would be counted as "
-            "images without a pattern group. Were the signatures made from another collection (then re-run "
-            "`python -m model embed` and `python -m cluster optics` on this one)? To judge the other images "
-            "only, pass --ignore-unknown."
-        )
+        raise UnknownUidsError(unknown_uids_message(
+            unknown, collection, "they would be counted as images without a pattern group",
+            "To judge the other images only, pass --ignore-unknown."))
     return restrict(table, set(table.uids) - set(unknown)), unknown
+
+
+def coverage_warnings(n_images: int, n_true: int, collection_images: int, collection_true: int) -> list[str]:
+    """What part of the collection the figures are about, when it is not all of it."""
+    if n_images >= collection_images and n_true >= collection_true:
+        return []
+    return [f"covers {n_images} of the collection's {collection_images} images and {n_true} of its "
+            f"{collection_true} known pairs (two images in one pattern group); recall, ARI and NMI are over those "
+            f"only: the {collection_true - n_true} known pair(s) with an image outside clusters.csv are not counted. "
+            "Cluster signatures of the whole collection to judge it all."]
 
 
 def evaluate(table: ClusterTable, collection: Collection, *, ignore_unknown: bool = False) -> QualityReport:
@@ -151,6 +175,8 @@ def evaluate(table: ClusterTable, collection: Collection, *, ignore_unknown: boo
     """
     table, unknown = _check_uids(table, collection, ignore_unknown)
     groups = pattern_groups(collection)
+    collection_images = len(set(collection.uids))
+    collection_true = sum(_pairs(s) for s in Counter(groups.values()).values())
     uids = table.uids
     labels = table.labels
     index = {u: i for i, u in enumerate(uids)}
@@ -217,6 +243,9 @@ def evaluate(table: ClusterTable, collection: Collection, *, ignore_unknown: boo
         proposed_pairs_implied=implied,
         proposed_pairs_new=new,
         uids_not_in_collection=unknown,
+        collection_images=collection_images,
+        collection_true_pairs=collection_true,
+        warnings=coverage_warnings(n, n_true, collection_images, collection_true),
     )
 
 
@@ -229,13 +258,16 @@ def _f(x: float | None, pct: bool = False) -> str:
 def format_report(r: QualityReport) -> str:
     """A readable table for the terminal."""
     rows = [
-        ("images", str(r.n_images)),
+        ("images", f"{r.n_images} of {r.collection_images} in the collection" if r.collection_images else
+         str(r.n_images)),
         ("clusters (noise is not one)", str(r.n_clusters)),
         ("noise fraction", _f(r.noise_fraction, pct=True)),
         ("median cluster size", "n/a" if r.median_cluster_size is None else f"{r.median_cluster_size:g}"),
         ("cluster sizes (size: count)", ", ".join(f"{k}: {v}" for k, v in r.size_histogram.items()) or "-"),
         ("images in a pattern group", f"{r.images_with_group} in {r.pattern_groups} groups"),
-        ("pairs predicted / true / both", f"{r.predicted_pairs} / {r.true_pairs} / {r.true_positive_pairs}"),
+        ("pairs predicted / true / both", f"{r.predicted_pairs} / {r.true_pairs} / {r.true_positive_pairs}"
+         + (f" (the collection has {r.collection_true_pairs} true pairs)" if r.collection_true_pairs > r.true_pairs
+            else "")),
         ("pairwise precision", _f(r.precision)),
         ("pairwise precision (known images)", _f(r.precision_known)),
         ("pairwise recall", _f(r.recall)),

@@ -18,12 +18,14 @@ import html
 import io
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
 from cluster.annotate.queue import order_clusters, pair
-from cluster.clusters_file import read_clusters
+from cluster.clusters_file import ClusterTable, file_sha256, read_clusters
+from cluster.quality import unknown_uids, unknown_uids_message
 from data.atomic import atomic_write_text
 from data.collection import Collection, load_collection
 from data.image import ImageReadError, decode_image
@@ -111,10 +113,16 @@ def retrieval_table(eval_json: dict) -> str:
 
 
 def selection_note(eval_json: dict) -> str:
-    """Which network the run exported, and why: the start (epoch 0) when no epoch beat it on val."""
+    """Which network the run exported, and why: the start (epoch 0) when no epoch beat it on val.
+
+    The val mAP that selected it is the prepared dataset's (downscaled training images), while the table
+    below measures the start and the exported network on the original files: the two are named, so that
+    the start's two different figures do not read as a contradiction (or as a drop at epoch 1).
+    """
     by_epoch = eval_json.get("val_mAP_by_epoch") or {}
     epochs = ", ".join(f"{'start' if e == '0' else 'epoch ' + _esc(e)} {_fmt(v)}" for e, v in by_epoch.items())
-    seen = f" (val mAP: {epochs})" if epochs else ""
+    seen = (f" (val mAP on the prepared training images, as the selection compared them: {epochs}; the table "
+            f"below measures on the original image files, so its val figures differ)") if epochs else ""
     if eval_json.get("selected") == "start":
         return (f"<p class='warn'><b>No epoch beat the starting network on val{seen}: the run exported the "
                 f"starting network's weights and signatures unchanged.</b> Training did not help here; try a "
@@ -168,7 +176,81 @@ def quality_table(quality: dict) -> str:
         ("proposed_pairs_known", "proposed pairs already known"), ("proposed_pairs_new", "proposed pairs new"),
     ]
     rows = "".join(f"<tr><th>{label}</th><td>{_fmt(quality.get(k))}</td></tr>" for k, label in keys if k in quality)
-    return f"<table class='kv'>{rows}</table>"
+    notes = quality.get("warnings") if isinstance(quality.get("warnings"), list) else []
+    return "".join(f"<p class='warn'>{_esc(w)}</p>" for w in notes) + f"<table class='kv'>{rows}</table>"
+
+
+def check_clusters(inputs: ReportInputs, collection: Collection, table: ClusterTable) -> None:
+    """Clusters of another collection would show every image as "unreadable" and every pair as new: refuse."""
+    unknown = unknown_uids(table, collection)
+    if unknown:
+        raise ReportError(f"{inputs.clusters}: " + unknown_uids_message(
+            unknown, collection, "the report would show them as unreadable images and their pairs as new"))
+
+
+def check_quality(inputs: ReportInputs, quality: dict, table: ClusterTable) -> None:
+    """A quality JSON must describe the clusters shown: `cluster evaluate --json` records the file's sha256.
+
+    A file from before that record is checked by its image and cluster counts instead.
+    """
+    redo = (f"make it for this one: `python -m cluster evaluate {inputs.clusters} --collection {inputs.collection} "
+            f"--json {inputs.clusters.with_name('quality.json')}`.")
+    recorded = quality.get("clusters_sha256")
+    if isinstance(recorded, str):
+        sha = file_sha256(inputs.clusters)
+        if recorded != sha:
+            raise ReportError(
+                f"{inputs.quality} describes the clusters file {quality.get('clusters_file') or '(unnamed)'} "
+                f"(sha256 {recorded[:12]}...), not {inputs.clusters} (sha256 {sha[:12]}...): it is the quality of "
+                f"another clustering (or of an older version of this file); {redo}")
+        return
+    n_clusters = len(table.clusters())
+    if (quality.get("n_images"), quality.get("n_clusters")) != (len(table), n_clusters):
+        raise ReportError(
+            f"{inputs.quality} describes {quality.get('n_images')} images in {quality.get('n_clusters')} clusters, "
+            f"but {inputs.clusters} has {len(table)} images in {n_clusters}: it is the quality of another "
+            f"clustering; {redo}")
+
+
+def _recorded_collection(config: dict) -> str | None:
+    """The collection a run was trained on, as its config.json records it (`collection`, else the argv)."""
+    if isinstance(config.get("collection"), str):
+        return config["collection"]
+    argv = config.get("argv")
+    if not isinstance(argv, list):
+        return None
+    for i, arg in enumerate(argv):
+        if arg == "--collection" and i + 1 < len(argv):
+            return str(argv[i + 1])
+        if isinstance(arg, str) and arg.startswith("--collection="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _same_folder(recorded: str, collection: Path) -> bool:
+    """Whether a recorded path names `collection`. A relative one was relative to where training ran, which
+    is unknown: it is taken from here, and if nothing is there, compared by folder name."""
+    path = Path(recorded).expanduser()
+    if path.exists():
+        try:
+            return path.samefile(collection)
+        except OSError:
+            return False
+    return path.resolve().name == collection.resolve().name
+
+
+def run_warnings(inputs: ReportInputs) -> list[str]:
+    """A run trained on another collection: its retrieval figures are about that one (a warning, not an error:
+    a collection may have been moved or copied since)."""
+    config_path = inputs.run_dir / "config.json" if inputs.run_dir else None
+    if config_path is None or not config_path.exists():
+        return []
+    recorded = _recorded_collection(_read_json(config_path, "python -m train ..."))
+    if recorded is None or _same_folder(recorded, inputs.collection):
+        return []
+    return [f"{inputs.run_dir}: the run was trained on the collection {recorded} (its config.json), not on "
+            f"{inputs.collection}; its retrieval figures and curves are about that collection. Pass the run of this "
+            f"collection, or that collection."]
 
 
 CSS = """
@@ -195,11 +277,26 @@ code{background:#fff;border:1px solid #ddd;padding:2px 6px;border-radius:4px}
 """
 
 
-def build_report(inputs: ReportInputs) -> str:
-    """The report page as an HTML string (pure apart from reading the inputs)."""
+def build_report(inputs: ReportInputs, warn: Callable[[str], None] | None = None) -> str:
+    """The report page as an HTML string (pure apart from reading the inputs).
+
+    Inputs that do not belong together are refused (`ReportError`: clusters of another collection, a quality
+    JSON of another clustering); a run of another collection is a warning, on the page and through `warn`.
+    """
     collection = load_collection(inputs.collection)
+    table = read_clusters(inputs.clusters)
+    check_clusters(inputs, collection, table)
+    quality = _read_json(inputs.quality, "python -m cluster evaluate ... --json") \
+        if inputs.quality and inputs.quality.exists() else None
+    if quality is not None:
+        check_quality(inputs, quality, table)
+    warnings = run_warnings(inputs)
+    for w in warnings:
+        if warn is not None:
+            warn(w)
     parts = [f"<header><h1>Visual patterns: run report</h1><p>Collection <code>{_esc(inputs.collection)}</code>: "
              f"{len(collection.images)} images, {len(collection.connections)} known connections.</p></header><main>"]
+    parts.extend(f"<p class='warn'><b>Warning:</b> {_esc(w)}</p>" for w in warnings)
 
     if inputs.run_dir:
         eval_path = inputs.run_dir / "eval.json"
@@ -228,15 +325,15 @@ def build_report(inputs: ReportInputs) -> str:
         parts.append(f"<p>Interactive map (hover for the artwork, click for its cluster): "
                      f"<a href='{_esc(rel)}'>{_esc(rel)}</a></p>")
 
-    if inputs.quality and inputs.quality.exists():
+    if quality is not None:
         parts.append("<h2>Clusters against the known connections</h2>")
-        parts.append(quality_table(_read_json(inputs.quality, "python -m cluster evaluate ... --json")))
+        parts.append(quality_table(quality))
     gallery, _ = cluster_gallery(inputs, collection)
     parts.append(f"<h2>Top proposed clusters</h2><p>Largest-new-first: the clusters with the most pairs that "
                  f"nobody has connected yet come first, as in the annotation app.</p>{gallery}")
     parts.append(
         "<h2>Next: judge the proposals</h2><p>Start the annotation app and confirm or reject clusters in the "
-        f"browser:</p><p><code>.venv/bin/python -m cluster annotate --collection {_esc(inputs.collection)} "
+        f"browser:</p><p><code>python -m cluster annotate --collection {_esc(inputs.collection)} "
         f"--clusters {_esc(inputs.clusters)}</code></p><p>then <code>python -m cluster accept --collection "
         f"{_esc(inputs.collection)}</code> and retrain with <code>python -m train ... --resume-from RUN_DIR</code>.</p>"
     )
@@ -245,7 +342,7 @@ def build_report(inputs: ReportInputs) -> str:
            f"</head><body>{''.join(parts)}</body></html>"
 
 
-def write_report(inputs: ReportInputs, out: Path) -> Path:
-    """Write the report atomically; returns its path."""
-    atomic_write_text(out, build_report(inputs))
+def write_report(inputs: ReportInputs, out: Path, warn: Callable[[str], None] | None = None) -> Path:
+    """Write the report atomically; returns its path. `warn` receives what the page warns about."""
+    atomic_write_text(out, build_report(inputs, warn))
     return out

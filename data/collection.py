@@ -72,6 +72,9 @@ class Connection:
     line: int = 0
     # the user's other columns (comment, reviewer, ...) by column key, kept when the file is rewritten
     extra: dict[str, str] = field(default_factory=dict, compare=False)
+    # the cells of the known columns as the file had them (an empty `type`, " positive "): a rewrite writes
+    # them back unchanged wherever they still mean the row's values (see `write_connections`)
+    raw: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def pair(self) -> tuple[str, str]:
@@ -121,13 +124,14 @@ class Collection:
         return self._index[uid]
 
     def image_path(self, uid_or_record: str | ImageRecord) -> Path:
-        """Local file of an image: `path` relative to the collection folder (or absolute).
+        """Local file of an image: `path` relative to the collection folder, absolute, or `~/...` (the home
+        folder, as a shell would read it).
 
         A row that only has a `url` maps to where `python -m data fetch` stores it.
         """
         rec = uid_or_record if isinstance(uid_or_record, ImageRecord) else self.record(uid_or_record)
         if rec.path:
-            p = Path(rec.path)
+            p = Path(rec.path).expanduser()
             return p if p.is_absolute() else self.root / p
         return self.root / fetched_path(rec.uid)
 
@@ -373,20 +377,20 @@ def _connections(path: Path, table: _Table) -> list[Connection]:
         )
     out = []
     for line, row in table.rows:
-        known = {k: row.get(k, "").strip() for k in CONNECTION_COLUMNS}
-        out.append(
-            Connection(
-                a=known["a"],
-                b=known["b"],
-                type=(known["type"] or POSITIVE).upper(),
-                split=known["split"] or None,
-                source=known["source"] or None,
-                annotated_at=known["annotated_at"] or None,
-                line=line,
-                extra={k: v for k, v in row.items() if k not in CONNECTION_COLUMNS},
-            )
-        )
+        out.append(Connection(**{k: _parse_cell(k, row.get(k, "")) for k in CONNECTION_COLUMNS}, line=line,
+                              extra={k: v for k, v in row.items() if k not in CONNECTION_COLUMNS},
+                              raw={k: row[k] for k in CONNECTION_COLUMNS if k in row}))
     return out
+
+
+def _parse_cell(key: str, cell: str) -> str | None:
+    """The value of a known connections.csv cell: uids stripped, an empty type POSITIVE, other empties None."""
+    text = cell.strip()
+    if key in ("a", "b"):
+        return text
+    if key == "type":
+        return (text or POSITIVE).upper()
+    return text or None
 
 
 def read_images(path: Path) -> list[ImageRecord]:
@@ -478,6 +482,16 @@ def write_connections(path: Path, connections: Iterable[Connection], *, fmt: Csv
     connections = list(connections)
     optional = [c for c in ("split", "source", "annotated_at") if any(getattr(x, c) for x in connections)]
     header, keys = _columns(fmt, ["a", "b", "type", *optional, *_first_seen(c.extra for c in connections)])
-    rows = ([(getattr(c, k) or "") if k in CONNECTION_COLUMNS else c.extra.get(k, "") for k in keys]
+    rows = ([_known_cell(c, k) if k in CONNECTION_COLUMNS else c.extra.get(k, "") for k in keys]
             for c in connections)
     _write_rows(path, header, rows, fmt, bom)
+
+
+def _known_cell(c: Connection, key: str) -> str:
+    """The cell to write for a known column: the file's own text (an empty `type` stays empty) while it still
+    means the row's value, else the value (a row that was changed, or a new one)."""
+    value = getattr(c, key)
+    raw = c.raw.get(key)
+    if raw is not None and _parse_cell(key, raw) == value:
+        return raw
+    return value or ""

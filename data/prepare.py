@@ -17,6 +17,7 @@ folder and swaps it in, so a killed run never leaves a half dataset in place.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -210,9 +211,12 @@ def prepare_collection(
         builder.info.metadata["skipped"] = skipped
         builder.info.metadata["uids"] = kept_uids
         builder.info.metadata["indices"] = kept_index
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False, verify_ssl=False)
-        )
+        # tfds prints "Downloading and preparing dataset Unknown size ..." and "... downloaded and prepared"
+        # to stdout (nothing is downloaded: the records come from the collection); errors still raise.
+        with contextlib.redirect_stdout(io.StringIO()):
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False, verify_ssl=False)
+            )
         pool.shutdown()
         shutil.rmtree(tmp / "downloads", ignore_errors=True)
         record = {"fingerprint": fp, "num_images": len(kept_uids), "skipped": skipped, "max_side": max_side,

@@ -32,8 +32,9 @@ class Signatures:
             raise ValueError(
                 f"signatures: {len(self.uids)} uids but vectors of shape {self.vectors.shape}; expected ({len(self.uids)}, d)."
             )
-        if len(set(self.uids)) != len(self.uids):
-            raise ValueError("signatures: duplicate uids; each image must appear once.")
+        dup = first_duplicate(self.uids)
+        if dup is not None:
+            raise ValueError(f"signatures: uid {dup!r} appears twice; each image must appear once.")
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -44,6 +45,32 @@ class Signatures:
 
     def index(self) -> dict[str, int]:
         return {u: i for i, u in enumerate(self.uids)}
+
+
+def first_duplicate(uids: list[str]) -> str | None:
+    """The first uid that appears a second time (in file order), or None."""
+    seen: set[str] = set()
+    for u in uids:
+        if u in seen:
+            return u
+        seen.add(u)
+    return None
+
+
+class DuplicateUidError(ValueError):
+    """A signatures file with two rows for one uid; the message names the file and the uid."""
+
+
+def _refuse_duplicates(path: Path, uids: list[str]) -> None:
+    """Two rows for one uid: which one is the image? A file made by another tool or joined by hand."""
+    dup = first_duplicate(uids)
+    if dup is not None:
+        rows = [i + 1 for i, u in enumerate(uids) if u == dup]
+        raise DuplicateUidError(
+            f"{path}: uid {dup!r} appears {len(rows)} times (rows {', '.join(map(str, rows[:5]))}); each image must "
+            f"appear once. Was the file joined from two embeddings? Make it again with `python -m model embed` "
+            f"(one row per image of images.csv)."
+        )
 
 
 def save_signatures(path: str | Path, sig: Signatures) -> None:
@@ -83,7 +110,10 @@ def load_signatures(path: str | Path, *, check_norm: bool = True) -> Signatures:
             vectors = z["vectors"]
             skipped = [str(u) for u in z["skipped"]] if "skipped" in z else []
             meta = json.loads(str(z["meta"])) if "meta" in z else {}
+        _refuse_duplicates(path, uids)
         sig = Signatures(uids=uids, vectors=vectors, skipped=skipped, meta=meta)
+    except DuplicateUidError:
+        raise
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:  # BadZipFile: a truncated file
         raise ValueError(
             f"{path}: not a signatures file, or a damaged one ({e}). Make it again with `python -m model embed` "
@@ -95,6 +125,9 @@ def load_signatures(path: str | Path, *, check_norm: bool = True) -> Signatures:
         bad = np.flatnonzero(np.abs(norms - 1.0) > 1e-3)
         if bad.size:
             raise ValueError(
-                f"{path}: {bad.size} rows are not unit-norm (first: uid {uids[bad[0]]!r}, norm {norms[bad[0]]:.4g})."
+                f"{path}: {bad.size} of {len(sig)} rows are not unit-norm (first: uid {uids[bad[0]]!r}, norm "
+                f"{norms[bad[0]]:.4g}); signatures are L2-normalised rows, as `python -m model embed` and "
+                f"`python -m train` write them. Make the file again with one of them, or, if the vectors come "
+                f"from another tool, divide each row by its length before saving it."
             )
     return sig

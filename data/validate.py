@@ -144,11 +144,11 @@ def _check_connections(coll: Collection, add: Callable[[Problem], None]) -> Coun
     by_pair: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
     type_counts: Counter[str] = Counter()
     for c in coll.connections:
-        type_counts[c.type] += 1
-        if c.type not in CONNECTION_TYPES:
+        if c.type not in CONNECTION_TYPES:  # an error line of its own; the summary counts the known types only
             add(Problem(ERROR, CONNECTIONS_FILE, c.line, c.a,
                         f"unknown type {c.type!r} for pair ({c.a}, {c.b}); use one of {', '.join(CONNECTION_TYPES)}."))
             continue
+        type_counts[c.type] += 1
         if c.split is not None and c.split not in SPLITS:
             add(Problem(ERROR, CONNECTIONS_FILE, c.line, c.a, f"split {c.split!r} is not one of {', '.join(SPLITS)}."))
         bad = False

@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from data.collection import load_collection
+from data.collection import Collection, load_collection
 from data.image import note_lines
 from data.preprocess import ImageReadError, load_resized, normalize
 from data.signatures import Signatures
@@ -82,20 +82,7 @@ def _decoded(paths: list[Path], resolution: int, prefetch: int) -> Iterator[_Loa
                 queue.append(pool.submit(_load, nxt, resolution))
 
 
-def embed_collection(
-    collection_dir: str | Path,
-    model: SignatureNet,
-    *,
-    resolution: int,
-    batch_size: int = 32,
-    progress: bool = True,
-) -> Signatures:
-    """Signatures of the images of `collection_dir/images.csv`, in its order, unreadable ones skipped."""
-    if resolution < 32:
-        raise ValueError(f"resolution {resolution} is too small: the networks downsample by 32.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    coll = load_collection(collection_dir)
+def _refuse_duplicate_uids(coll: Collection) -> None:
     seen: dict[str, int] = {}
     for rec in coll.images:
         if rec.uid in seen:
@@ -104,6 +91,29 @@ def embed_collection(
                 f"uids must be unique (run `python -m data check {coll.root}` to see every problem)."
             )
         seen[rec.uid] = rec.line
+
+
+def embed_collection(
+    collection_dir: str | Path | Collection,
+    model: SignatureNet,
+    *,
+    resolution: int,
+    batch_size: int = 32,
+    progress: bool = True,
+    quiet: bool = False,
+) -> Signatures:
+    """Signatures of the images of `collection_dir/images.csv`, in its order, unreadable ones skipped.
+
+    A loaded `Collection` may be passed instead of its folder (training does: reading images.csv again
+    repeated its reader's warnings). `quiet`: no stderr line per unreadable or corrected image, for a
+    caller that has reported them already (training's prepared dataset); they are still skipped.
+    """
+    if resolution < 32:
+        raise ValueError(f"resolution {resolution} is too small: the networks downsample by 32.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    coll = collection_dir if isinstance(collection_dir, Collection) else load_collection(collection_dir)
+    _refuse_duplicate_uids(coll)
     records = coll.images
     paths = [coll.image_path(r) for r in records]
     embed, state = make_embed_fn(model)
@@ -129,7 +139,8 @@ def embed_collection(
         for rec, path, img in zip(records, paths, _decoded(paths, resolution, 2 * batch_size), strict=True):
             bar.update(1)
             if isinstance(img, ImageReadError):
-                print(f"skipped uid {rec.uid} ({path}): {img}", file=sys.stderr)
+                if not quiet:
+                    print(f"skipped uid {rec.uid} ({path}): {img}", file=sys.stderr)
                 skipped.append(rec.uid)
                 continue
             img, notes = img
@@ -151,15 +162,15 @@ def embed_collection(
 
     dim = get_spec(model.arch).signature_dim
     vectors = np.concatenate(chunks, axis=0) if chunks else np.zeros((0, dim), np.float32)
-    if skipped:
+    if skipped and not quiet:
         print(f"{len(skipped)} of {len(records)} images could not be read and were left out.", file=sys.stderr)
-    for line in note_lines(noted, collection=coll.root):
+    for line in [] if quiet else note_lines(noted, collection=coll.root):
         print(line, file=sys.stderr)
     meta = {
         "arch": model.arch,
         "pooling": model.pooling,
         "resolution": resolution,
         "dtype": jnp.dtype(model.dtype).name,
-        "collection": str(Path(collection_dir).absolute()),
+        "collection": str(Path(coll.root).absolute()),
     }
     return Signatures(uids=uids, vectors=vectors, skipped=skipped, meta=meta)

@@ -14,6 +14,8 @@ half-written directory, and the next save cleans up what a killed one left.
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 
 import jax
@@ -35,6 +37,68 @@ STATE_DIR = "state"
 
 class WeightsError(ValueError):
     """A weights directory that cannot be used; the message names the directory and what to do."""
+
+
+# -- orbax's own reports of a failed restore ------------------------------------------------------------
+# When orbax cannot read an array (a file missing or cut short), the error reaches the caller as one
+# exception, which this project turns into one message. But orbax reads every array concurrently in an
+# asyncio loop that it closes on the first failure: the reads still in flight then fail again inside
+# tensorstore's threads and Python prints each of them as an "ignored" exception ("Event loop is closed",
+# "Encountered error while reading array index ...") or asyncio logs "Task exception was never retrieved",
+# for up to seconds after the restore returned: hundreds of tracebacks for one damaged file. They are
+# reports of the failure already handled, so they are dropped; nothing else is.
+
+_ORBAX_READ_ERROR = "Encountered error while reading array index"
+
+
+def _is_restore_echo(exc: BaseException | None, obj: object = None) -> bool:
+    """An exception that only repeats a failed orbax read (see above)."""
+    if exc is not None:
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return True
+        if str(exc).startswith(_ORBAX_READ_ERROR):
+            return True
+    code = getattr(obj, "cr_code", None)  # a coroutine of orbax's reader, garbage-collected unfinished
+    return code is not None and "/orbax/" in code.co_filename.replace("\\", "/")
+
+
+class _AsyncioEchoFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (_is_restore_echo(exc) or _ORBAX_READ_ERROR in str(record.msg))
+
+
+_echo_filter_installed = False
+
+
+def silence_restore_echoes() -> None:
+    """Drop, from now on, the echoes of failed orbax reads (above); called where a restore has failed.
+
+    Process-wide because the echoes arrive after the restore has returned, but narrow: only exceptions
+    that Python would print as "ignored" (or asyncio as never retrieved) and that match a failed read.
+    """
+    global _echo_filter_installed
+    if _echo_filter_installed:
+        return
+    _echo_filter_installed = True
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not _is_restore_echo(unraisable.exc_value, unraisable.object):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_AsyncioEchoFilter())
+
+
+def restore_error_text(e: BaseException, limit: int = 300) -> str:
+    """One line for a failed restore: the innermost cause (tensorstore's "OUT_OF_RANGE ... file X"), not
+    orbax's wrapper, whose text is a page of TensorStore spec."""
+    root = e
+    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+        root = root.__cause__ if root.__cause__ is not None else root.__context__
+    text = " ".join(f"{type(root).__name__}: {root}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _key(path: tuple) -> str:
@@ -139,19 +203,7 @@ def load_weights(
         gem_p=gem_p,
         gem_learnable=bool(meta.get("gem_learnable", True)),
     )
-    ckpt = ocp.StandardCheckpointer()
-    try:
-        stored = ckpt.metadata(directory / STATE_DIR).item_metadata.tree
-        device = jax.devices()[0]
-        target = {
-            k: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=jax.sharding.SingleDeviceSharding(device))
-            for k, m in stored.items()
-        }
-        values = ckpt.restore(directory / STATE_DIR, target)
-    except (OSError, ValueError, KeyError) as e:
-        raise WeightsError(f"{directory / STATE_DIR}: cannot restore the checkpoint ({e}).") from e
-    finally:
-        ckpt.close()
+    values = _restore_arrays(directory)
 
     wanted = {_key(p) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))}
     optional = {"pool.p"}  # GeM's exponent: present only with gem pooling
@@ -174,6 +226,32 @@ def load_weights(
 
     assign(model, value_of)
     return model
+
+
+def _restore_arrays(directory: Path) -> dict:
+    """The stored arrays by name; any failure (a file missing or cut short, ...) becomes one WeightsError."""
+    ckpt = ocp.StandardCheckpointer()
+    try:
+        stored = ckpt.metadata(directory / STATE_DIR).item_metadata.tree
+        device = jax.devices()[0]
+        target = {
+            k: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=jax.sharding.SingleDeviceSharding(device))
+            for k, m in stored.items()
+        }
+        return ckpt.restore(directory / STATE_DIR, target)
+    except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds for one damaged folder
+        silence_restore_echoes()
+        raise WeightsError(
+            f"{directory}: the weights cannot be read ({restore_error_text(e)}): the folder is damaged (a file "
+            f"missing or cut short). Copy it again from its source or a backup, or make it again: a training "
+            f"run's weights/ with `python -m train --collection COLLECTION --out RUN_DIR --resume` (it exports "
+            f"them again from the run's checkpoints), converted weights with `python -m model convert`."
+        ) from e
+    finally:
+        try:
+            ckpt.close()
+        except Exception:  # noqa: BLE001 - closing after a failed read must not hide that failure
+            pass
 
 
 def load_or_init(

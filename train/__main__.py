@@ -68,8 +68,7 @@ def run_cmd(collection, arch, weights, out, preset_name, seed, overrides, resume
     try:
         if resume:
             if (out / "config.json").exists():
-                cfg = load_config(out / "config.json")
-                preset_name = json.loads((out / "config.json").read_text()).get("preset", preset_name)
+                cfg, preset_name = _resumed_config(out / "config.json", preset_name)
             else:
                 cfg = preset(preset_name or DEFAULT_PRESET)
             explicit = {k: v for k, v in (("arch", arch), ("seed", seed)) if v is not None}
@@ -100,29 +99,57 @@ def run_cmd(collection, arch, weights, out, preset_name, seed, overrides, resume
         sys.exit(3)
 
 
+def _resumed_config(path: Path, preset_name: str | None):
+    """(config, preset) a run was started with, from its config.json; --preset may only repeat its preset."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        cfg = load_config(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: unreadable ({e}); the run cannot be resumed. Start it again with another "
+                         f"--out.") from e
+    saved_preset = saved.get("preset")
+    if preset_name and saved_preset and preset_name != saved_preset:
+        raise ValueError(f"--preset {preset_name}: the run in {path.parent} was started with the {saved_preset} "
+                         f"preset and --resume continues with its settings; drop --preset, or start a new run "
+                         f"with another --out.")
+    return cfg, saved_preset or preset_name
+
+
 @cli.command("evaluate")
 @click.argument("signatures", type=UserPath(exists=True, dir_okay=False))
 @click.option("--collection", type=UserPath(exists=True, file_okay=False), required=True)
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option("--splits-file", type=UserPath(exists=True, dir_okay=False), default=None,
               help="A splits.json to use (default: the collection's, else computed as training would).")
-def evaluate_cmd(signatures, collection, split, splits_file) -> None:
-    """Retrieval metrics of SIGNATURES (a signatures.npz) on the queries of one split, as JSON."""
+@click.option("--ignore-unknown", is_flag=True,
+              help="Leave out (with a warning) the signatures whose uid is not in the collection, instead of "
+                   "refusing them.")
+def evaluate_cmd(signatures, collection, split, splits_file, ignore_unknown) -> None:
+    """Retrieval metrics of SIGNATURES (a signatures.npz) on the queries of one split, as JSON.
+
+    The figures rank the images that have a signature: signatures of part of the collection are scored
+    with a warning (their figures are not comparable with a run's eval.json); uids that are not in the
+    collection are refused (or left out with --ignore-unknown); signatures of another collection are refused.
+    """
     from data.collection import load_collection
     from data.signatures import load_signatures
     from data.splits import assign_splits, load_previous, load_splits
-    from train.metrics import evaluate_split
+    from train.metrics import SignatureCoverageError, evaluate_split, match_collection
 
     try:
         coll = load_collection(collection)
         sig = load_signatures(signatures)
+        sig, notes = match_collection(sig, coll, signatures, ignore_unknown=ignore_unknown)
         previous = load_splits(splits_file) if splits_file else load_previous(coll)
         assignment = assign_splits(coll, previous)
-    except ValueError as e:
+    except (SignatureCoverageError, ValueError) as e:
         raise click.ClickException(str(e)) from e
+    for note in notes:
+        click.echo(f"warning: {note}", err=True)
     group = {m: name for name, members in assignment.groups.items() for m in members}
     result = evaluate_split(sig.vectors, sig.uids, group, assignment.split_of, split)
-    result = {"split": split, "signatures": str(signatures), **result}
+    result = {"split": split, "signatures": str(signatures), "num_signatures": len(sig.uids),
+              "num_images": len(coll.uids), **result}
     click.echo(json.dumps(result, indent=2, sort_keys=True))
 
 

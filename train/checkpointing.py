@@ -7,8 +7,10 @@ A checkpoint (RUN_DIR/checkpoints/<step>/) holds everything needed to continue b
 - `meta` (JSON): epoch, mining round, steps done in the epoch, the grain iterator state (None at an
   epoch boundary), the best validation score so far, and the resolved config.
 Retention: the last `keep` checkpoints plus the best one by validation mAP (only checkpoints taken
-after a validation carry a metric; never selected on test). Saving is asynchronous: training goes
-on while the arrays are written; `wait()` before reading or exiting.
+after a validation carry a metric; never selected on test); of checkpoints with equal val mAP the
+EARLIEST is the best, as the loop chooses (`rank`: orbax keeps the last of equal keys, so the step is
+part of the key). Saving is asynchronous: training goes on while the arrays are written; `wait()`
+before reading or exiting.
 
 Typed PRNG keys (nnx RNG streams) are stored as their raw key data and re-wrapped on restore.
 A checkpoint damaged on disk (a file deleted or truncated) does not end the run: `restore_newest`
@@ -17,6 +19,8 @@ falls back to the next older checkpoint and sets the damaged ones aside in RUN_D
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 from collections.abc import Callable
@@ -28,7 +32,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
+from model.weights import restore_error_text, silence_restore_echoes
+
 METRIC = "val_mAP"
+STEP = "step"  # stored beside the metric, so that ties rank by step (older checkpoints may lack it)
 DAMAGED_DIR = "damaged_checkpoints"  # beside checkpoints/: where unrestorable step folders are moved
 
 
@@ -54,6 +61,42 @@ def from_saveable(tree, like):
     )
 
 
+def rank(metrics: dict) -> tuple[float, int]:
+    """The key that orders checkpoints by quality: val mAP, then the earlier step (ascending = better).
+
+    orbax keeps the LAST of the checkpoints whose keys are equal (a stable ascending sort), while the
+    loop's best epoch is the FIRST to reach the best val mAP (a later epoch must beat it): with val mAP
+    alone a tie kept one checkpoint and exported another that had been deleted. A checkpoint written
+    before the step was stored ranks as step 0: it is older than any that has one.
+    """
+    return float(metrics[METRIC]), -int(metrics.get(STEP, 0))
+
+
+class _DropAbslMessage(logging.Filter):
+    def __init__(self, message: str):
+        super().__init__()
+        self.message = message
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != self.message
+
+
+@contextlib.contextmanager
+def _without_absl_message(message: str):
+    """Drop one exact message of the `absl` logger (orbax's) while the block runs; all others pass."""
+    logger, f = logging.getLogger("absl"), _DropAbslMessage(message)
+    logger.addFilter(f)
+    try:
+        yield
+    finally:
+        logger.removeFilter(f)
+
+
+# orbax warns at every save without metrics when a best metric is tracked, i.e. at every checkpoint taken
+# inside an epoch; those carry no val mAP by design (they are kept by recency, never as the best).
+_NO_METRICS_WARNING = "Requested `tracked_metric`; did not provide metrics."
+
+
 class RunCheckpoints:
     """Thin wrapper around an orbax CheckpointManager with this project's retention policy."""
 
@@ -62,12 +105,12 @@ class RunCheckpoints:
         policy = cm.AnyPreservationPolicy(
             [
                 cm.LatestN(n=max(1, keep)),
-                cm.BestN(get_metric_fn=lambda m: m[METRIC], n=1, keep_checkpoints_without_metrics=False),
+                cm.BestN(get_metric_fn=rank, n=1, keep_checkpoints_without_metrics=False),
             ]
         )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
-            best_fn=lambda m: m[METRIC],
+            best_fn=rank,  # `best_step()` agrees with what BestN keeps
             best_mode="max",
             keep_checkpoints_without_metrics=True,
             enable_async_checkpointing=async_save,
@@ -79,24 +122,31 @@ class RunCheckpoints:
         return self.manager.latest_step()
 
     def best_step(self) -> int | None:
+        """The best checkpoint on disk by `rank` (the latest if none carries a val mAP)."""
         return self.manager.best_step()
+
+    def val_map(self, step: int) -> float | None:
+        """The val mAP stored with a checkpoint (None for one taken inside an epoch)."""
+        metrics = self.manager.metrics(step)
+        return float(metrics[METRIC]) if metrics and METRIC in metrics else None
 
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
     def save(self, step: int, state, triplets: np.ndarray, meta: dict, *, val_map: float | None = None,
              force: bool = True) -> None:
-        metrics = {METRIC: float(val_map)} if val_map is not None else None
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(to_saveable(state)),
-                mining=ocp.args.StandardSave({"triplets": np.asarray(triplets, np.int64)}),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            metrics=metrics,
-            force=force,
-        )
+        metrics = {METRIC: float(val_map), STEP: int(step)} if val_map is not None else None
+        with _without_absl_message(_NO_METRICS_WARNING):
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(to_saveable(state)),
+                    mining=ocp.args.StandardSave({"triplets": np.asarray(triplets, np.int64)}),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+                metrics=metrics,
+                force=force,
+            )
 
     def restore(self, step: int, like_state) -> tuple[Any, np.ndarray, dict]:
         """Restore (state, triplets, meta) of `step`; `like_state` gives structure, dtypes and shardings."""
@@ -134,7 +184,8 @@ class RunCheckpoints:
                 meta = self.restore_meta(step)
                 state, triplets, meta = self.restore(step, like_of(meta))
             except Exception as e:  # noqa: BLE001 - any failure means: this checkpoint is unusable
-                why = _short_error(e)
+                silence_restore_echoes()  # orbax's late echoes of this failure (model/weights.py)
+                why = restore_error_text(e)
                 failed.append((step, why))
                 warn(f"{self.directory / str(step)}: cannot restore this checkpoint ({why}); trying an older one.")
                 continue
@@ -167,11 +218,6 @@ class RunCheckpoints:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-def _short_error(e: Exception, limit: int = 300) -> str:
-    text = " ".join(f"{type(e).__name__}: {e}".split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class GracefulStop:

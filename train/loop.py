@@ -1,7 +1,8 @@
 """The training run: prepare, split, embed + mine, train epochs, validate, keep the best, test, export.
 
 RUN_DIR layout
-- config.json        the resolved config (+ preset, arguments, start weights)
+- config.json        the resolved config (+ preset, arguments, start weights, the collection's folder and
+                     the fingerprint of it that `--resume` checks: train/resume_check.py)
 - splits.json        the split assignment used (uid -> split)
 - checkpoints/       orbax checkpoints (last few + best by val mAP)
 - metrics.jsonl      one JSON line per log interval ({"step", "epoch", "loss", "img_per_s", "lr"}) and per
@@ -21,7 +22,10 @@ Before anything is computed the collection goes through `python -m data check`'s
 decoding images: preparing the dataset reports unreadable ones); a collection with errors is refused.
 A resume survives what a kill can leave behind: a torn last line of metrics.jsonl (dropped), a damaged
 newest checkpoint (the next older one is used, train/checkpointing.py), damaged start files (recomputed)
-and scratch folders of a killed weights export (removed); each is reported as a `warning:` line.
+and scratch folders of a killed weights export (removed); each is reported as a `warning:` line. A best
+checkpoint missing at the export (deleted by hand) gives the best one left, with a warning. A resume
+refuses other settings or another collection (re-sorted images.csv, other connections) before writing
+anything (train/resume_check.py); a new run that fails before training starts removes the run folder it made.
 
 Exact resume: the train step is deterministic, triplets are stored in each checkpoint, the data
 iterator's state too (grain), and every epoch's iterator seed derives from (seed, epoch, mining round).
@@ -57,8 +61,14 @@ from data.validate import validate
 from model.embed import embed_collection
 from model.registry import build_abstract
 from model.signature import set_mode
-from model.weights import load_or_init, remove_stale_exports, save_weights
-from train.checkpointing import CheckpointError, GracefulStop, RunCheckpoints, check_finite
+from model.weights import (
+    load_or_init,
+    remove_stale_exports,
+    restore_error_text,
+    save_weights,
+    silence_restore_echoes,
+)
+from train.checkpointing import GracefulStop, RunCheckpoints, check_finite
 from train.config import TrainConfig, resolved_workers, save_config
 from train.distributed import is_main
 from train.embedding import embed_indices, local_copy, make_embed_fn
@@ -67,6 +77,7 @@ from train.metrics_log import MetricsLog, read_metrics
 from train.mining import MiningInputs, mine_triplets, mining_inputs
 from train.optim import make_optimizer, make_schedule
 from train.prefetch import DevicePrefetcher
+from train.resume_check import FINGERPRINT_KEY, check_collection, check_config, collection_fingerprint
 from train.step import (
     global_batch,
     global_groups,
@@ -194,25 +205,36 @@ class _Context:
     start_meta: dict
 
 
+def _problem_text(collection: Collection, p) -> str:
+    """A `data check` problem as one message, without check's own "WARNING"/"ERROR" word (the caller's
+    `warning:` or `Error:` says it) and with the file's full path."""
+    where = str(collection.root / p.file) + (f":{p.line}" if p.line else "")
+    return f"{where}:{f' uid {p.uid}:' if p.uid else ''} {p.message}"
+
+
 def refuse_invalid_collection(collection: Collection, warn, *, shown: int = 20) -> None:
     """Stop before any compilation or embedding if `python -m data check` finds errors (listed, like check).
 
     Images are not decoded here: preparing the dataset reports (and skips) unreadable images already.
+    The warnings include what the reader had to guess (a Windows-1252 file): load the collection with
+    `quiet=True` so that it is said once.
     """
     report = validate(collection, decode_images=False)
     for p in report.warnings[:shown]:
-        warn(str(p))
+        warn(_problem_text(collection, p))
     if len(report.warnings) > shown:
         warn(f"... and {len(report.warnings) - shown} more warnings (`python -m data check {collection.root}`)")
     if report.errors:
-        listed = "\n".join(str(p) for p in report.errors[:shown])
+        listed = "\n".join(_problem_text(collection, p) for p in report.errors[:shown])
         more = f"\n... and {len(report.errors) - shown} more" if len(report.errors) > shown else ""
         raise RunError(f"{collection.root}: {len(report.errors)} errors in the collection; fix them before "
                        f"training (`python -m data check {collection.root}` lists them all):\n{listed}{more}")
 
 
-def _prepare(collection: Collection, cfg: TrainConfig, run_dir: Path, weights: str, previous_splits: dict | None,
-             log) -> _Context:
+def _prepare(collection: Collection, cfg: TrainConfig, run_dir: Path, model, weights: str,
+             previous_splits: dict | None, log) -> _Context:
+    """Everything a run computes once; `model` is the starting network (`_start_model`, loaded first so that
+    damaged start weights stop the run before anything is prepared or written)."""
     prepared = prepare_once(collection, max_side=max(cfg.resolution + 100, 256))
     source = open_prepared(prepared.path)
     if source.skipped:
@@ -239,7 +261,6 @@ def _prepare(collection: Collection, cfg: TrainConfig, run_dir: Path, weights: s
     present = np.array([collection.uids[i] not in source.skipped for i in range(len(collection.uids))], bool)
 
     # Start weights: f32 parameters (and the same ones `model embed --weights W --seed N` uses).
-    model = _start_model(cfg, weights)
     eval_graphdef, params, rest = split_model(model)
     train_model = build_abstract(model.arch, dtype=cfg.compute_dtype, pooling=model.pooling, gem_p=model.gem_p,
                                  gem_learnable=model.gem_learnable, remat=cfg.remat)
@@ -270,8 +291,9 @@ def _embed_files(ctx: _Context, params, rest, *, progress: bool) -> Signatures:
     """Signatures from the original image files with `model.embed` (what `python -m model embed` writes)."""
     params, rest = local_copy(params, ctx.eval_mesh), local_copy(rest, ctx.eval_mesh)
     model = nnx.merge(ctx.eval_graphdef, jax.device_get(params), jax.device_get(rest))
-    return embed_collection(ctx.collection.root, model, resolution=ctx.cfg.resolution,
-                            batch_size=ctx.cfg.eval_batch_size, progress=progress)
+    # quiet: preparing the dataset reported the unreadable images and the decoder's corrections already
+    return embed_collection(ctx.collection, model, resolution=ctx.cfg.resolution,
+                            batch_size=ctx.cfg.eval_batch_size, progress=progress, quiet=True)
 
 
 def _evaluate_sig(ctx: _Context, sig: Signatures, split: str) -> dict:
@@ -288,7 +310,9 @@ def _mine(ctx: _Context, sig: np.ndarray) -> np.ndarray:
     return mine_triplets(sig, ctx.inputs, num_negatives=ctx.cfg.num_negatives)
 
 
-def _make_iterator(ctx: _Context, triplets: np.ndarray, epoch: int, rnd: int, data_state):
+def _make_iterator(ctx: _Context, triplets: np.ndarray, epoch: int, rnd: int, data_state, *, workers: int):
+    """The epoch's batches; `workers`: decode processes (a saved `data_state` needs the count that saved it:
+    grain's position differs in form with and without worker processes; the batches do not)."""
     cfg = ctx.cfg
     nproc = jax.process_count()
     if cfg.batch_size % nproc:
@@ -297,7 +321,7 @@ def _make_iterator(ctx: _Context, triplets: np.ndarray, epoch: int, rnd: int, da
     it = triplet_dataset(
         ctx.source, triplets, resolution=cfg.resolution, batch_size=cfg.batch_size // nproc,
         seed=_iterator_seed(cfg.seed, epoch, rnd), augment=aug, shuffle=True, num_epochs=None,
-        shard_index=jax.process_index(), shard_count=nproc, workers=resolved_workers(cfg), output="uint8",
+        shard_index=jax.process_index(), shard_count=nproc, workers=workers, output="uint8",
     )
     if data_state is not None:
         it.set_state(data_state)
@@ -328,24 +352,40 @@ def _load_start(run_dir: Path, warn) -> dict | None:
     return start_eval
 
 
-def _start_eval(ctx: _Context, *, progress: bool, main: bool, log, warn) -> dict:
-    """Retrieval of the starting network, embedded exactly as `python -m model embed` does (original files).
+def _start_eval(ctx: _Context, *, progress: bool, main: bool, warn) -> tuple[dict, bool]:
+    """Retrieval of the starting network, embedded exactly as `python -m model embed` does (original files),
+    and whether it was computed now.
 
     Computed once per run; a resume reuses the files unless they are damaged (then computed again: the
     start is deterministic, so the figures are the same).
     """
     start_eval = _load_start(ctx.run_dir, warn)
     if start_eval is not None:
-        return start_eval
-    t0 = time.time()
+        return start_eval, False
     start_sig = _embed_files(ctx, ctx.params, ctx.rest, progress=progress)
     start_sig.meta.update({**ctx.start_meta, "seed": ctx.cfg.seed, "trained": False})
     start_eval = {s: _evaluate_sig(ctx, start_sig, s) for s in ("val", "test")}
     if main:
         save_signatures(ctx.run_dir / START_SIGNATURES_FILE, start_sig)
         _write_json(ctx.run_dir / START_EVAL_FILE, start_eval)
-    log(f"start: val mAP {start_eval['val'].get('mAP', float('nan')):.4f} ({time.time() - t0:.1f}s to embed)")
-    return start_eval
+    return start_eval, True
+
+
+def _start_line(start_eval: dict, prepared_val: float | None) -> str:
+    """The start's val mAP on both paths, named: eval.json's (original files, as `model embed`) and the
+    prepared dataset's that every epoch is compared with. Printed alone, the first looked like a drop at
+    epoch 1 whenever the two differ (downscaled JPEGs of the prepared dataset against the original files)."""
+    line = f"start: val mAP {start_eval['val'].get('mAP', float('nan')):.4f} on the original files"
+    if prepared_val is not None:
+        line += f" ({prepared_val:.4f} on the prepared training images, which the epochs below are compared with)"
+    return line
+
+
+def _resumed_line(step: int, epoch: int, step_in_epoch: int, steps_per_epoch: int, epochs: int) -> str:
+    if epoch >= epochs:
+        return (f"resumed from step {step}: training had finished ({epoch} of {epochs} epochs); only the export "
+                f"(signatures, weights, eval.json) is done again")
+    return f"resumed from step {step} (epoch {epoch + 1} of {epochs}, {step_in_epoch}/{steps_per_epoch} steps done)"
 
 
 def _start_candidate(val0: dict) -> dict | None:
@@ -354,6 +394,64 @@ def _start_candidate(val0: dict) -> dict | None:
     Its val is from the same path as every epoch's (the prepared dataset), so the comparison is like with like.
     """
     return {"mAP": val0["mAP"], "step": 0, "epoch": 0} if val0.get("mAP") is not None else None
+
+
+def _resume_inputs(run_dir: Path, cfg: TrainConfig, collection: Collection, weights: str, warn
+                   ) -> tuple[str, dict, dict]:
+    """(start weights, splits, collection fingerprint) of the run to resume; refuses other settings or
+    another collection (train/resume_check.py) before anything is written."""
+    if not (run_dir / CONFIG_FILE).exists():
+        raise RunError(f"{run_dir}: nothing to resume (no {CONFIG_FILE}); start a run with --out {run_dir}.")
+    try:
+        saved = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        saved_cfg = TrainConfig.from_json(saved["config"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunError(f"{run_dir / CONFIG_FILE}: unreadable ({e}); the run cannot be resumed. Start it again "
+                       f"with another --out.") from e
+    check_config(saved_cfg, cfg, run_dir)
+    check_collection(saved.get(FINGERPRINT_KEY), collection, run_dir, warn)
+    fingerprint = saved.get(FINGERPRINT_KEY) or collection_fingerprint(collection)
+    return saved.get("weights", weights), load_splits(run_dir / SPLITS_FILE), fingerprint
+
+
+def _new_run_inputs(run_dir: Path, weights: str, resume_from) -> tuple[str, dict | None]:
+    """(start weights, previous splits) of a new run; refuses a folder that holds a run."""
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+        raise RunError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out.")
+    if resume_from is None:
+        return weights, None
+    src = resolve_path(resume_from)
+    if not (src / WEIGHTS_DIR).exists():
+        raise RunError(f"{src}: no {WEIGHTS_DIR}/ (a finished run's best weights); cannot --resume-from it.")
+    return str(src / WEIGHTS_DIR), load_splits(src / SPLITS_FILE) if (src / SPLITS_FILE).exists() else None
+
+
+class _NewRunUndo:
+    """What a new run created in its folder, removed again when it fails before training starts.
+
+    Only a folder that did not exist or was empty is cleaned (then everything in it is the run's); a run
+    started in a folder holding other files leaves them, and its own, alone.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.existed = run_dir.exists()
+        self.fresh = not self.existed or (run_dir.is_dir() and not any(run_dir.iterdir()))
+
+    def remove_created(self) -> None:
+        if not self.fresh or not self.run_dir.is_dir():
+            return
+        import shutil
+
+        if not self.existed:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            return
+        for child in self.run_dir.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
 
 
 def _report_stale_exports(run_dir: Path, warn) -> None:
@@ -409,80 +507,83 @@ def run_training(
         if main:
             print(f"warning: {msg}", file=sys.stderr, flush=True)
 
-    collection = load_collection(resolve_path(collection_dir))
+    # Read once (quietly: the validation below reports what the reader had to guess, once).
+    collection = load_collection(resolve_path(collection_dir), quiet=True)
     refuse_invalid_collection(collection, warn)
     ckpt_dir = run_dir / CHECKPOINT_DIR
     if resume:
-        if not (run_dir / CONFIG_FILE).exists():
-            raise RunError(f"{run_dir}: nothing to resume (no {CONFIG_FILE}); start a run with --out {run_dir}.")
-        saved = json.loads((run_dir / CONFIG_FILE).read_text())
-        weights = saved.get("weights", weights)
-        previous_splits = load_splits(run_dir / SPLITS_FILE)
+        weights, previous_splits, fingerprint = _resume_inputs(run_dir, cfg, collection, weights, warn)
         if main:
             _report_stale_exports(run_dir, warn)
     else:
-        if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
-            raise RunError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out.")
-        previous_splits = None
-        if resume_from is not None:
-            src = resolve_path(resume_from)
-            if not (src / WEIGHTS_DIR).exists():
-                raise RunError(f"{src}: no {WEIGHTS_DIR}/ (a finished run's best weights); cannot --resume-from it.")
-            weights = str(src / WEIGHTS_DIR)
-            previous_splits = load_splits(src / SPLITS_FILE) if (src / SPLITS_FILE).exists() else None
-        run_dir.mkdir(parents=True, exist_ok=True)
+        weights, previous_splits = _new_run_inputs(run_dir, weights, resume_from)
+        fingerprint = collection_fingerprint(collection)
     weights = weights if weights == "random" else str(resolve_path(weights))
-    if main:
-        save_config(cfg, run_dir / CONFIG_FILE, {"weights": weights, **(extra_config or {})})
+    # Damaged or unfitting start weights stop the run here, before anything is prepared or written.
+    start_model = _start_model(cfg, weights)
+    undo = None if resume else _NewRunUndo(run_dir)
+    ckpts = None
+    try:  # until training starts: a new run that fails here leaves no half-made run folder
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if main:
+            save_config(cfg, run_dir / CONFIG_FILE, {"weights": weights, "collection": fingerprint["folder"],
+                                                     FINGERPRINT_KEY: fingerprint, **(extra_config or {})})
+        ctx = _prepare(collection, cfg, run_dir, start_model, weights, previous_splits, log)
+        del start_model  # ctx holds its parameters
+        embed_fn = make_embed_fn(ctx.eval_graphdef, ctx.eval_mesh)
+        metrics_log = MetricsLog(run_dir / METRICS_FILE, main, warn)
+        start_eval, start_computed = _start_eval(ctx, progress=progress and main, main=main, warn=warn)
 
-    ctx = _prepare(collection, cfg, run_dir, weights, previous_splits, log)
-    embed_fn = make_embed_fn(ctx.eval_graphdef, ctx.eval_mesh)
-    metrics_log = MetricsLog(run_dir / METRICS_FILE, main, warn)
-    start_eval = _start_eval(ctx, progress=progress and main, main=main, log=log, warn=warn)
+        def like_of(meta: dict):
+            """The state structure of a checkpoint (its optimizer's schedule length comes from its meta)."""
+            return replicate(init_state(ctx.params, ctx.rest, make_optimizer(cfg, ctx.params, meta["total_steps"]),
+                                        cfg.seed), ctx.mesh)
 
-    def like_of(meta: dict):
-        """The state structure of a checkpoint (its optimizer's schedule length comes from its meta)."""
-        return replicate(init_state(ctx.params, ctx.rest, make_optimizer(cfg, ctx.params, meta["total_steps"]),
-                                    cfg.seed), ctx.mesh)
-
-    ckpts = RunCheckpoints(ckpt_dir, keep=cfg.keep_checkpoints)
-    try:
+        ckpts = RunCheckpoints(ckpt_dir, keep=cfg.keep_checkpoints)
         restored = ckpts.restore_newest(like_of, warn) if resume else None
-    except CheckpointError:
-        ckpts.close()
+        latest = restored[0] if restored is not None else None
+        iter_workers = resolved_workers(cfg)  # of the iterator whose state a checkpoint stores
+
+        def build(num_triplets: int):
+            spe = num_triplets // cfg.batch_size
+            if spe == 0:
+                raise RunError(f"{num_triplets} triplets < batch_size {cfg.batch_size}: lower --set batch_size.")
+            total = spe * cfg.epochs
+            opt = make_optimizer(cfg, ctx.params, total)
+            return spe, total, opt
+
+        if restored is None:
+            # Epoch 0 of the curves, the first mining and the start's candidacy for the best epoch use the same
+            # path as every later epoch. Records of an attempt killed before its first checkpoint are dropped.
+            sig0 = _embed_all(ctx, embed_fn, ctx.params, ctx.rest)
+            val0 = _evaluate(ctx, sig0, "val")
+            metrics_log.truncate_after(-1)
+            metrics_log.write({"step": 0, "epoch": 0, "val": val0})
+            log(_start_line(start_eval, val0.get("mAP")))
+            # Triplets of the first epoch fix the number of steps per epoch (and the schedule length).
+            triplets = _mine(ctx, sig0)
+            steps_per_epoch_0, total_steps, opt = build(len(triplets))
+            state = replicate(init_state(ctx.params, ctx.rest, opt, cfg.seed), ctx.mesh)
+            epoch, rnd, step_in_epoch, data_state, best = 0, 0, 0, None, _start_candidate(val0)
+        else:
+            _, state, triplets, meta = restored
+            steps_per_epoch_0, total_steps = meta["steps_per_epoch"], meta["total_steps"]
+            opt = make_optimizer(cfg, ctx.params, total_steps)
+            state = replicate(state, ctx.mesh)
+            epoch, rnd, step_in_epoch = meta["epoch"], meta["round"], meta["step_in_epoch"]
+            data_state, best = meta["data_state"], meta.get("best")
+            if data_state is not None:  # the saved position is in the format of the iterator that made it
+                iter_workers = meta.get("workers", iter_workers)
+            metrics_log.truncate_after(int(meta["step"]))
+            if start_computed:
+                log(_start_line(start_eval, _val_by_epoch(metrics_log.records()).get("0")))
+            log(_resumed_line(latest, epoch, step_in_epoch, steps_per_epoch_0, cfg.epochs))
+    except BaseException:
+        if ckpts is not None:
+            ckpts.close()
+        if undo is not None and main:
+            undo.remove_created()
         raise
-    latest = restored[0] if restored is not None else None
-    steps_per_epoch_0 = None
-
-    def build(num_triplets: int):
-        spe = num_triplets // cfg.batch_size
-        if spe == 0:
-            raise RunError(f"{num_triplets} triplets < batch_size {cfg.batch_size}: lower --set batch_size.")
-        total = spe * cfg.epochs
-        opt = make_optimizer(cfg, ctx.params, total)
-        return spe, total, opt
-
-    if restored is None:
-        # Epoch 0 of the curves, the first mining and the start's candidacy for the best epoch use the same
-        # path as every later epoch. Records of an attempt killed before its first checkpoint are dropped.
-        sig0 = _embed_all(ctx, embed_fn, ctx.params, ctx.rest)
-        val0 = _evaluate(ctx, sig0, "val")
-        metrics_log.truncate_after(-1)
-        metrics_log.write({"step": 0, "epoch": 0, "val": val0})
-        # Triplets of the first epoch fix the number of steps per epoch (and the schedule length).
-        triplets = _mine(ctx, sig0)
-        steps_per_epoch_0, total_steps, opt = build(len(triplets))
-        state = replicate(init_state(ctx.params, ctx.rest, opt, cfg.seed), ctx.mesh)
-        epoch, rnd, step_in_epoch, data_state, best = 0, 0, 0, None, _start_candidate(val0)
-    else:
-        _, state, triplets, meta = restored
-        steps_per_epoch_0, total_steps = meta["steps_per_epoch"], meta["total_steps"]
-        opt = make_optimizer(cfg, ctx.params, total_steps)
-        state = replicate(state, ctx.mesh)
-        epoch, rnd, step_in_epoch = meta["epoch"], meta["round"], meta["step_in_epoch"]
-        data_state, best = meta["data_state"], meta.get("best")
-        metrics_log.truncate_after(int(meta["step"]))
-        log(f"resumed from step {latest} (epoch {epoch}, {step_in_epoch}/{steps_per_epoch_0} steps done)")
 
     schedule = make_schedule(cfg, total_steps)
     with_groups = cfg.in_batch_negatives
@@ -496,7 +597,8 @@ def run_training(
     def meta_now(data_state_now):
         return {"epoch": epoch, "round": rnd, "step_in_epoch": step_in_epoch, "data_state": data_state_now,
                 "best": best, "num_triplets": int(len(triplets)), "steps_per_epoch": steps_per_epoch_0,
-                "total_steps": total_steps, "step": global_step, "config": cfg.to_json()}
+                "total_steps": total_steps, "step": global_step, "config": cfg.to_json(),
+                "workers": iter_workers}
 
     def save(data_state_now, val_map=None):
         nonlocal last_ckpt
@@ -517,7 +619,9 @@ def run_training(
     batches: DevicePrefetcher | None = None
     with stop, _WaitOnError(ckpts), _ClosePrefetch(lambda: batches):
         while epoch < cfg.epochs:
-            batches = prefetch(_make_iterator(ctx, triplets, epoch, rnd, data_state))
+            if data_state is None:
+                iter_workers = resolved_workers(cfg)
+            batches = prefetch(_make_iterator(ctx, triplets, epoch, rnd, data_state, workers=iter_workers))
             data_state_now = data_state
             bar = None
             if progress and main:
@@ -558,7 +662,8 @@ def run_training(
                     sig = _embed_all(ctx, embed_fn, state.params, state.rest)
                     triplets, rnd = _mine(ctx, sig), rnd + 1
                     batches.close()
-                    batches = prefetch(_make_iterator(ctx, triplets, epoch, rnd, None))
+                    iter_workers = resolved_workers(cfg)
+                    batches = prefetch(_make_iterator(ctx, triplets, epoch, rnd, None, workers=iter_workers))
                     data_state_now = None  # the new round's iterator starts from its beginning
                 if boundary:
                     break  # the epoch-end block below checkpoints (and stops if asked to)
@@ -601,15 +706,15 @@ def run_training(
         return result
 
     # Finished: the best by val mAP among the start (epoch 0) and the epochs (the last state without val queries).
-    result.selected = "start" if best is not None and best["epoch"] == 0 else "trained"
+    start_val = _val_by_epoch(metrics_log.records()).get("0")
+    final_state, best = _exported_state(ckpts, best, state, global_step, start_val, warn)
+    result.best_step = best["step"] if best else None
+    result.selected = "start" if final_state is None else "trained"
     if result.selected == "start":  # no epoch beat the start: export the start, never something worse
         ckpts.close()
         final_eval = start_eval
         final_sig = load_signatures(run_dir / START_SIGNATURES_FILE) if main else None
     else:
-        final_state = state
-        if best is not None and best["step"] != global_step:
-            final_state, _, _ = ckpts.restore(best["step"], state)
         ckpts.close()
         final_sig = _embed_files(ctx, final_state.params, final_state.rest, progress=progress and main)
         final_eval = {s: _evaluate_sig(ctx, final_sig, s) for s in ("val", "test")}
@@ -640,6 +745,52 @@ def run_training(
         log(f"done: test mAP {start_eval['test'].get('mAP', float('nan')):.4f} -> "
             f"{final_eval['test'].get('mAP', float('nan')):.4f}; outputs in {run_dir}")
     return result
+
+
+def _exported_state(ckpts: RunCheckpoints, best: dict | None, state, global_step: int, start_val: float | None,
+                    warn) -> tuple[object | None, dict | None]:
+    """(state to export, or None for the start; the best record that describes it).
+
+    Normally the best epoch's checkpoint (retention keeps it: train/checkpointing.py `rank`). If it is
+    missing or damaged anyway (deleted by hand, a disk error, a run of an older version that kept another
+    of two tied checkpoints), the run does not fail for good at its very end, and every later --resume with
+    it: the best checkpoint left is exported, with a warning, or the start if it is at least as good.
+    """
+    if best is None:
+        return state, None  # no val queries: the last state
+    if best["epoch"] == 0:
+        return None, best
+    problem = None
+    for cand in _export_candidates(ckpts, best, global_step):
+        if cand is not best and start_val is not None and (cand["mAP"] is None or cand["mAP"] <= start_val):
+            break  # what is left is no better than the start: export the start
+        try:
+            chosen = state if cand["step"] == global_step else ckpts.restore(cand["step"], state)[0]
+        except Exception as e:  # noqa: BLE001 - a missing or damaged checkpoint: try the next best
+            silence_restore_echoes()
+            problem = problem or f"{ckpts.directory / str(cand['step'])} ({restore_error_text(e)})"
+            continue
+        if cand is not best:
+            warn(f"the checkpoint of the best epoch (epoch {best['epoch']}, step {best['step']}, val mAP "
+                 f"{best['mAP']:.4f}) cannot be restored: {problem}. Exported the best one left instead: epoch "
+                 f"{cand['epoch']} (step {cand['step']}, val mAP {cand['mAP']:.4f}).")
+        return chosen, cand
+    warn(f"the checkpoint of the best epoch (epoch {best['epoch']}, step {best['step']}) cannot be restored: "
+         f"{problem}; no checkpoint left beats the starting network on val, so the start is exported.")
+    return None, {"mAP": start_val, "step": 0, "epoch": 0}
+
+
+def _export_candidates(ckpts: RunCheckpoints, best: dict, global_step: int):
+    """The chosen best, then every other checkpoint with a val mAP on disk, best first (`rank` order)."""
+    yield best
+    steps = [s for s in ckpts.all_steps() if s != best["step"] and ckpts.val_map(s) is not None]
+    for step in sorted(steps, key=lambda s: (ckpts.val_map(s), -s), reverse=True):
+        try:
+            epoch = int(ckpts.restore_meta(step)["epoch"])
+        except Exception:  # noqa: BLE001 - its meta is damaged: so is the checkpoint
+            silence_restore_echoes()
+            continue
+        yield {"mAP": ckpts.val_map(step), "step": step, "epoch": epoch}
 
 
 def _start_model(cfg: TrainConfig, weights: str):

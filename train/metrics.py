@@ -167,3 +167,54 @@ def evaluate_split(
     if len(queries) == 0:
         return {"num_queries": 0.0}
     return summarize_ranks(partner_ranks(signatures, queries, partners, block=block))
+
+
+# -- which signatures a score covers (`python -m train evaluate`) -------------------------------------------
+
+
+class SignatureCoverageError(ValueError):
+    """Signatures that cannot be scored against a collection; the message names the file and what to do."""
+
+
+def _first(uids: Sequence[str], k: int = 5) -> str:
+    return ", ".join(repr(u) for u in uids[:k]) + (", ..." if len(uids) > k else "")
+
+
+def match_collection(sig, collection, path, *, ignore_unknown: bool = False):
+    """(signatures to score, warnings) of a signatures file against the collection it is scored on.
+
+    Why: the figures rank the images that have a signature. Signatures of another collection scored 0
+    queries with exit 0; uids that are not in the collection would be ranked as images without a pattern
+    group (the rule of `cluster evaluate`: refused, or left out with `ignore_unknown`); signatures of part
+    of the collection rank each query among that part only, so their figures are higher than a run's
+    eval.json (whole collection) and are scored with a warning that says so. Unreadable images listed in
+    the file's `skipped` count as covered (a run's own evaluation lacks them too).
+    """
+    from data.signatures import Signatures
+
+    known = set(collection.uids)
+    unknown = [u for u in sig.uids if u not in known]
+    if len(unknown) == len(sig.uids):
+        raise SignatureCoverageError(
+            f"{path}: none of its {len(sig.uids)} uids is in {collection.images_file} (first: {_first(sig.uids)}): "
+            f"these are signatures of another collection. Pass the collection they were computed on, or embed "
+            f"this one: `python -m model embed --collection {collection.root} ...`.")
+    notes = []
+    if unknown:
+        if not ignore_unknown:
+            raise SignatureCoverageError(
+                f"{path}: {len(unknown)} uid(s) are not in {collection.images_file} ({_first(unknown)}); they would "
+                f"be ranked as images without a pattern group. Were the signatures computed on another collection "
+                f"(or before rows were removed)? To score the other images only, pass --ignore-unknown.")
+        keep = np.array([u in known for u in sig.uids])
+        sig = Signatures(uids=[u for u in sig.uids if u in known], vectors=sig.vectors[keep],
+                         skipped=[u for u in sig.skipped if u in known], meta=sig.meta)
+        notes.append(f"{path}: left out {len(unknown)} uid(s) that are not in the collection: {_first(unknown, 20)}")
+    covered = known & (set(sig.uids) | set(sig.skipped))
+    if len(covered) < len(known):
+        notes.append(
+            f"{path} covers {len(covered)} of the {len(known)} images of {collection.images_file}: each query is "
+            f"ranked among these {len(sig.uids)} signatures only and partners without one are not counted, so the "
+            f"figures are not comparable with a run's eval.json (the whole collection ranked). Embed the whole "
+            f"collection (`python -m model embed`) for comparable figures.")
+    return sig, notes

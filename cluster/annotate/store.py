@@ -8,11 +8,16 @@ One JSON object per line. Two kinds of record:
 
 Why append-only: a decision is acknowledged to the browser only after its line is written, flushed
 and fsynced, and nothing already written is ever rewritten. A process killed mid-write can therefore
-leave at most a torn *last* line (one without its newline), and that line belongs to a request that was
-never acknowledged. Readers report and ignore such a line. The writer checks the tail before *every*
-append, not only at start-up, because a torn line can appear while the server runs (a second server
-that crashed, another program): it cuts the torn bytes off (keeping them in a side file
-`annotations.jsonl.torn-<UTC time>`) so that the next record never gets glued onto them.
+leave at most a torn *last* line (one without its newline). Such a line is either a write that was
+interrupted (never acknowledged) or the end of a file that was cut (a restore, a full disk, a `truncate`),
+which may have been an acknowledged decision: nobody can tell from the bytes alone. Readers report and
+ignore such a line, saying both. The writer checks the tail before *every* append, not only at start-up,
+because a torn line can appear while the server runs (a second server that crashed, another program):
+- if the torn bytes are the beginning of a record this server holds (it wrote and acknowledged it, or read
+  it whole), the file was cut: the rest of that line is written back, so the record is whole again and
+  the decision is kept, and the server says so;
+- otherwise it cuts the torn bytes off (keeping them in a side file `annotations.jsonl.torn-<UTC time>`) so
+  that the next record never gets glued onto them, and says that a decision it held must be made again.
 
 A last line that is a complete, valid record and lacks only its newline is different: a prefix of one of
 our writes is never valid JSON, so such a line was written whole, most likely by an editor that saved
@@ -31,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 import time
 import uuid
@@ -158,10 +164,7 @@ def parse_log(data: bytes, path: str | Path) -> AnnotationLog:
         rec = _tail_record(tail, path, n_lines + 1)
         if rec is None:
             log.torn_tail = tail
-            msg = (
-                f"{path}:{n_lines + 1}: incomplete last line ({len(tail)} bytes, no newline): a write was "
-                "interrupted before it was acknowledged; ignoring it."
-            )
+            msg = f"{path}:{n_lines + 1}: {torn_line_message(tail)}; ignoring it."
         else:
             log.records.append(rec)
             log.unterminated = True
@@ -180,6 +183,20 @@ def parse_log(data: bytes, path: str | Path) -> AnnotationLog:
     return log
 
 
+def torn_line_message(tail: bytes) -> str:
+    """What a torn last line is, truthfully: an interrupted write or a cut file, and what to do."""
+    m = re.search(rb'"cluster":(-?\d+)', tail)
+    if m:
+        what = f"a decision on cluster {int(m.group(1))}"
+    elif b'"kind":"undo"' in tail or b'"undoes"' in tail:
+        what = "an undo"
+    else:
+        what = "a decision or an undo"
+    return (f"incomplete last line ({len(tail)} bytes, no newline): a write that was interrupted, or the end of "
+            f"a file that was cut (restored, truncated, disk full); it looks like {what}. If one was made there, "
+            "make it again in `python -m cluster annotate`")
+
+
 def read_log(path: str | Path) -> AnnotationLog:
     """Parse annotations.jsonl (a missing file is an empty log).
 
@@ -192,6 +209,11 @@ def read_log(path: str | Path) -> AnnotationLog:
     except FileNotFoundError:
         return AnnotationLog(records=[])
     return parse_log(data, path)
+
+
+def record_line(record: dict) -> bytes:
+    """The one way a record is written: compact, sorted keys, UTF-8, one line."""
+    return (json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
 
 
 def _stat_key(st: os.stat_result | None) -> tuple[int, int, int, int] | None:
@@ -215,6 +237,10 @@ class AnnotationStore:
         self.log = AnnotationLog(records=[])
         self.notes: list[str] = []
         self._key: tuple[int, int, int, int] | None = None
+        # id -> line of every record this server has held (written and acknowledged, or read whole): a torn
+        # last line that begins one of them is that record cut short, and can be written back whole
+        self._held: dict[str, bytes] = {}
+        self._acknowledged: set[str] = set()  # ids of the records this server wrote
         with self.lock:
             self._reload(keep_notes=True)
             if self.log.torn_tail or self.log.unterminated:
@@ -282,25 +308,42 @@ class AnnotationStore:
         if keep_notes:
             self.notes.extend(log.warnings)
         self.log = log
+        for rec in log.records:
+            self._held.setdefault(rec["id"], record_line(rec))
         self._key = key
 
-    def refresh(self) -> None:
+    def refresh(self, *, restore: bool = True) -> None:
         """Re-read the log if the file changed (another server appended, a person edited or replaced it).
 
         Appends are single `write` calls on an O_APPEND file under a flock, so lines from two servers never
         interleave; a line another server is writing right now may look torn for an instant: it is not taken
-        as a record and is picked up next time.
+        as a record and is picked up next time. A record of ours that the file lost the end of is written
+        back at once (`restore`), so no page is shown its cluster as undecided and decides it twice;
+        `append`, which holds the flock already, passes False and repairs the tail itself.
         """
         with self.lock:
             if _stat_key(self._stat()) != self._key:
                 self._reload()
+                if restore and self.log.torn_tail and self._cut_record() is not None:
+                    self._restore_cut_record()
+
+    def _restore_cut_record(self) -> None:
+        """Under the flock, check the tail again and complete a held record the file lost the end of."""
+        with self._locked(create=False) as fd:
+            if fd is None:
+                return
+            self._reload()
+            if self.log.torn_tail and self._complete_torn_tail(fd):
+                self.log.good_size = os.fstat(fd).st_size
+                self._key = _stat_key(os.fstat(fd))
 
     def _repair_tail(self, fd: int) -> None:
         """Make the file end with a newline before anything is appended (caller holds the flock).
 
-        A torn tail moves into a side file and is cut off; a whole record without its newline gets one.
+        A torn tail that begins a record this server holds is completed; any other moves into a side file and
+        is cut off; a whole record without its newline gets one.
         """
-        if self.log.torn_tail:
+        if self.log.torn_tail and not self._complete_torn_tail(fd):
             self._cut_torn_tail(fd)
         elif self.log.unterminated:
             os.write(fd, b"\n")
@@ -310,16 +353,43 @@ class AnnotationStore:
         self.log.good_size = os.fstat(fd).st_size
         self._key = _stat_key(os.fstat(fd))
 
+    def _cut_record(self) -> tuple[dict, bytes] | None:
+        """The held record whose line the torn tail begins (the earliest such, not in the file), if any."""
+        tail = self.log.torn_tail
+        in_file = {r["id"] for r in self.log.records}
+        for rid, line in self._held.items():
+            if rid not in in_file and len(line) > len(tail) and line.startswith(tail):
+                return json.loads(line), line
+        return None
+
+    def _complete_torn_tail(self, fd: int) -> bool:
+        """Write back the rest of a held record that the file lost its end of; False if the tail is no such."""
+        found = self._cut_record()
+        if found is None:
+            return False
+        rec, line = found
+        rest = line[len(self.log.torn_tail):]
+        if os.write(fd, rest) != len(rest):
+            raise OSError(f"{self.path}: short write (disk full?) while repairing the last line.")
+        os.fsync(fd)
+        self.log.records.append(rec)
+        self.log.torn_tail = b""
+        kind = "decision" if rec["kind"] == DECISION else "undo"
+        what = f"decision on cluster {rec.get('cluster')}" if kind == "decision" else "undo"
+        how = "recorded and acknowledged" if rec["id"] in self._acknowledged else "read whole"
+        self.notes.append(
+            f"{self.path}: the file was cut inside its last line, the {what} (id {rec['id']}, {rec.get('time')}) "
+            f"that this server had {how}; its missing {len(rest)} bytes were written back, so the {kind} is kept."
+        )
+        return True
+
     def _cut_torn_tail(self, fd: int) -> None:
         """Move the torn last line into a side file and truncate the log to its complete lines."""
         side = self.path.with_name(f"{self.path.name}.torn-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}")
         atomic_write_bytes(side, self.log.torn_tail)
         os.ftruncate(fd, self.log.good_size)
         os.fsync(fd)
-        self.notes.append(
-            f"{self.path}: an incomplete last line ({len(self.log.torn_tail)} bytes, never acknowledged) "
-            f"was moved to {side.name}."
-        )
+        self.notes.append(f"{self.path}: {torn_line_message(self.log.torn_tail)}. The line was moved to {side.name}.")
         self.log.torn_tail = b""
 
     def append(self, record: dict) -> dict:
@@ -328,12 +398,12 @@ class AnnotationStore:
         Under the flock: re-read the file if it changed, repair its tail, then write; so a record is
         never glued onto a line someone else left without its newline.
         """
-        data = (json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
+        data = record_line(record)
         with self.lock:
             new_file = self._stat() is None
             with self._locked(create=True) as fd:
                 assert fd is not None
-                self.refresh()
+                self.refresh(restore=False)
                 self._repair_tail(fd)
                 before = os.fstat(fd).st_size
                 if os.write(fd, data) != len(data):
@@ -342,6 +412,8 @@ class AnnotationStore:
                 after = os.fstat(fd)
             if new_file:  # make the new directory entry durable too
                 fsync_dir(self.path.parent)
+            self._held[record["id"]] = data
+            self._acknowledged.add(record["id"])
             if after.st_size == before + len(data):
                 self.log.records.append(record)
                 self.log.good_size = after.st_size

@@ -93,7 +93,9 @@ def test_cli_prints_what_changed(annot_collection):
     assert "added: 1 POSITIVE" in r.output and "skipped (already present): 0" in r.output
     assert "backed up to" in r.output
     r = runner.invoke(accept, ["--collection", str(annot_collection.root)])
-    assert r.exit_code == 0 and "added: nothing" in r.output and "skipped (already present): 1" in r.output
+    assert r.exit_code == 0 and "skipped (already present): 1" in r.output
+    # a run that adds nothing names no round (it used to announce "annotation round 2")
+    assert "nothing new to add; connections.csv unchanged." in r.output and "round" not in r.output
     # a damaged log is a clear error, not a traceback
     with open(annot_collection.root / "annotations.jsonl", "r+") as fh:
         lines = fh.read().splitlines()
@@ -187,7 +189,7 @@ def test_undo_after_accept_is_said_on_the_page_and_accept_removes_the_rows(annot
     assert any(p.read_text() == accepted for p in annot_collection.root.glob("connections.csv.bak-*"))
     # idempotent: nothing more to remove or add
     r = runner.invoke(accept, ["--collection", str(annot_collection.root)])
-    assert "removed" not in r.output and "added: nothing (connections.csv unchanged)." in r.output
+    assert "removed" not in r.output and "nothing new to add; connections.csv unchanged." in r.output
     # a second undo of a decision never accepted says nothing about connections.csv
     last = c.get("/api/state").get_json()["last_decision"]
     d2 = c.post("/api/decision", json={"cluster": 0, "decision": "wrong", "ticked": []}).get_json()
@@ -205,3 +207,61 @@ def test_a_hand_edited_row_of_an_undone_decision_stays(annot_collection):
     store.undo(d["id"], "ada")
     rep = accept_annotations(annot_collection.root)
     assert not rep.removed and not rep.written
+
+
+def _csv_rows(path):
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.reader(fh))
+
+
+def _write_csv(path, rows):
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(rows)
+
+
+def test_undo_after_accept_keeps_a_row_a_curator_has_written_in(annot_collection):
+    """Issue 11 trial: undo after accept removed an accepted row whose `comment` a curator had filled since."""
+    u = annot_collection.uids
+    path = annot_collection.root / "connections.csv"
+    rows = _csv_rows(path)
+    _write_csv(path, [rows[0] + ["comment"]] + [r + [""] for r in rows[1:]])
+    store = AnnotationStore(annot_collection.root)
+    ticked = [u[8], u[9], u[10]]  # three new POSITIVE pairs
+    d = _decide(store, ticked, ticked, [[a, b, "POSITIVE"] for i, a in enumerate(ticked) for b in ticked[i + 1:]])
+    runner = CliRunner()
+    assert runner.invoke(accept, ["--collection", str(annot_collection.root)]).exit_code == 0
+    rows = _csv_rows(path)
+    header, body = rows[0], rows[1:]
+    a, b = sorted((u[8], u[9]))
+    worked = next(r for r in body if r[:2] == [a, b])
+    worked[header.index("comment")] = "geprüft im Archiv, Mappe 7"
+    _write_csv(path, rows)
+    store.undo(d["id"], "ada")
+    r = runner.invoke(accept, ["--collection", str(annot_collection.root)])
+    assert r.exit_code == 0, r.output
+    assert "removed (their decision was undone after it was accepted): 2" in r.output
+    assert "kept, though their decision was undone" in r.output
+    assert f"{a} {b} POSITIVE" in r.output and "'comment' holds 'geprüft im Archiv, Mappe 7'" in r.output
+    left = {(c.a, c.b): c for c in _rows(annot_collection) if c.source == "annotation:1"}
+    assert list(left) == [(a, b)] and left[(a, b)].extra["comment"] == "geprüft im Archiv, Mappe 7"
+
+
+def test_accept_writes_existing_rows_back_cell_for_cell(annot_collection):
+    """Issue 11 trial: accept rewrote the curator's empty `type` cells (and ` positive `) as POSITIVE."""
+    u = annot_collection.uids
+    path = annot_collection.root / "connections.csv"
+    _write_csv(path, [["a", "b", "type", "comment"], [u[0], u[1], "", "leer gelassen"],
+                      [u[6], u[7], " positive ", ""], [u[4], u[5], "NEGATIVE", ""]])
+    before = path.read_text(encoding="utf-8").splitlines()
+    store = AnnotationStore(annot_collection.root)
+    _decide(store, u[9:11], u[9:11], [[u[9], u[10], "POSITIVE"]])
+    r = CliRunner().invoke(accept, ["--collection", str(annot_collection.root)])
+    assert r.exit_code == 0 and "added: 1 POSITIVE" in r.output, r.output
+    after = path.read_text(encoding="utf-8").splitlines()
+    assert after[0] == before[0] + ",source,annotated_at"
+    assert after[1:4] == [line + ",," for line in before[1:4]]  # as they were, plus the two new empty cells
+    assert after[4].startswith(",".join(sorted(u[9:11])) + ",POSITIVE,,annotation:1,")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from itertools import combinations
 
 import pytest
@@ -331,6 +332,50 @@ def test_torn_line_appearing_while_running_is_cut_before_the_next_decision(annot
     assert s["progress"]["done"] == 3 and s["last_decision"]["id"] == acked[-1]
     assert _decide(c2, EXPECTED_QUEUE[3], "wrong", []).status_code == 200
     assert [x["id"] for x in _lines(annot_collection)][:3] == acked
+
+
+def test_acknowledged_decision_cut_off_the_log_while_running_is_written_back(annot_collection):
+    """Issue 11 trial: `truncate -s -60 annotations.jsonl` while the server ran, then a decision: the server moved
+    the cut line aside as "never acknowledged" and the acknowledged decision was lost."""
+    _, c = _app(annot_collection)
+    first = _decide(c, 2, "wrong", []).get_json()["id"]
+    second = _decide(c, EXPECTED_QUEUE[1], "confirm", annot_collection.members(EXPECTED_QUEUE[1])[:2]).get_json()["id"]
+    log = annot_collection.root / "annotations.jsonl"
+    whole = log.read_bytes()
+    os.truncate(log, len(whole) - 60)
+    s = c.get("/api/state").get_json()  # the page never shows the cut decision's cluster as undecided ...
+    assert s["progress"]["done"] == 2 and s["last_decision"]["id"] == second
+    assert _decide(c, EXPECTED_QUEUE[1], "wrong", []).status_code == 409  # ... so it is not decided twice
+    r = _decide(c, EXPECTED_QUEUE[2], "skip", [])
+    assert r.status_code == 200, r.get_json()
+    assert [x["id"] for x in _lines(annot_collection)] == [first, second, r.get_json()["id"]]
+    assert log.read_bytes().startswith(whole)  # the cut line is whole again, byte for byte
+    notes = r.get_json()["state"]["notes"]
+    assert any("written back" in n and second in n and "acknowledged" in n for n in notes), notes
+    assert not any("never acknowledged" in n for n in notes)
+    assert not list(annot_collection.root.glob("annotations.jsonl.torn-*"))
+
+
+def test_cut_log_read_without_the_decision_in_memory_says_it_may_be_lost(annot_collection):
+    """Nobody holds the cut decision (accept, a restarted server): the message says what may have happened and
+    what to do, never that the line was "never acknowledged"."""
+    from click.testing import CliRunner
+
+    from cluster.__main__ import cli
+
+    _, c = _app(annot_collection)
+    assert _decide(c, 2, "wrong", []).status_code == 200
+    assert _decide(c, EXPECTED_QUEUE[1], "wrong", []).status_code == 200
+    log = annot_collection.root / "annotations.jsonl"
+    os.truncate(log, log.stat().st_size - 60)
+    res = CliRunner().invoke(cli, ["accept", "--collection", str(annot_collection.root)])
+    assert res.exit_code == 0, res.output
+    notes = _app(annot_collection)[1].get("/api/state").get_json()["notes"]  # a restarted server
+    for text in (res.output, "\n".join(notes)):
+        assert "interrupted, or the end of a file that was cut" in text, text
+        assert f"a decision on cluster {EXPECTED_QUEUE[1]}" in text and "make it again" in text
+        assert "acknowledged" not in text
+    assert len(list(annot_collection.root.glob("annotations.jsonl.torn-*"))) == 1
 
 
 def test_last_record_saved_without_newline_while_running_is_kept(annot_collection):

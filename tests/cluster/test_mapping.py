@@ -3,6 +3,7 @@
 import csv
 import os
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -154,20 +155,24 @@ def _drive_the_page(page):
 @pytest.mark.slow  # UMAP again (compiled once per process)
 def test_map_command_without_clusters_and_bad_clusters(tiny, tmp_path):
     tmp, root, uids = tiny
-    r = CliRunner().invoke(
-        cli,
-        [
-            "map",
-            str(tmp / "sig.npz"),
-            "--collection",
-            str(root),
-            "--out",
-            str(tmp / "m2"),
-            "--n-neighbors",
-            "5",
-        ],
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = CliRunner().invoke(
+            cli,
+            [
+                "map",
+                str(tmp / "sig.npz"),
+                "--collection",
+                str(root),
+                "--out",
+                str(tmp / "m2"),
+                "--n-neighbors",
+                "5",
+            ],
+        )
     assert r.exit_code == 0, r.output
+    # issue 11 trial: umap-learn's "n_jobs value 1 overridden to 1 by setting random_state" reached the user
+    assert not [w for w in caught if "n_jobs" in str(w.message)]
     assert "image u07" in r.output and "without thumbnail" in r.output
     with open(tmp / "m2" / "coords.csv", newline="") as fh:
         assert {row["cluster"] for row in csv.DictReader(fh)} == {"-1"}

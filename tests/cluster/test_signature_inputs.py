@@ -72,3 +72,29 @@ def test_paths_may_be_relative_home_relative_and_symlinked(sig_files, tmp_path_f
                                  "--json", "~/q.json"])
     assert r.exit_code == 0, r.output
     assert (home / "q.json").exists()
+
+
+def test_duplicate_uid_is_named_with_the_file(sig_files):
+    """Issue 11 trial: "duplicate uids" named neither the uid nor the file."""
+    tmp, uids = sig_files
+    with np.load(tmp / "sig.npz") as z:
+        vectors = z["vectors"]
+    twice = list(uids)
+    twice[20] = uids[3]  # two embeddings joined by hand
+    np.savez(tmp / "dup.npz", uids=np.asarray(twice), vectors=vectors)
+    r = CliRunner().invoke(cli, ["optics", str(tmp / "dup.npz"), "--out", str(tmp / "c.csv")])
+    assert r.exit_code != 0
+    _no_traceback(r)
+    assert f"{tmp / 'dup.npz'}: uid 'img003' appears 2 times (rows 4, 21)" in r.output and "model embed" in r.output
+
+
+def test_vectors_that_are_not_unit_norm_say_what_to_do(sig_files):
+    tmp, uids = sig_files
+    with np.load(tmp / "sig.npz") as z:
+        vectors = z["vectors"] * 3.0  # another tool's raw features
+    np.savez(tmp / "raw.npz", uids=np.asarray(uids), vectors=vectors)
+    r = CliRunner().invoke(cli, ["optics", str(tmp / "raw.npz"), "--out", str(tmp / "c.csv")])
+    assert r.exit_code != 0
+    _no_traceback(r)
+    assert f"{tmp / 'raw.npz'}: 30 of 30 rows are not unit-norm (first: uid 'img000', norm 3)" in r.output
+    assert "python -m model embed" in r.output and "divide each row by its length" in r.output

@@ -7,6 +7,7 @@ Excel writes them: Windows-1252, UTF-16 with a BOM and TABs, semicolons, extra c
 from __future__ import annotations
 
 import codecs
+import dataclasses
 
 import pytest
 from click.testing import CliRunner
@@ -148,12 +149,18 @@ def test_writer_keeps_the_users_columns_and_their_order(tmp_path):
     fmt = _format(src)
     out = tmp_path / "out.csv"
     write_connections(out, [*coll_rows, Connection("u3", "u4", "NEGATIVE", source="annotation:1")], fmt=fmt)
+    # every cell of an existing row as it was: `positive` stays lower case, an empty type stays empty (issue 11
+    # trial: accept used to write the curator's empty type cells as POSITIVE)
     assert out.read_text().splitlines() == [
         "reviewer,a,comment,b,type,,comment,source",
-        'ada,u1,"a, b",u2,POSITIVE,,second,',
-        "bob,u2, spaced ,u3,POSITIVE,,,",
+        'ada,u1,"a, b",u2,positive,,second,',
+        "bob,u2, spaced ,u3,,,,",
         ",u3,,u4,NEGATIVE,,,annotation:1",
     ]
+    # a row whose value changed is written with its new value, not the old cell
+    changed = dataclasses.replace(coll_rows[1], type="NEGATIVE")
+    write_connections(out, [coll_rows[0], changed], fmt=fmt)
+    assert out.read_text().splitlines()[2] == "bob,u2, spaced ,u3,NEGATIVE,,"
 
 
 def _format(path):

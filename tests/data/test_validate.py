@@ -104,3 +104,27 @@ def test_cli_exit_codes_and_output(collection_factory):
     assert "connections.csv:2: uid q: unknown uid" in res.output
     res = runner.invoke(cli, ["check", str(bad.parent / "nope")])
     assert res.exit_code == 2 and "not a folder" in res.output
+
+
+def test_summary_counts_only_the_known_connection_types(collection_factory):
+    """Issue 11 trial: `data check` summed an unknown type (MAYBE) into the summary as if it were a type."""
+    root = collection_factory(UIDS, [("a", "b", "POSITIVE"), ("c", "d", "MAYBE")])
+    res = CliRunner().invoke(cli, ["check", str(root), "--no-decode"])
+    assert res.exit_code == 1
+    assert "connections.csv:3: uid c: unknown type 'MAYBE'" in res.output  # the row has its error line
+    summary = next(line for line in res.output.splitlines() if line.startswith("connections:"))
+    assert summary == "connections: POSITIVE 1"
+
+
+def test_a_path_from_the_home_folder_is_found(collection_factory, tmp_path, monkeypatch):
+    """Issue 11 trial: `~/scans/a.png` in images.csv was looked for in a folder named `~`."""
+    root = collection_factory(UIDS, [("a", "b")])
+    home = tmp_path / "home"
+    (home / "scans").mkdir(parents=True)
+    (root / "img" / "a.png").rename(home / "scans" / "a.png")
+    images = root / "images.csv"
+    images.write_text(images.read_text().replace("img/a.png", "~/scans/a.png"))
+    monkeypatch.setenv("HOME", str(home))
+    res = CliRunner().invoke(cli, ["check", str(root)])
+    assert res.exit_code == 0, res.output
+    assert "problems: 0 errors" in res.output

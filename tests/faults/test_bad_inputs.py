@@ -168,6 +168,39 @@ def weights_bad_meta(ws: Workspace) -> None:
     (ws.root / "w" / "meta.json").write_text('{"format": "visual-signatures-weights", "arch"', encoding="utf-8")
 
 
+def signatures_of_another_collection(ws: Workspace) -> None:
+    from data.signatures import Signatures, load_signatures, save_signatures
+
+    sig = load_signatures(ws.sig)
+    save_signatures(ws.sig, Signatures([f"other_{u}" for u in sig.uids], sig.vectors, meta=sig.meta))
+
+
+def quality_of_another_clustering(ws: Workspace) -> None:
+    """quality.json written by `cluster evaluate` for a clusters.csv that is not the one given to report."""
+    other = ws.root / "other.csv"
+    lines = ws.clusters.read_text(encoding="utf-8").splitlines()
+    header, rows = lines[0], [ln.split(",") for ln in lines[1:]]
+    for r in rows:
+        r[1] = "-1"  # every image noise: another clustering of the same images
+    other.write_text("\n".join([header, *(",".join(r) for r in rows)]) + "\n", encoding="utf-8")
+    from cluster.__main__ import cli
+
+    r = CliRunner().invoke(cli, ["evaluate", str(other), "--collection", str(ws.coll), "--json",
+                                 str(ws.root / "quality.json")])
+    assert r.exit_code == 0, r.output
+    other.unlink()
+
+
+def weights_array_damaged(ws: Workspace) -> None:
+    """A weights folder whose meta.json is fine but one of whose array files is cut short."""
+    from model.registry import build
+    from model.weights import save_weights
+
+    save_weights(build("resnet18", seed=0), ws.root / "w")
+    biggest = max((f for f in (ws.root / "w" / "state").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+    biggest.write_bytes(biggest.read_bytes()[:1000])
+
+
 def nothing(ws: Workspace) -> None:
     pass
 
@@ -241,6 +274,8 @@ FAULTS = [
           lambda ws: [str(ws.root / "w")], outputs=lambda ws: [ws.root / "out.npz"]),
     Fault("model embed", "damaged meta.json", weights_bad_meta, lambda ws: embed(ws, str(ws.root / "w")),
           csv_name("meta.json"), outputs=lambda ws: [ws.root / "out.npz"]),
+    Fault("model embed", "damaged weights array", weights_array_damaged, lambda ws: embed(ws, str(ws.root / "w")),
+          lambda ws: [str(ws.root / "w")], outputs=lambda ws: [ws.root / "out.npz"]),
     Fault("model embed", "excel cp1252 images.csv", images_cp1252, embed, csv_name("images.csv"), exit=EITHER),
     # train
     Fault("train", "collection that check rejects", connection_to_unknown_uid, train,
@@ -269,10 +304,17 @@ FAULTS = [
           outputs=lambda ws: [ws.root / "newmap" / "map.html"]),
     Fault("cluster map", "clusters of other images", clusters_unknown_uid, cmap, csv_name("clusters.csv"),
           outputs=lambda ws: [ws.root / "newmap" / "map.html"]),
+    Fault("cluster map", "signatures of another collection", signatures_of_another_collection, cmap,
+          lambda ws: ["other_"], outputs=lambda ws: [ws.root / "newmap"]),
     # cluster report
     Fault("cluster report", "torn eval.json", eval_json_torn, report, csv_name("eval.json"),
           outputs=lambda ws: [ws.root / "report.html"]),
     Fault("cluster report", "clusters.csv without a column", clusters_no_column, report, csv_name("clusters.csv"),
+          outputs=lambda ws: [ws.root / "report.html"]),
+    Fault("cluster report", "quality of another clustering", quality_of_another_clustering,
+          lambda ws: [*report(ws), "--quality", str(ws.root / "quality.json")], csv_name("quality.json"),
+          outputs=lambda ws: [ws.root / "report.html"]),
+    Fault("cluster report", "clusters of other images", clusters_unknown_uid, report, lambda ws: ["ghost_999"],
           outputs=lambda ws: [ws.root / "report.html"]),
     # cluster annotate (the server never starts on these)
     Fault("cluster annotate", "damaged middle line of the log", annotations_bad_middle_line, annotate,

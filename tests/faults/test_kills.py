@@ -14,8 +14,14 @@ runs the command again, killed with SIGKILL just before step N, and the suite ch
   of the killed process left in the workspace.
 Between two steps nothing on disk changes, so killing before each step covers every state a kill can leave.
 Commands with few steps are killed before every one; long ones (a map writes a thumbnail per image) at
-`MAX_POINTS` steps chosen to include the first, the last and every rename; `VS_FAULTS_ALL=1` kills before
-every step of every command.
+`MAX_POINTS` steps chosen to include every rename onto a final name (those change what a reader sees), the
+first and the last step, then renames inside scratch folders; `VS_FAULTS_ALL=1` kills before every step of
+every command.
+
+A case with `over` runs that command first, uninterrupted (the same command with other parameters), so that the
+killed command overwrites an older output, as a user re-running it does. After a kill, the outputs present must
+then all belong to one run: each file equal to the older run's, or each equal to the new run's, never a new
+clusters.csv beside an older reachability.png, or a new coords.csv beside an older map.html.
 
 Training has its own test below: killed twice at two steps inside checkpoint and export writes, resumed
 each time, it must end bit-identical to an uninterrupted run.
@@ -51,6 +57,7 @@ class Case:
     # folder): compared through what a reader gets from them instead.
     view: Callable[[Path], object] | None = None
     max_points: int = MAX_POINTS
+    over: list[str] | None = None  # run first, uninterrupted: the older output the command overwrites
 
 
 def prepared_view(root: Path) -> object:
@@ -80,6 +87,15 @@ CASES = [
          ["emb.npz"], max_points=5),
     Case("cluster map", ["cluster", "map", "sig.npz", "--collection", "coll", "--clusters", "clusters.csv", "--out",
                          "newmap", "--n-neighbors", "4", "--thumb-size", "16"], ["newmap"], max_points=3),
+    # over an older output (few points: the renames that swap the new files in are what matter here)
+    Case("cluster optics over an older clustering",
+         ["cluster", "optics", "sig.npz", "--out", "out/clusters.csv", "--max-eps", "0.3"], ["out"], max_points=3,
+         over=["cluster", "optics", "sig.npz", "--out", "out/clusters.csv", "--max-eps", "0.3", "--min-samples", "3"]),
+    Case("cluster map over an older map",
+         ["cluster", "map", "sig.npz", "--collection", "coll", "--clusters", "clusters.csv", "--out", "newmap",
+          "--n-neighbors", "4", "--thumb-size", "16"], ["newmap"], max_points=2,
+         over=["cluster", "map", "sig.npz", "--collection", "coll", "--out", "newmap", "--n-neighbors", "5",
+               "--thumb-size", "20"]),
 ]
 
 
@@ -108,12 +124,14 @@ def steps(log: Path) -> list[tuple[int, str, str]]:
 
 
 def choose(points: list[tuple[int, str, str]], k: int) -> list[int]:
-    """Every step when there are few; else the first, the last, every rename, and evenly spaced others."""
+    """Every step when there are few; else, up to k: the renames onto final names, the first and the last step,
+    the renames inside scratch folders, then evenly spaced others."""
     ns = [n for n, _, _ in points]
     if os.environ.get("VS_FAULTS_ALL") or len(ns) <= k:
         return ns
-    must = {ns[0], ns[-1]} | {n for n, kind, _ in points if kind in ("replace", "rename")}
-    must = set(sorted(must)[:k])
+    renames = [(n, path) for n, kind, path in points if kind in ("replace", "rename")]
+    ranked = [n for n, path in renames if not _is_temp(Path(path))] + [ns[0], ns[-1]] + [n for n, _ in renames]
+    must = set(list(dict.fromkeys(ranked))[:k])
     rest = [n for n in ns if n not in must]
     extra = k - len(must)
     if extra > 0 and rest:
@@ -180,7 +198,7 @@ def outputs_of(case: Case, root: Path) -> object:
 
 
 def _check_after_kill(case: Case, root: Path, n: int, pristine: dict[str, bytes], ref_user: dict[str, bytes],
-                      ref_out) -> None:
+                      ref_out, old_out: dict[str, bytes] | None = None) -> None:
     where = f"{case.name}, killed before step {n}"
     user_now = snapshot(root, user_files(Workspace(root)))
     for rel, data in pristine.items():
@@ -193,16 +211,43 @@ def _check_after_kill(case: Case, root: Path, n: int, pristine: dict[str, bytes]
         now = case.view(root)
         assert now is None or now == ref_out, f"{where}: the output reads differently from a finished run's"
         return
-    for rel, data in snapshot(root, case.outputs).items():
-        if _is_temp(Path(rel)):
-            continue  # a hidden temp file of the killed process: the rerun must remove it (checked there)
+    present = {rel: data for rel, data in snapshot(root, case.outputs).items()
+               if not _is_temp(Path(rel))}  # a killed process's hidden temp files: the rerun must remove them
+    if old_out is not None:  # over an older output: every file the older run's, or every file the new run's
+        runs = {"older": old_out, "new": ref_out}
+        whose = {rel: [name for name, out in runs.items() if out.get(rel) == data] for rel, data in present.items()}
+        assert any(all(name in w for w in whose.values()) for name in runs), \
+            f"{where}: the outputs mix two runs: {_mix(whose)}"
+        return
+    for rel, data in present.items():
         assert rel in ref_out, f"{where}: left {rel}, which a finished run does not write"
         assert data == ref_out[rel], f"{where}: {rel} is incomplete (differs from a finished run's)"
 
 
+def _mix(whose: dict[str, list[str]]) -> str:
+    """Which files equal which run's, a few names each: e.g. `new: out/clusters.csv; older: out/reachability.png`."""
+    groups: dict[str, list[str]] = {}
+    for rel, names in whose.items():
+        groups.setdefault(" and ".join(names) or "neither (incomplete)", []).append(rel)
+    return "; ".join(f"{k}: {', '.join(v[:3])}{f' (+{len(v) - 3} more)' if len(v) > 3 else ''}"
+                     for k, v in groups.items())
+
+
+def _start(case: Case, pristine: Workspace, tmp_path: Path) -> tuple[Workspace, dict[str, bytes] | None]:
+    """The workspace every run of the case starts from: the pristine one, or (`over`) one holding the older output
+    the command overwrites, with that output's snapshot."""
+    if case.over is None:
+        return pristine, None
+    start = pristine.copy(tmp_path / "start")
+    older = run(case.over, start.root)
+    assert older.returncode == 0, older.stderr
+    return start, snapshot(start.root, case.outputs)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_kill_at_every_step(case: Case, _pristine: Workspace, tmp_path: Path) -> None:
-    ref = _pristine.copy(tmp_path / "ref")
+    start, old_out = _start(case, _pristine, tmp_path)
+    ref = start.copy(tmp_path / "ref")
     log = tmp_path / "steps.log"
     pristine_user = snapshot(ref.root, user_files(ref))
     done = run(case.argv, ref.root, log=log)
@@ -215,11 +260,13 @@ def test_kill_at_every_step(case: Case, _pristine: Workspace, tmp_path: Path) ->
         assert ref_user == pristine_user
         return
     assert points, f"{case.name}: no file-system step seen; is the injector loaded?"
+    if old_out is not None:
+        assert old_out and old_out != ref_out, f"{case.name}: the older run must leave other outputs"
     for n in choose(points, case.max_points):
-        ws = _pristine.copy(tmp_path / f"kill{n}")
+        ws = start.copy(tmp_path / f"kill{n}")
         killed = run(case.argv, ws.root, at=n)
         assert killed.returncode == -9, f"{case.name}: not killed before step {n} ({killed.returncode})"
-        _check_after_kill(case, ws.root, n, pristine_user, ref_user, ref_out)
+        _check_after_kill(case, ws.root, n, pristine_user, ref_user, ref_out, old_out)
         again = run(case.argv, ws.root)
         assert again.returncode == 0, f"{case.name}: the rerun after a kill before step {n} failed:\n{again.stderr}"
         assert "Traceback" not in again.stderr

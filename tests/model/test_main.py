@@ -105,3 +105,35 @@ def test_embed_takes_relative_home_relative_and_symlinked_paths(tiny_collection,
     sig = load_signatures(tmp_path / "cwd" / "out" / "sig.npz")
     assert sig.uids == ["u3", "u1", "u2"]
     assert sig.meta["weights"] == str((tmp_path / "real" / "runA" / "weights").resolve())
+
+
+def test_embed_with_damaged_weights_says_so_in_one_line(tiny_collection, tmp_path):
+    """A weights folder with an array file cut short (a half-copied folder, a full disk) gave 10 raw
+    tracebacks: orbax's reader and the echoes of its in-flight reads. Now: exit 1 and one `Error:` line that
+    names the folder and what to do (a subprocess: the echoes arrive as Python's "ignored" exceptions,
+    after the restore returned)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from model.registry import build
+    from model.weights import save_weights
+
+    weights = tmp_path / "runA" / "weights"
+    save_weights(build("resnet18", seed=1), weights)
+    data = weights / "state" / "ocdbt.process_0" / "d"
+    biggest = max(data.iterdir(), key=lambda f: f.stat().st_size)
+    os.truncate(biggest, 1000)
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "model", "embed", "--weights", str(weights), "--collection",
+                           str(tiny_collection), "--resolution", "32", "--out", str(tmp_path / "sig.npz"),
+                           "--no-progress"], cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and f"{weights}: the weights cannot be read" in errors[0], proc.stderr[-3000:]
+    assert "cut short" in errors[0] and "--resume" in errors[0]
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert len(proc.stderr.splitlines()) <= 5, proc.stderr[-3000:]
+    assert not (tmp_path / "sig.npz").exists()

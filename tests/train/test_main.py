@@ -185,3 +185,46 @@ def test_train_refuses_a_collection_that_check_rejects(tmp_path, monkeypatch):
     assert "connections.csv:3: uid zz:" in res.output  # listed as `data check` lists them
     assert "connections.csv:4: uid a:" in res.output  # POSITIVE and NEGATIVE for one pair
     assert not (coll / "prepared").exists() and not (out / "start_signatures.npz").exists()
+
+
+def _evaluate(tmp_path, sig: Signatures, *extra: str):
+    save_signatures(tmp_path / "sig.npz", sig)
+    return CliRunner().invoke(cli, ["evaluate", str(tmp_path / "sig.npz"), "--collection", str(tmp_path), *extra])
+
+
+def test_evaluate_warns_when_the_signatures_cover_part_of_the_collection(tmp_path):
+    """Signatures of 4 of 6 images were scored among those 4 without a word: higher figures than a run's
+    eval.json, which ranks the whole collection. Now scored with a warning naming the file and the coverage;
+    an unreadable image listed in the file's `skipped` counts as covered."""
+    uids, vec = _evaluate_files(tmp_path)
+    res = _evaluate(tmp_path, Signatures(uids[:4], vec[:4]))
+    assert res.exit_code == 0, res.output
+    assert f"warning: {tmp_path / 'sig.npz'} covers 4 of the 6 images" in res.stderr
+    assert "not comparable" in res.stderr
+    out = json.loads(res.stdout)
+    assert out["num_signatures"] == 4 and out["num_images"] == 6 and out["num_queries"] == 2
+    res = _evaluate(tmp_path, Signatures(uids[:5], vec[:5], skipped=[uids[5]]))
+    assert res.exit_code == 0 and res.stderr == "", res.output
+
+
+def test_evaluate_refuses_signatures_of_another_collection(tmp_path):
+    """No uid in common gave exit 0 and num_queries 0."""
+    _, vec = _evaluate_files(tmp_path)
+    res = _evaluate(tmp_path, Signatures([f"other{i}" for i in range(6)], vec), "--ignore-unknown")
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert f"{tmp_path / 'sig.npz'}: none of its 6 uids is in {tmp_path / 'images.csv'}" in res.output
+    assert "another collection" in res.output and "num_queries" not in res.output
+
+
+def test_evaluate_refuses_uids_that_are_not_in_the_collection_unless_told_to_leave_them_out(tmp_path):
+    """The rule of `cluster evaluate`: unknown uids are refused, or left out with --ignore-unknown."""
+    uids, vec = _evaluate_files(tmp_path)
+    extra = np.full((1, vec.shape[1]), 0.5, np.float32)
+    sig = Signatures([*uids, "ghost"], np.concatenate([vec, extra]))
+    res = _evaluate(tmp_path, sig)
+    assert res.exit_code == 1 and "1 uid(s) are not in" in res.output and "'ghost'" in res.output
+    assert "--ignore-unknown" in res.output and "mAP" not in res.output
+    res = _evaluate(tmp_path, sig, "--ignore-unknown")
+    assert res.exit_code == 0, res.output
+    assert "left out 1 uid(s) that are not in the collection: 'ghost'" in res.stderr
+    assert json.loads(res.stdout)["num_signatures"] == 6
