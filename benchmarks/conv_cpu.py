@@ -1,7 +1,7 @@
 """Every conv layer of a network, forward + backward, per lowering of `model.lowering.conv2d`, vs PyTorch.
 
-Why: on XLA:CPU the conv backward pass is where the train step loses to PyTorch (FIELD-NOTES section 3),
-and `grouped_impl="auto"` should pick, per layer kind, the formulation that measures fastest. This
+Why: on XLA:CPU the conv backward pass is where the train step loses to PyTorch (benchmarks/RESULTS.md),
+and `conv_impl="auto"` should pick, per layer kind, the formulation that measures fastest. This
 records the conv layers a network really runs (shapes, strides, groups, with multiplicity) by tracing it
 abstractly, then times each distinct layer's forward + input and weight gradients for each applicable
 lowering and for torch (channels_last), in one process, alternating, after checking the lowerings agree.

@@ -44,7 +44,7 @@ if [[ $TINY == 1 ]]; then
   # this mode only proves that every step of the script runs and prints its JSON.
   RES_A=32; RES_B=48; BATCH=1; STEPS=1; CONV="--batch 2 --size 14 --channels 64 --groups 8 --steps 1"
   PARITY=(-k "resnet18 or resnext50"); LIMIT=600
-  RX=resnext50_32x4d; R50=resnet18; EXTRA="--grouped-impl native"
+  RX=resnext50_32x4d; R50=resnet18; EXTRA="--conv-impl native"
 else
   RES_A=224; RES_B=320; BATCH=32; STEPS=10; CONV="--batch 96 --size 80 --channels 256 --groups 32 --steps 20"
   PARITY=(-k parity); LIMIT=240

@@ -1,7 +1,7 @@
 """One grouped 3x3 convolution, forward + backward (input and weight gradients): JAX lowerings vs PyTorch.
 
 ResNeXt's cost sits in its grouped 3x3 convs, and XLA's handling of them decides whether the JAX
-train step can beat PyTorch (FIELD-NOTES section 3). This times one such layer in isolation for each
+train step can beat PyTorch (jax-ml/jax#13800). This times one such layer in isolation for each
 lowering of `model.lowering.conv2d` ("native" = feature_group_count, "split" = G dense convs) and
 for torch (channels_last), in one process, alternating, and checks the lowerings agree.
 

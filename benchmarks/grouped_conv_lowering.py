@@ -1,6 +1,6 @@
 """Forward+backward time of a ResNeXt with native vs split grouped convolutions, on this machine's backend.
 
-Why: `grouped_impl="auto"` picks the lowering per backend (model/lowering.py); this measures the choice.
+Why: `conv_impl="auto"` picks the lowering per backend (model/lowering.py); this measures the choice.
 Prints one JSON line per lowering and a human line with the ratio (same process, same inputs).
 
     python benchmarks/grouped_conv_lowering.py --arch resnext50_32x4d --batch 2 --resolution 64 --steps 3
@@ -18,11 +18,11 @@ import numpy as np
 from flax import nnx
 
 from model.registry import build
-from model.signature import set_mode
+from model.signature import set_conv_impl, set_mode
 
 
 def measure(arch: str, impl: str, batch: int, resolution: int, steps: int) -> dict:
-    model = set_mode(build(arch, seed=0, grouped_impl=impl), training=True)
+    model = set_mode(set_conv_impl(build(arch, seed=0), impl), training=True)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, resolution, resolution, 3)), jnp.float32)
 
@@ -45,7 +45,7 @@ def measure(arch: str, impl: str, batch: int, resolution: int, steps: int) -> di
     return {
         "benchmark": "grouped_conv_lowering",
         "arch": arch,
-        "grouped_impl": impl,
+        "conv_impl": impl,
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
         "batch": batch,

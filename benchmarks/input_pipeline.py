@@ -25,9 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data.augment import AugmentConfig, augment  # noqa: E402
 from data.collection import load_collection  # noqa: E402
 from data.demo import build_demo  # noqa: E402
+from data.image import decode_rgb  # noqa: E402
 from data.pipeline import open_prepared, triplet_dataset  # noqa: E402
 from data.prepare import prepare_collection  # noqa: E402
-from data.preprocess import decode_rgb, normalize  # noqa: E402
+from data.preprocess import normalize  # noqa: E402
 
 
 def pil_loop(coll, triplets: np.ndarray, resolution: int, batch_size: int, cfg: AugmentConfig, seed: int) -> float:

@@ -32,13 +32,13 @@ def flax_setup(arch: str, res: int, n: int, impl: str) -> dict:
     import numpy as np
 
     from model.registry import build
-    from model.signature import set_mode
+    from model.signature import set_conv_impl, set_mode
     from train.config import apply_overrides, preset
     from train.optim import make_optimizer
     from train.step import global_batch, init_state, make_mesh, make_train_step, replicate, split_model
 
     cfg = apply_overrides(preset("thesis"), {"arch": arch, "resolution": res, "batch_size": n, "lr": 1e-4})
-    model = set_mode(build(arch, seed=0, grouped_impl=impl), training=True, freeze_bn=True)
+    model = set_mode(set_conv_impl(build(arch, seed=0), impl), training=True, freeze_bn=True)
     graphdef, params, rest = split_model(model)
     opt = make_optimizer(cfg, params, total_steps=100)
     mesh = make_mesh(jax.devices()[:1])

@@ -73,7 +73,7 @@ def machine() -> str:
 # ----------------------------------------------------------------------------------------------- JAX
 def build_jax(args):
     from model import registry
-    from model.signature import set_mode
+    from model.signature import set_conv_impl, set_mode
     from train import step as step_lib
     from train.config import apply_overrides, preset
     from train.optim import make_optimizer
@@ -91,8 +91,8 @@ def build_jax(args):
             "lr": 1e-6,
         },
     )
-    model = registry.build(args.arch, seed=0, dtype=cfg.compute_dtype, grouped_impl=args.grouped_impl,
-                           remat=args.remat)
+    model = registry.build(args.arch, seed=0, dtype=cfg.compute_dtype, remat=args.remat)
+    set_conv_impl(model, args.conv_impl)
     set_mode(model, training=True, freeze_bn=True)  # stochastic depth on, BN statistics frozen
     graphdef, params, rest = step_lib.split_model(model)
     optimizer = make_optimizer(cfg, params, total_steps=10_000)
@@ -209,8 +209,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed steps per framework")
     p.add_argument("--block", type=int, default=1, help="steps per alternating block")
     p.add_argument("--baseline", choices=["torch", "torch-compile", "none"], default="torch")
-    p.add_argument("--grouped-impl", default="auto", choices=list(CONV_IMPLS),
-                   help="conv lowering (model/lowering.py); auto = per backend")
+    p.add_argument("--conv-impl", "--grouped-impl", dest="conv_impl", default="auto", choices=list(CONV_IMPLS),
+                   help="conv lowering (model/lowering.py); auto = per backend (--grouped-impl: its old name)")
     p.add_argument("--remat", action="store_true", help="recompute each block's activations in the backward pass")
     args = p.parse_args(argv)
 
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
         "batch": args.batch,
         "images_per_step": images,
         "precision": args.precision,
-        "conv_impl": args.grouped_impl,
+        "conv_impl": args.conv_impl,
         "remat": args.remat,
         "machine": machine(),
         "jax": jax.__version__,

@@ -5,14 +5,22 @@ Thin: each command parses options and calls library functions that the tests cal
 
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
 
 import click
 
 from cluster.accept import accept
 from cluster.annotate.cli import annotate
+from cluster.config import (
+    CLUSTER_METHODS,
+    DBSCAN_EPS,
+    ENGINES,
+    METHODS,
+    METRICS,
+    PRECISIONS,
+    OpticsConfig,
+)
+from cluster.config import COMMAND_DEFAULTS as DEFAULTS
 from data.paths import UserPath
 
 
@@ -26,25 +34,22 @@ def cli() -> None:
 @click.option(
     "--out", type=UserPath(dir_okay=False), required=True, help="clusters.csv to write."
 )
-@click.option(
-    "--method", type=click.Choice(["optics", "hdbscan", "dbscan"]), default="optics", show_default=True
-)
-@click.option("--min-samples", default=2, show_default=True, type=click.IntRange(min=2))
-@click.option("--max-eps", default=0.13, show_default=True, type=float, help="inf for no limit.")
-@click.option("--xi", default=0.05, show_default=True, type=click.FloatRange(0, 1))
-@click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default="cosine", show_default=True)
-@click.option("--cluster-method", type=click.Choice(["xi", "dbscan"]), default="xi", show_default=True)
-@click.option("--eps", type=float, default=None, help="dbscan: eps [default 0.08]; optics --cluster-method dbscan: "
-              "extraction eps [default max_eps].")  # fmt: skip
+@click.option("--method", type=click.Choice(METHODS), default=METHODS[0], show_default=True)
+@click.option("--min-samples", default=DEFAULTS.min_samples, show_default=True, type=click.IntRange(min=2))
+@click.option("--max-eps", default=DEFAULTS.max_eps, show_default=True, type=float, help="inf for no limit.")
+@click.option("--xi", default=DEFAULTS.xi, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--metric", type=click.Choice(METRICS), default=DEFAULTS.metric, show_default=True)
+@click.option("--cluster-method", type=click.Choice(CLUSTER_METHODS), default=DEFAULTS.cluster_method,
+              show_default=True)  # fmt: skip
+@click.option("--eps", type=float, default=None, help=f"dbscan: eps [default {DBSCAN_EPS:g}]; optics --cluster-method "
+              "dbscan: extraction eps [default max_eps].")  # fmt: skip
 @click.option("--pca", type=click.IntRange(min=1), default=None, help="Reduce to K dimensions (PCA) first.")
-@click.option(
-    "--engine", type=click.Choice(["auto", "graph", "dense", "stream"]), default="auto", show_default=True
-)
-@click.option("--precision", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
+@click.option("--engine", type=click.Choice(ENGINES), default=DEFAULTS.engine, show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULTS.precision, show_default=True,
               help="float64 reproduces scikit-learn exactly; float32 is faster and approximate.")  # fmt: skip
-@click.option("--block-size", default=2048, show_default=True, type=click.IntRange(min=8),
+@click.option("--block-size", default=DEFAULTS.block_size, show_default=True, type=click.IntRange(min=8),
               help="Largest tile of the distance matrix; smaller when the memory budget needs it.")  # fmt: skip
-@click.option("--memory-budget-mb", default=2048.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--memory-budget-mb", default=DEFAULTS.memory_budget_mb, show_default=True, type=click.FloatRange(min=0),
               help="Memory OPTICS may use beyond the loaded signatures: working copies, tiles, the radius graph "
               "or the dense matrix. Over it, auto falls back to a slower engine; too small for the points: error.")  # fmt: skip
 @click.option("--plot", type=UserPath(dir_okay=False), default=None,
@@ -56,44 +61,21 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
 
     The default method is OPTICS equal to scikit-learn's OPTICS with the same parameters.
     """
-    from cluster.clusters_file import remove_previous, write_clusters
-    from cluster.optics import OpticsConfig, cluster_signatures
-    from cluster.plots import reachability_plot
+    from cluster.clustering import cluster_signatures, write_clustering
 
-    cfg = OpticsConfig(
-        min_samples=min_samples,
-        max_eps=max_eps,
-        metric=metric,
-        cluster_method=cluster_method,
-        xi=xi,
-        eps=eps if method == "optics" else None,
-        engine=engine,
-        precision=precision,
-        block_size=block_size,
-        memory_budget_mb=memory_budget_mb,
-    )
+    cfg = OpticsConfig(min_samples=min_samples, max_eps=max_eps, metric=metric, cluster_method=cluster_method, xi=xi,
+                       eps=eps, engine=engine, precision=precision, block_size=block_size,
+                       memory_budget_mb=memory_budget_mb)  # fmt: skip
     try:
-        table, res = cluster_signatures(
-            str(signatures), cfg, method=method, pca=pca, eps=0.08 if eps is None else eps
-        )
+        table, res = cluster_signatures(str(signatures), cfg, method=method, pca=pca)
     except (ValueError, MemoryError) as e:
         raise click.ClickException(str(e)) from e
-    plot = (plot or out.with_name("reachability.png")) if res is not None else None
-    table.params["plot"] = os.path.relpath(plot.resolve(), out.resolve().parent) if plot else None
-    remove_previous(out, *([plot] if plot else []))  # no file of an older run may sit beside the new ones
-    write_clusters(out, table)
+    plot = write_clustering(out, table, res, max_eps=max_eps, plot=plot)
     n_clusters = len(set(table.labels.tolist()) - {-1})
     click.echo(
         f"{out}: {len(table)} images, {n_clusters} clusters, {float((table.labels < 0).mean()):.1%} noise"
     )
-    if res is not None:
-        reachability_plot(
-            plot,
-            res.ordering,
-            res.reachability,
-            res.labels,
-            max_eps=max_eps if math.isfinite(max_eps) else None,
-        )
+    if plot is not None:
         click.echo(f"{plot}: reachability plot")
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import click
 
-from cluster.annotate.store import DECISION, AnnotationError, AnnotationLog, TornLineWarning, read_log
+from cluster.annotations import DECISION, AnnotationError, AnnotationLog, TornLineWarning, read_log
 from data.atomic import atomic_write
 from data.collection import (
     ANNOTATIONS_FILE,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import html
-import io
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -31,10 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from cluster.clusters_file import read_clusters
+from cluster.plots import cluster_colours, map_plot
 from data.atomic import atomic_dir, atomic_write, atomic_write_bytes, atomic_write_text
 from data.collection import POSITIVE, Collection, load_collection, safe_file_stem
 from data.graph import pattern_groups
-from data.image import ImageReadError, decode_image
+from data.image import ImageReadError, jpeg_thumbnail
 from data.signatures import load_signatures
 
 META_FIELDS = ("title", "author", "date", "place")
@@ -114,15 +114,13 @@ def make_thumbnails(
         if uid not in collection:
             bad.append((uid, f"not in {collection.images_file}"))
             continue
-        try:  # corrected like every stage's pictures (EXIF orientation, transparency on white, 16-bit)
-            img = decode_image(collection.image_path(uid), max_side=size).image
+        try:
+            thumb = jpeg_thumbnail(collection.image_path(uid), size)
         except ImageReadError as e:
             bad.append((uid, str(e)))
             continue
         rel = f"thumbs/{thumb_name(uid)}"
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=85)
-        atomic_write_bytes(out_dir / rel, buf.getvalue())
+        atomic_write_bytes(out_dir / rel, thumb.jpeg)
         done[uid] = rel
     return done, bad
 
@@ -141,44 +139,6 @@ def write_coords(path: Path, uids, coords, labels, groups: dict[str, str]) -> No
                 w.writerow([u, repr(x), repr(y), lab, groups.get(u, "")])
 
     atomic_write(path, write)
-
-
-def plot_map_png(
-    path: Path, coords: np.ndarray, labels: np.ndarray, grouped: np.ndarray, links: list[tuple[int, int]]
-):
-    """Static map: clusters coloured, noise grey and small, known groups outlined, POSITIVE links drawn."""
-    from matplotlib.collections import LineCollection
-
-    from cluster.plots import cluster_colours, plt
-
-    fig, ax = plt.subplots(figsize=(10, 10), dpi=100)
-    if links:
-        seg = np.stack([coords[[a, b]] for a, b in links])
-        ax.add_collection(LineCollection(seg, colors="k", linewidths=0.4, alpha=0.35, zorder=1))
-    colours = cluster_colours(labels)
-    noise = labels < 0
-    sizes = np.where(noise, 8, 22)
-    ax.scatter(coords[noise, 0], coords[noise, 1], s=sizes[noise], c=colours[noise], linewidths=0, zorder=2)
-    ax.scatter(
-        coords[~noise, 0], coords[~noise, 1], s=sizes[~noise], c=colours[~noise], linewidths=0, zorder=3
-    )
-    if grouped.any():
-        ax.scatter(
-            coords[grouped, 0], coords[grouped, 1], s=sizes[grouped] + 14, facecolors="none",
-            edgecolors="k", linewidths=0.8, zorder=4, label="in a known pattern group",
-        )  # fmt: skip
-        ax.legend(loc="upper right")
-    n_clusters = len(set(labels.tolist()) - {-1})
-    ax.set_title(
-        f"{len(labels)} images, {n_clusters} clusters (noise grey), {int(grouped.sum())} in known groups"
-    )
-    ax.set_xticks([])
-    ax.set_yticks([])
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
 
 
 def make_map(
@@ -225,7 +185,7 @@ def make_map(
     def build(folder: Path) -> None:
         write_coords(folder / "coords.csv", uids, coords, labels, groups)
         thumbs, bad = make_thumbnails(collection, uids, folder, cfg.thumb_size)
-        plot_map_png(folder / "map.png", coords, labels, grouped, links)
+        map_plot(folder / "map.png", coords, labels, grouped, links)
         write_map_html(folder / "map.html", uids, coords, labels, groups, collection, thumbs, bad, links)
         done.update(thumbs=list(thumbs), bad=bad)
 
@@ -278,8 +238,6 @@ def write_map_html(
     links: list[tuple[int, int]],
 ) -> None:
     """The interactive page: all data inline as JSON, a canvas, plain JavaScript (no library, no network)."""
-    from cluster.plots import cluster_colours
-
     colours = [_hex(c) for c in cluster_colours(labels)]
     bad_why = dict(bad)
     points = []

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 
 import jax
@@ -66,52 +66,9 @@ from sklearn.metrics._pairwise_distances_reduction import ArgKmin
 from sklearn.preprocessing import normalize
 from sklearn.utils.extmath import row_norms
 
-METRICS = ("cosine", "euclidean")
-ENGINES = ("auto", "graph", "dense", "stream")
-CLUSTER_METHODS = ("xi", "dbscan")
-PRECISIONS = ("float64", "float32")
+from cluster.config import OpticsConfig
+
 DECIMALS = 15  # np.finfo(np.float64).precision: scikit-learn's rounding of core and reachability distances
-
-
-@dataclass(frozen=True)
-class OpticsConfig:
-    """OPTICS parameters (scikit-learn's names and defaults) plus how to run it."""
-
-    min_samples: int = 5
-    max_eps: float = math.inf
-    metric: str = "cosine"
-    cluster_method: str = "xi"
-    xi: float = 0.05
-    eps: float | None = None  # for cluster_method="dbscan"; None = max_eps, as in scikit-learn
-    min_cluster_size: int | float | None = None
-    predecessor_correction: bool = True
-    engine: str = "auto"
-    precision: str = "float64"
-    block_size: int = 2048
-    memory_budget_mb: float = 2048.0  # everything beyond the input array: see `memory_plan`
-
-    def validate(self, n: int) -> None:
-        if self.metric not in METRICS:
-            raise ValueError(f"metric {self.metric!r} is not supported; use one of {METRICS}.")
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine {self.engine!r}: use one of {ENGINES}.")
-        if self.cluster_method not in CLUSTER_METHODS:
-            raise ValueError(f"cluster_method {self.cluster_method!r}: use one of {CLUSTER_METHODS}.")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r}: use one of {PRECISIONS}.")
-        if not isinstance(self.min_samples, int | np.integer) or self.min_samples < 2:
-            raise ValueError(f"min_samples must be an integer >= 2, got {self.min_samples!r}.")
-        if self.min_samples > n:
-            raise ValueError(f"min_samples ({self.min_samples}) is larger than the number of points ({n}).")
-        if not self.max_eps >= 0:
-            raise ValueError(f"max_eps must be >= 0, got {self.max_eps}.")
-        if self.cluster_method == "dbscan" and self.eps is not None and self.eps > self.max_eps:
-            raise ValueError(f"eps ({self.eps}) must not exceed max_eps ({self.max_eps}).")
-        if self.block_size < 1:
-            raise ValueError("block_size must be positive.")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -913,8 +870,8 @@ def extract_labels(
                 predecessor_correction=cfg.predecessor_correction,
             )
         return labels.astype(np.int64), hierarchy
-    eps = cfg.max_eps if cfg.eps is None else cfg.eps
-    labels = cluster_optics_dbscan(reachability=reach, core_distances=core, ordering=ordering, eps=eps)
+    labels = cluster_optics_dbscan(reachability=reach, core_distances=core, ordering=ordering,
+                                   eps=cfg.extraction_eps)
     return labels.astype(np.int64), None
 
 
@@ -932,87 +889,3 @@ def optics(x: np.ndarray, cfg: OpticsConfig) -> OpticsResult:
         engine=engine,
     )
 
-
-METHODS = ("optics", "hdbscan", "dbscan")
-
-
-def reduce_pca(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """PCA to k dimensions (scikit-learn, seeded); OPTICS then runs on the projected rows."""
-    from sklearn.decomposition import PCA
-
-    if not 1 <= k <= min(x.shape):
-        raise ValueError(f"--pca {k}: must be between 1 and min(n, d) = {min(x.shape)}.")
-    return PCA(n_components=k, random_state=seed).fit_transform(np.asarray(x, dtype=np.float64))
-
-
-def cluster_signatures(
-    signatures_path: str,
-    cfg: OpticsConfig,
-    *,
-    method: str = "optics",
-    pca: int | None = None,
-    eps: float = 0.08,
-):
-    """Signatures file -> ClusterTable (what `python -m cluster optics` writes), with provenance in params.
-
-    method "optics" is this module's exact OPTICS; "hdbscan" and "dbscan" call scikit-learn's HDBSCAN /
-    DBSCAN for comparison: they have no ordering, so `order` is the row index and reachability/core
-    distance are NaN.
-    """
-    from cluster.clusters_file import ClusterTable, file_sha256
-    from data.signatures import load_signatures
-
-    if method not in METHODS:
-        raise ValueError(f"method {method!r}: use one of {METHODS}.")
-    sig = load_signatures(signatures_path)
-    if len(sig) < 2:
-        raise ValueError(f"{signatures_path}: {len(sig)} signatures; clustering needs at least 2.")
-    x = sig.vectors
-    if pca:
-        x = reduce_pca(x, pca)
-    n = len(sig)
-    params = {
-        "method": method,
-        "min_samples": cfg.min_samples,
-        "max_eps": cfg.max_eps if math.isfinite(cfg.max_eps) else "inf",
-        "xi": cfg.xi,
-        "metric": cfg.metric,
-        "cluster_method": cfg.cluster_method,
-        "pca": pca,
-        "signatures": str(signatures_path),
-        "signatures_sha256": file_sha256(signatures_path),
-        "n": n,
-    }
-    if method == "optics":
-        res = optics(x, cfg)
-        params.update(engine=res.engine, precision=cfg.precision, ordering="optics")
-        if cfg.cluster_method == "dbscan":
-            params["eps"] = cfg.max_eps if cfg.eps is None else cfg.eps
-        return ClusterTable(
-            uids=sig.uids,
-            labels=res.labels,
-            order=res.order,
-            reachability=res.reachability,
-            core_distance=res.core_distances,
-            params=params,
-        ), res
-    from sklearn.cluster import DBSCAN, HDBSCAN
-
-    if method == "dbscan":
-        labels = DBSCAN(eps=eps, min_samples=cfg.min_samples, metric=cfg.metric).fit_predict(x)
-        params["eps"] = eps
-    else:
-        algo = "brute" if cfg.metric == "cosine" else "auto"  # the trees have no cosine metric
-        labels = HDBSCAN(
-            min_samples=cfg.min_samples, metric=cfg.metric, algorithm=algo, copy=True
-        ).fit_predict(x)
-    params.update(ordering="row index (this method has no ordering)")
-    nan = np.full(n, np.nan)
-    return ClusterTable(
-        uids=sig.uids,
-        labels=labels,
-        order=np.arange(n),
-        reachability=nan,
-        core_distance=nan.copy(),
-        params=params,
-    ), None

@@ -1,7 +1,8 @@
-"""The reachability plot: reachability in OPTICS order, one bar per point, coloured by cluster.
+"""The PNG plots of `cluster/`, coloured by cluster alike (noise grey). Pure matplotlib (Agg backend).
 
-Valleys are clusters; bars at the top (inf, drawn at the plot's ceiling and hatched) are points no
-earlier point reached within max_eps. Noise is grey. Pure matplotlib (Agg backend), no display needed.
+- `reachability_plot`: reachability in OPTICS order, one bar per point. Valleys are clusters; bars at the
+  top (inf, drawn at the plot's ceiling and hatched) are points no earlier point reached within max_eps.
+- `map_plot`: the 2-D map of the collection (`cluster map`'s map.png).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
 
 from data.atomic import atomic_write  # noqa: E402
 
@@ -31,6 +33,16 @@ def cluster_colours(labels: np.ndarray) -> np.ndarray:
     out[noise] = matplotlib.colors.to_rgba(NOISE_COLOUR)
     out[~noise] = palette[labels[~noise] % len(palette)]
     return out
+
+
+def _save_png(fig, path: Path) -> Path:
+    """Write the figure as PNG atomically (`data.atomic`) and free it, also when the write fails."""
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
+    return path
 
 
 # One matplotlib bar costs ~9 KB: drawn one per point, 100,000 points would take ~0.9 GB for a picture
@@ -98,9 +110,35 @@ def reachability_plot(
         title=f"{title}: {n} points, {n_clusters} clusters, {np.mean(lab < 0):.1%} noise (grey)"
         + (f"; one bar per {per_bar} points" if per_bar > 1 else ""),
     )
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
-    return path
+    return _save_png(fig, path)
+
+
+def map_plot(
+    path: Path, coords: np.ndarray, labels: np.ndarray, grouped: np.ndarray, links: list[tuple[int, int]]
+) -> Path:
+    """The static map (`cluster map`'s map.png), atomically: clusters coloured, noise grey and small, images of
+    known pattern groups outlined, their POSITIVE links drawn. Returns the path."""
+    fig, ax = plt.subplots(figsize=(10, 10), dpi=100)
+    if links:
+        seg = np.stack([coords[[a, b]] for a, b in links])
+        ax.add_collection(LineCollection(seg, colors="k", linewidths=0.4, alpha=0.35, zorder=1))
+    colours = cluster_colours(labels)
+    noise = labels < 0
+    sizes = np.where(noise, 8, 22)
+    ax.scatter(coords[noise, 0], coords[noise, 1], s=sizes[noise], c=colours[noise], linewidths=0, zorder=2)
+    ax.scatter(
+        coords[~noise, 0], coords[~noise, 1], s=sizes[~noise], c=colours[~noise], linewidths=0, zorder=3
+    )
+    if grouped.any():
+        ax.scatter(
+            coords[grouped, 0], coords[grouped, 1], s=sizes[grouped] + 14, facecolors="none",
+            edgecolors="k", linewidths=0.8, zorder=4, label="in a known pattern group",
+        )  # fmt: skip
+        ax.legend(loc="upper right")
+    n_clusters = len(set(labels.tolist()) - {-1})
+    ax.set_title(
+        f"{len(labels)} images, {n_clusters} clusters (noise grey), {int(grouped.sum())} in known groups"
+    )
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _save_png(fig, path)

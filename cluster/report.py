@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import os
 from collections.abc import Callable
@@ -23,12 +22,12 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
-from cluster.annotate.queue import order_clusters, pair
 from cluster.clusters_file import ClusterTable, file_sha256, read_clusters
 from cluster.quality import unknown_uids, unknown_uids_message
+from cluster.review import order_clusters, pair
 from data.atomic import atomic_write_text
 from data.collection import Collection, load_collection
-from data.image import ImageReadError, decode_image
+from data.image import ImageReadError, jpeg_thumbnail
 
 RETRIEVAL_KEYS = ("mAP", "recall@1", "recall@5", "recall@10", "recall@20", "recall@50", "recall@100",
                   "median_first_rank")
@@ -74,13 +73,11 @@ def _img_uri(path: Path) -> str | None:
 
 def _thumb_uri(collection: Collection, uid: str, size: int) -> str | None:
     """A small JPEG thumbnail as a data URI, or None for an unreadable image (shown as a placeholder)."""
-    try:  # corrected like every stage's pictures (EXIF orientation, transparency on white, 16-bit)
-        img = decode_image(collection.image_path(uid), max_side=size).image
+    try:
+        thumb = jpeg_thumbnail(collection.image_path(uid), size, quality=80)  # 80: the page is mailed whole
     except (ImageReadError, KeyError):
         return None
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=80)
-    return f"data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}"
+    return f"data:image/jpeg;base64,{base64.b64encode(thumb.jpeg).decode()}"
 
 
 def _fmt(v) -> str:

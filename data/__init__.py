@@ -1,18 +1,6 @@
 """The collection: images, known connections, validation, splits and the input pipeline.
 
 `data` imports nothing from `model`, `train` or `cluster`: everything else reads collections through it.
+Import from the modules (`data.collection`, `data.signatures`, `data.image`, ...); the package itself
+exports nothing, so that `import data.atomic` does not load the collection reader too.
 """
-
-from data.collection import Collection, CollectionError, Connection, ImageRecord, load_collection
-from data.signatures import Signatures, load_signatures, save_signatures
-
-__all__ = [
-    "Collection",
-    "CollectionError",
-    "Connection",
-    "ImageRecord",
-    "Signatures",
-    "load_collection",
-    "load_signatures",
-    "save_signatures",
-]

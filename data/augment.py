@@ -50,6 +50,19 @@ class AugmentConfig:
         return replace(self, **changes)
 
 
+MIN_PREPARED_SIDE = 256  # the prepared images' longest side, at least
+
+
+def prepared_side(resolution: int) -> int:
+    """The longest side the prepared (downscaled once, `data.prepare`) images keep for training at `resolution`.
+
+    The train-time squash size R + `AugmentConfig.resize_margin` (the crop is drawn in that frame), never
+    less than MIN_PREPARED_SIDE; the same with augmentation off, so that switching it does not prepare the
+    collection again. Training prepares at this side; `data prepare --max-side` beforehand should use it.
+    """
+    return max(resolution + AugmentConfig.resize_margin, MIN_PREPARED_SIDE)
+
+
 def random_resized_crop_box(
     width: int, height: int, rng: np.random.Generator, scale: tuple[float, float], ratio: tuple[float, float]
 ) -> tuple[int, int, int, int]:

@@ -44,8 +44,6 @@ from data.atomic import atomic_write
 from data.collection import Connection, ImageRecord, write_connections, write_images
 from data.graph import components
 
-# Kinds of copy. All but "detail" take one image; "detail" also needs a host painting.
-KINDS = ("detail", "mirror", "engraving", "monochrome", "recolour", "partial")
 # First (and second, grand) derivatives of non-detail sources cycle through these; two of the five
 # remove colour and one rotates it: a network can learn to ignore colour, a random one does not.
 CYCLE = ("mirror", "engraving", "recolour", "partial", "monochrome")
@@ -351,24 +349,9 @@ def build_demo(out: str | Path, *, seed: int = 0, max_side: int = 384, num_sourc
             d = derivative(src, "rephoto", _derive("rephoto", original(i), rng), "photo2")
             connect(src, d, roles.split, "DUPLICATE")
 
-    groups = components([(c.a, c.b) for c in connections if c.type in ("POSITIVE", "DUPLICATE")])
-    group_of = {m: name for name, members in groups.items() for m in members}
-    group_names = sorted(groups)
-    negatives: set[tuple[str, str]] = set()
-    n_negative = num_sources // NEGATIVE_EVERY if len(group_names) >= 2 else 0
-    while len(negatives) < n_negative:
-        g1, g2 = (group_names[int(j)] for j in rng.choice(len(group_names), 2, replace=False))
-        a = groups[g1][int(rng.integers(len(groups[g1])))]
-        b = groups[g2][int(rng.integers(len(groups[g2])))]
-        assert group_of[a] != group_of[b]
-        negatives.add((min(a, b), max(a, b)))
-    connections += [Connection(a=a, b=b, type="NEGATIVE", source="demo") for a, b in sorted(negatives)]
-
-    for uid, img in pixels.items():
-        _save_jpeg(img, out / "images" / f"{uid}.jpg")
-    atomic_write(out / "images.csv", lambda p: write_images(p, records))
-    atomic_write(out / "connections.csv", lambda p: write_connections(p, connections))
-
+    grouped = _grouped_uids(connections)
+    connections += _negatives(connections, num_sources // NEGATIVE_EVERY, rng)
+    _write_collection(out, pixels, records, connections)
     pos_groups = components([(c.a, c.b) for c in connections if c.type == "POSITIVE"])
     res = DemoResult(
         root=out,
@@ -377,11 +360,44 @@ def build_demo(out: str | Path, *, seed: int = 0, max_side: int = 384, num_sourc
         derivatives=Counter(r.meta["kind"] for r in records if r.meta["kind"] != "painting"),
         connections=Counter(c.type for c in connections),
         group_sizes=Counter(len(m) for m in pos_groups.values()),
-        distractors=sum(1 for i in range(len(objs)) if uid_of[i] not in group_of),
+        distractors=sum(1 for i in range(len(objs)) if uid_of[i] not in grouped),
     )
     manifest = {"seed": seed, "max_side": max_side, "num_sources": num_sources, **res.as_dict()}
     atomic_write(out / "demo.json", lambda p: p.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n"))
     return res
+
+
+def _pattern_groups(connections: list[Connection]) -> dict[str, list[str]]:
+    """The demo's pattern groups: components of its POSITIVE and DUPLICATE edges."""
+    return components([(c.a, c.b) for c in connections if c.type in ("POSITIVE", "DUPLICATE")])
+
+
+def _grouped_uids(connections: list[Connection]) -> set[str]:
+    return {m for members in _pattern_groups(connections).values() for m in members}
+
+
+def _negatives(connections: list[Connection], count: int, rng: np.random.Generator) -> list[Connection]:
+    """`count` NEGATIVE edges, each between members of two different pattern groups (none without two groups)."""
+    groups = _pattern_groups(connections)
+    group_of = {m: name for name, members in groups.items() for m in members}
+    group_names = sorted(groups)
+    negatives: set[tuple[str, str]] = set()
+    while len(group_names) >= 2 and len(negatives) < count:
+        g1, g2 = (group_names[int(j)] for j in rng.choice(len(group_names), 2, replace=False))
+        a = groups[g1][int(rng.integers(len(groups[g1])))]
+        b = groups[g2][int(rng.integers(len(groups[g2])))]
+        assert group_of[a] != group_of[b]
+        negatives.add((min(a, b), max(a, b)))
+    return [Connection(a=a, b=b, type="NEGATIVE", source="demo") for a, b in sorted(negatives)]
+
+
+def _write_collection(out: Path, pixels: dict[str, Image.Image], records: list[ImageRecord],
+                      connections: list[Connection]) -> None:
+    """The images, then images.csv and connections.csv, each atomically."""
+    for uid, img in pixels.items():
+        _save_jpeg(img, out / "images" / f"{uid}.jpg")
+    atomic_write(out / "images.csv", lambda p: write_images(p, records))
+    atomic_write(out / "connections.csv", lambda p: write_connections(p, connections))
 
 
 def _save_jpeg(img: Image.Image, path: Path) -> None:

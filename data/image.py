@@ -539,6 +539,26 @@ def _reread(fh: BinaryIO) -> bytes:
     return fh.read()
 
 
+@dataclass(frozen=True)
+class Thumbnail:
+    """A small JPEG of an image, and what the decoder corrected or found damaged (`DecodedImage.notes`)."""
+
+    jpeg: bytes
+    notes: tuple[str, ...]
+
+
+def jpeg_thumbnail(source: str | Path | bytes, max_side: int, *, quality: int = 85) -> Thumbnail:
+    """The picture fitted into max_side x max_side as JPEG bytes: the one thumbnail of every page and map.
+
+    Decoded by `decode_image` (orientation, transparency on white, 16-bit, the pixel limit); raises
+    ImageReadError like it.
+    """
+    dec = decode_image(source, max_side=max_side)
+    buf = io.BytesIO()
+    dec.image.save(buf, format="JPEG", quality=quality)
+    return Thumbnail(jpeg=buf.getvalue(), notes=dec.notes)
+
+
 def discard_pixels(img: Image.Image) -> Image.Image:
     """A `finish` for callers that only check a file: a 1 x 1 stand-in, so nothing big outlives the budget."""
     return img.resize((1, 1), Image.Resampling.NEAREST)

@@ -1,6 +1,6 @@
 """`python -m data import`: the original system's metadata export and morphograph -> a collection.
 
-The original's files (FIELD-NOTES section 1):
+The files of the original system (the one built for the Cini photo archive):
 - metadata export: semicolon-separated, ~38 columns, among them `uid`, Drawer, ImageNumber, Author,
   AuthorOriginal, Description, BeginDate, EndDate, City, Country, ImageURL; the local image was
   `{Drawer}/{Drawer}_{ImageNumber}.jpg` under the archive's image folder;
@@ -167,6 +167,105 @@ def _edge_extra(row: dict[str, str]) -> dict[str, str]:
             for k, v in row.items() if k not in _EDGE_COLUMNS}
 
 
+def _check_metadata_header(metadata: Path, header: list[str]) -> None:
+    if "uid" not in header:
+        hint = " (it looks comma-separated; the export is semicolon-separated)" if len(header) == 1 else ""
+        raise ImportError_(f"{metadata}:1: no 'uid' column{hint}; found {header[:8]}.")
+    if not ({"Drawer", "ImageNumber"} <= set(header) or "ImageURL" in header):
+        raise ImportError_(f"{metadata}:1: need Drawer and ImageNumber columns, or ImageURL; found {header[:8]}.")
+
+
+def _image_meta(row: dict[str, str]) -> dict[str, str]:
+    """Every metadata column (some renamed, `_RENAME`), plus `place` and `date` made from the original's."""
+    meta = {_RENAME.get(k, k): v for k, v in row.items() if k not in ("uid",)}
+    meta["place"] = ", ".join(x for x in (row.get("City", ""), row.get("Country", "")) if x)
+    date, end = row.get("BeginDate", ""), row.get("EndDate", "")
+    if end and end != date:
+        date = f"{date}-{end}" if date else end
+    meta["date"] = date
+    return meta
+
+
+def _image_location(row: dict[str, str], root: Path | None, res: ImportResult) -> tuple[str | None, str | None]:
+    """(path, url) of an image: the local `{Drawer}/{Drawer}_{ImageNumber}.jpg` if it exists, else the
+    ImageURL (`data fetch` downloads it); with neither, the path where the file should be, so `data check`
+    reports it missing by uid. Counted in `res`."""
+    drawer, number = row.get("Drawer", ""), row.get("ImageNumber", "")
+    local = root / drawer / f"{drawer}_{number}.jpg" if root is not None and drawer and number else None
+    if local is not None and local.exists():
+        res.local += 1
+        return str(local), None
+    if row.get("ImageURL"):
+        res.remote += 1
+        return None, row["ImageURL"]
+    res.no_image.append(row["uid"])
+    return (str(local) if local is not None else f"images/{safe_file_stem(row['uid'])}.jpg"), None
+
+
+def _image_records(metadata: Path, rows: list[tuple[int, dict[str, str]]], root: Path | None,
+                   res: ImportResult) -> list[ImageRecord]:
+    """One record per uid, in file order; a uid seen again is counted in `res.duplicate_uids` and skipped."""
+    records: list[ImageRecord] = []
+    seen: set[str] = set()
+    for line, row in rows:
+        uid = row.get("uid", "")
+        if not uid:
+            raise ImportError_(f"{metadata}:{line}: empty uid.")
+        if uid in seen:
+            res.duplicate_uids.append(uid)
+            continue
+        seen.add(uid)
+        path, url = _image_location(row, root, res)
+        records.append(ImageRecord(uid=uid, path=path, url=url, meta=_image_meta(row), line=len(records) + 2))
+    return records
+
+
+def _kept_out_reason(a: str, b: str, t: str, uids: set[str]) -> str | None:
+    """Why a morphograph edge does not become a connection (None: it does)."""
+    if not t:
+        return "no type"
+    if t not in CONNECTION_TYPES:
+        return f"type {t}"
+    if a not in uids or b not in uids:
+        return "unknown uid"
+    if a == b:
+        return "self connection"
+    return None
+
+
+def _connections(rows: list[tuple[int, dict[str, str]]], uids: set[str],
+                 res: ImportResult) -> tuple[list[Connection], list[dict[str, str]]]:
+    """The morphograph's edges as connections, and the rows kept out (with their line and reason)."""
+    kept: list[Connection] = []
+    other: list[dict[str, str]] = []
+    for line, row in rows:
+        a, b, t = row.get("img1", ""), row.get("img2", ""), row.get("type", "").upper()
+        reason = _kept_out_reason(a, b, t, uids)
+        if reason:
+            res.kept_out[reason] += 1
+            other.append({"line": str(line), "reason": reason, **row})
+            continue
+        res.connections[t] += 1
+        edge = row.get("uid", "")
+        kept.append(
+            Connection(a=a, b=b, type=t, source=f"morphograph:{edge}" if edge else "morphograph",
+                       annotated_at=row.get("annotated") or None, line=line, extra=_edge_extra(row))
+        )
+    return kept, other
+
+
+def _write_other(path: Path, other: list[dict[str, str]], header: list[str]) -> None:
+    cols = ["line", "reason"] + [c for c in header if c not in ("line", "reason")]
+
+    def write(p: Path) -> None:
+        with open(p, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(other)
+
+    atomic_write(path, write)
+
+
 def import_original(
     metadata: str | Path,
     morphograph: str | Path,
@@ -180,90 +279,20 @@ def import_original(
         raise ImportError_(f"{out}: already holds a collection ({IMAGES_FILE}); choose a new --out folder.")
     res = ImportResult(out=out)
     header, rows = _read_table(metadata, ";", res.notes)
-    if "uid" not in header:
-        hint = " (it looks comma-separated; the export is semicolon-separated)" if len(header) == 1 else ""
-        raise ImportError_(f"{metadata}:1: no 'uid' column{hint}; found {header[:8]}.")
-    if not ({"Drawer", "ImageNumber"} <= set(header) or "ImageURL" in header):
-        raise ImportError_(f"{metadata}:1: need Drawer and ImageNumber columns, or ImageURL; found {header[:8]}.")
+    _check_metadata_header(metadata, header)
     root = Path(images_root).resolve() if images_root else None
     out.mkdir(parents=True, exist_ok=True)
-    records: list[ImageRecord] = []
-    seen: set[str] = set()
-    for line, row in rows:
-        uid = row.get("uid", "")
-        if not uid:
-            raise ImportError_(f"{metadata}:{line}: empty uid.")
-        if uid in seen:
-            res.duplicate_uids.append(uid)
-            continue
-        seen.add(uid)
-        meta = {_RENAME.get(k, k): v for k, v in row.items() if k not in ("uid",)}
-        meta["place"] = ", ".join(x for x in (row.get("City", ""), row.get("Country", "")) if x)
-        date = row.get("BeginDate", "")
-        if row.get("EndDate") and row.get("EndDate") != date:
-            date = f"{date}-{row['EndDate']}" if date else row["EndDate"]
-        meta["date"] = date
-        path = url = None
-        drawer, number = row.get("Drawer", ""), row.get("ImageNumber", "")
-        if root is not None and drawer and number:
-            local = root / drawer / f"{drawer}_{number}.jpg"
-            if local.exists():
-                path = str(local)
-        if path is None and row.get("ImageURL"):
-            url = row["ImageURL"]
-        if path:
-            res.local += 1
-        elif url:
-            res.remote += 1
-        else:
-            res.no_image.append(uid)
-            # point at where the file should be, so `data check` reports it missing by uid
-            if root is not None and drawer and number:
-                path = str(root / drawer / f"{drawer}_{number}.jpg")
-            else:
-                path = f"images/{safe_file_stem(uid)}.jpg"
-        records.append(ImageRecord(uid=uid, path=path, url=url, meta=meta, line=len(records) + 2))
+    records = _image_records(metadata, rows, root, res)
     res.images = len(records)
 
     mheader, mrows = _read_table(morphograph, ",", res.notes)
-    need = {"img1", "img2", "type"}
-    if not need <= set(mheader):
+    if not {"img1", "img2", "type"} <= set(mheader):
         raise ImportError_(f"{morphograph}:1: need columns uid,img1,img2,type,annotated; found {mheader}.")
-    kept: list[Connection] = []
-    other: list[dict[str, str]] = []
-    for line, row in mrows:
-        a, b, t = row.get("img1", ""), row.get("img2", ""), row.get("type", "").upper()
-        reason = None
-        if not t:
-            reason = "no type"
-        elif t not in CONNECTION_TYPES:
-            reason = f"type {t}"
-        elif a not in seen or b not in seen:
-            reason = "unknown uid"
-        elif a == b:
-            reason = "self connection"
-        if reason:
-            res.kept_out[reason] += 1
-            other.append({"line": str(line), "reason": reason, **row})
-            continue
-        res.connections[t] += 1
-        edge = row.get("uid", "")
-        kept.append(
-            Connection(a=a, b=b, type=t, source=f"morphograph:{edge}" if edge else "morphograph",
-                       annotated_at=row.get("annotated") or None, line=line, extra=_edge_extra(row))
-        )
+    kept, other = _connections(mrows, {r.uid for r in records}, res)
 
     atomic_write(out / IMAGES_FILE, lambda p: write_images(p, records))
     atomic_write(out / "connections.csv", lambda p: write_connections(p, kept))
     if other:
-        cols = ["line", "reason"] + [c for c in mheader if c not in ("line", "reason")]
-
-        def write_other(p: Path) -> None:
-            with open(p, "w", newline="", encoding="utf-8") as fh:
-                w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(other)
-
-        atomic_write(out / OTHER_FILE, write_other)
+        _write_other(out / OTHER_FILE, other, mheader)
     atomic_write(out / REPORT_FILE, lambda p: p.write_text(json.dumps(res.as_dict(), indent=1) + "\n"))
     return res

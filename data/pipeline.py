@@ -20,8 +20,9 @@ import numpy as np
 from PIL import Image
 
 from data.augment import AugmentConfig, augment
+from data.image import ImageReadError, decode_rgb
 from data.prepare import DATASET_NAME, SPLIT_NAME
-from data.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImageReadError, decode_rgb, load_uint8
+from data.preprocess import IMAGENET_MEAN, IMAGENET_STD, load_uint8
 
 
 class PreparedSource:

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# The one decoder of every stage lives in data.image; these names stay importable from here.
-from data.image import DecodedImage, ImageReadError, decode_image, decode_rgb  # noqa: F401 - re-exported
+from data.image import DecodedImage, decode_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -89,6 +89,98 @@ def _key(uid: str) -> int:
     return int.from_bytes(hashlib.sha256(uid.encode("utf-8")).digest()[:8], "big")
 
 
+def _check_previous(previous: dict[str, str]) -> None:
+    for u, s in previous.items():
+        if s not in SPLITS:
+            raise ValueError(f"previous split of uid {u!r} is {s!r}; expected one of {SPLITS}.")
+
+
+def _pattern_groups(known: list[Connection]) -> dict[str, list[str]]:
+    """Components of the POSITIVE and DUPLICATE edges that hold at least one POSITIVE edge."""
+    uf = UnionFind()
+    for c in known:
+        if c.type in (POSITIVE, DUPLICATE):
+            uf.union(c.a, c.b)
+    pos_nodes = {u for c in known if c.type == POSITIVE for u in (c.a, c.b)}
+    return {name: members for name, members in uf.groups().items() if pos_nodes.intersection(members)}
+
+
+def _pin(pins: dict[str, str], uid: str, split: str, line: int | None, notes: list[str]) -> None:
+    """Pin `uid` to `split` as connections.csv's line `line` says; of two different pins the more protected stays."""
+    old = pins.get(uid)
+    if old is not None and old != split:
+        keep = max(old, split, key=_RANK.__getitem__)
+        notes.append(
+            f"connections.csv:{line}: uid {uid} is given split {split!r} here and {old!r} on an "
+            f"earlier line; it stays {keep!r}."
+        )
+        pins[uid] = keep
+    else:
+        pins[uid] = split
+
+
+def _pins(known: list[Connection], previous: dict[str, str], notes: list[str]) -> dict[str, str]:
+    """uid -> split fixed in advance: connections.csv's `split` cells, overruled by the previous splits."""
+    pins: dict[str, str] = {}
+    for c in known:
+        if c.split is None or c.type not in (POSITIVE, DUPLICATE):
+            continue
+        if c.split not in SPLITS:
+            notes.append(f"connections.csv:{c.line}: split {c.split!r} is not one of {SPLITS}; ignored.")
+            continue
+        for u in (c.a, c.b):
+            _pin(pins, u, c.split, c.line, notes)
+    for u, s in previous.items():
+        if u in pins and pins[u] != s:
+            notes.append(f"uid {u}: connections.csv says split {pins[u]!r} but it was {s!r} before; it stays {s!r}.")
+        pins[u] = s
+    return pins
+
+
+def _group_splits(groups: dict[str, list[str]], pins: dict[str, str], fractions: SplitFractions) -> dict[str, str]:
+    """Each member's pin, else its group's: the most protected pin in the group, else the representative's bucket."""
+    split_of: dict[str, str] = {}
+    for members in groups.values():
+        pinned = {pins[m] for m in members if m in pins}
+        if pinned:
+            default = max(pinned, key=_RANK.__getitem__)
+        else:
+            representative = min(members, key=_key)
+            default = fractions.bucket(_key("split:" + representative))
+        for m in members:
+            split_of[m] = pins.get(m, default)
+    return split_of
+
+
+def _exclusion(c: Connection, split_of: dict[str, str], negative_pairs: set[tuple[str, str]]) -> str | None:
+    """Why a connection inside a pattern group is used in no split (None: it may be used)."""
+    sa, sb = split_of[c.a], split_of[c.b]
+    if sa != sb:
+        return (f"joins {c.a} ({sa}) and {c.b} ({sb}): a new connection merged groups that were split "
+                "before; kept out of every split so no held-out image leaks into training")
+    if c.type == POSITIVE and c.pair in negative_pairs:
+        return "the same pair is also marked NEGATIVE (contradiction); fix connections.csv"
+    return None
+
+
+def _usable(known: list[Connection], split_of: dict[str, str]) -> tuple[list[Connection], list[tuple[Connection, str]]]:
+    """The POSITIVE connections each split may use (one per pair), and the excluded ones with the reason."""
+    negative_pairs = {c.pair for c in known if c.type == NEGATIVE}
+    excluded: list[tuple[Connection, str]] = []
+    usable: list[Connection] = []
+    seen: set[tuple[str, str]] = set()
+    for c in known:
+        if c.type not in (POSITIVE, DUPLICATE) or c.a not in split_of:  # not in a pattern group: no split
+            continue
+        why = _exclusion(c, split_of, negative_pairs)
+        if why is not None:
+            excluded.append((c, why))
+        elif c.type == POSITIVE and c.pair not in seen:
+            seen.add(c.pair)
+            usable.append(c)
+    return usable, excluded
+
+
 def assign_splits(
     collection: Collection,
     previous: dict[str, str] | None = None,
@@ -100,79 +192,12 @@ def assign_splits(
     `previous` maps uid -> split from an earlier run (`load_splits`); uids no longer in a group are ignored.
     """
     previous = dict(previous or {})
-    for u, s in previous.items():
-        if s not in SPLITS:
-            raise ValueError(f"previous split of uid {u!r} is {s!r}; expected one of {SPLITS}.")
+    _check_previous(previous)
     known = [c for c in collection.connections if c.a != c.b and c.a in collection and c.b in collection]
-    positive = [c for c in known if c.type == POSITIVE]
-    negative_pairs = {c.pair for c in known if c.type == NEGATIVE}
-
-    uf = UnionFind()
-    for c in known:
-        if c.type in (POSITIVE, DUPLICATE):
-            uf.union(c.a, c.b)
-    pos_nodes = {u for c in positive for u in (c.a, c.b)}
-    groups = {name: members for name, members in uf.groups().items() if pos_nodes.intersection(members)}
-
+    groups = _pattern_groups(known)
     notes: list[str] = []
-    pins: dict[str, str] = {}
-    for c in known:
-        if c.split is None or c.type not in (POSITIVE, DUPLICATE):
-            continue
-        if c.split not in SPLITS:
-            notes.append(f"connections.csv:{c.line}: split {c.split!r} is not one of {SPLITS}; ignored.")
-            continue
-        for u in (c.a, c.b):
-            old = pins.get(u)
-            if old is not None and old != c.split:
-                keep = max(old, c.split, key=_RANK.__getitem__)
-                notes.append(
-                    f"connections.csv:{c.line}: uid {u} is given split {c.split!r} here and {old!r} on an "
-                    f"earlier line; it stays {keep!r}."
-                )
-                pins[u] = keep
-            else:
-                pins[u] = c.split
-    for u, s in previous.items():
-        if u in pins and pins[u] != s:
-            notes.append(f"uid {u}: connections.csv says split {pins[u]!r} but it was {s!r} before; it stays {s!r}.")
-        pins[u] = s
-
-    split_of: dict[str, str] = {}
-    for members in groups.values():
-        pinned = {pins[m] for m in members if m in pins}
-        if pinned:
-            default = max(pinned, key=_RANK.__getitem__)
-        else:
-            representative = min(members, key=_key)
-            default = fractions.bucket(_key("split:" + representative))
-        for m in members:
-            split_of[m] = pins.get(m, default)
-
-    excluded: list[tuple[Connection, str]] = []
-    usable: list[Connection] = []
-    seen: set[tuple[str, str]] = set()
-    for c in known:
-        if c.type not in (POSITIVE, DUPLICATE):
-            continue
-        if c.a not in split_of:  # a DUPLICATE-only component: no pattern group, no split
-            continue
-        sa, sb = split_of[c.a], split_of[c.b]
-        if sa != sb:
-            excluded.append(
-                (c, f"joins {c.a} ({sa}) and {c.b} ({sb}): a new connection merged groups that were split "
-                    "before; kept out of every split so no held-out image leaks into training")
-            )
-            continue
-        if c.type != POSITIVE:
-            continue
-        if c.pair in negative_pairs:
-            excluded.append((c, "the same pair is also marked NEGATIVE (contradiction); fix connections.csv"))
-            continue
-        if c.pair in seen:
-            continue
-        seen.add(c.pair)
-        usable.append(c)
+    split_of = _group_splits(groups, _pins(known, previous, notes), fractions)
+    usable, excluded = _usable(known, split_of)
     return SplitAssignment(split_of=split_of, groups=groups, excluded=excluded, notes=notes, _usable=usable)
 
 

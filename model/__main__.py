@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from data.paths import PathOrWord, UserPath
-from model.lowering import GROUPED_IMPLS
+from model.lowering import CONV_IMPLS
 from model.registry import ARCHS, DTYPES, arch_param_count, param_count
 from model.signature import POOLINGS
 
@@ -16,6 +16,36 @@ _ARCH = click.Choice(list(ARCHS))
 
 def _fail(e: Exception) -> click.ClickException:
     return click.ClickException(str(e))
+
+
+def _conv_impl(conv_impl: str | None, grouped_impl: str | None) -> str:
+    """--conv-impl, or its deprecated name --grouped-impl (it chose the lowering of every conv, not only
+    grouped ones), with a warning; "auto" when neither is given."""
+    if grouped_impl is None:
+        return conv_impl or "auto"
+    click.echo("warning: --grouped-impl is deprecated; use --conv-impl (same values).", err=True)
+    if conv_impl is not None and conv_impl != grouped_impl:
+        raise click.UsageError(
+            f"--conv-impl {conv_impl} and --grouped-impl {grouped_impl} disagree; pass only --conv-impl."
+        )
+    return grouped_impl
+
+
+def _resolution(weights: str, resolution: int | None) -> int:
+    """--resolution, else the one the weights were trained at (a training run's weights record it)."""
+    from model.weights import recorded_resolution
+
+    if resolution is not None:
+        return resolution
+    if weights == "random":
+        raise click.UsageError("pass --resolution R: random weights were trained at no resolution.")
+    recorded = recorded_resolution(weights)
+    if recorded is None:
+        raise click.UsageError(
+            f"pass --resolution R: {weights} does not record the resolution it was trained at (converted "
+            f"torchvision weights do not; the ImageNet one is in `python -m model list`, column eval_res)."
+        )
+    return recorded
 
 
 @click.group()
@@ -79,11 +109,19 @@ def convert(arch: str, state_dict: Path | None, torchvision_weights: str | None,
     "--collection", type=UserPath(exists=True, file_okay=False), required=True,
     help="Collection folder with images.csv.",
 )
-@click.option("--resolution", type=click.IntRange(min=32), required=True, help="Images are squash-resized to R x R.")
+@click.option(
+    "--resolution", type=int,
+    help="Images are squash-resized to R x R (at least 32). Default: the resolution the weights were trained at.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
 @click.option("--pooling", type=click.Choice(list(POOLINGS)), help="Default: the stored pooling, or mean.")
-@click.option("--grouped-impl", type=click.Choice(list(GROUPED_IMPLS)), default="auto", show_default=True)
+@click.option(
+    "--conv-impl", type=click.Choice(list(CONV_IMPLS)),
+    help="How convolutions are computed (the same signatures up to rounding); default auto: the backend's "
+    "fastest (docs/conv-lowering.md).",
+)
+@click.option("--grouped-impl", type=click.Choice(list(CONV_IMPLS)), hidden=True, help="Deprecated: --conv-impl.")
 @click.option("--out", type=UserPath(dir_okay=False), required=True, help="signatures.npz")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option(
@@ -91,19 +129,22 @@ def convert(arch: str, state_dict: Path | None, torchvision_weights: str | None,
     help="Do not use the persistent compilation cache ($VISUAL_SIGNATURES_CACHE or ~/.cache/visual-signatures/jax).",
 )
 def embed(
-    arch, weights, seed, collection, resolution, batch_size, dtype, pooling, grouped_impl, out, no_progress,
-    no_compile_cache,
+    arch, weights, seed, collection, resolution, batch_size, dtype, pooling, conv_impl, grouped_impl, out,
+    no_progress, no_compile_cache,
 ) -> None:
     """Compute one unit-norm signature per image of a collection (unreadable images are reported and skipped)."""
     from data.collection import CollectionError
     from data.signatures import save_signatures
     from model.compile_cache import enable_compilation_cache
     from model.embed import embed_collection
+    from model.signature import set_conv_impl
     from model.weights import WeightsError, load_or_init
 
+    conv_impl = _conv_impl(conv_impl, grouped_impl)
     enable_compilation_cache(not no_compile_cache)
     try:
-        model = load_or_init(weights, arch, seed=seed, dtype=dtype, pooling=pooling, grouped_impl=grouped_impl)
+        resolution = _resolution(weights, resolution)
+        model = set_conv_impl(load_or_init(weights, arch, seed=seed, dtype=dtype, pooling=pooling), conv_impl)
         sig = embed_collection(collection, model, resolution=resolution, batch_size=batch_size, progress=not no_progress)
     except (WeightsError, CollectionError, ValueError) as e:
         raise _fail(e) from e

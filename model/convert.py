@@ -111,7 +111,6 @@ def convert_state_dict(
     *,
     dtype="float32",
     pooling: str = "mean",
-    grouped_impl: str = "auto",
     gem_p: float = 3.0,
     gem_learnable: bool = True,
 ) -> SignatureNet:
@@ -120,9 +119,7 @@ def convert_state_dict(
     Variables torchvision does not have (GeM's p, stochastic-depth RNG state) get their `build` defaults.
     """
     get_spec(arch)
-    model = build_abstract(
-        arch, dtype=dtype, pooling=pooling, grouped_impl=grouped_impl, gem_p=gem_p, gem_learnable=gem_learnable
-    )
+    model = build_abstract(arch, dtype=dtype, pooling=pooling, gem_p=gem_p, gem_learnable=gem_learnable)
     values = map_state_dict(model, state_dict)
     # Everything torch-backed is in `values` (map_state_dict checked it); the rest gets build's defaults.
     assign(model, lambda path, var: values[path] if path in values else init_value(0, path, var, {"gem_p": gem_p}))

@@ -105,8 +105,8 @@ class EfficientNetConfig:
 class ConvBNAct(nnx.Module):
     """torchvision's Conv2dNormActivation: conv (no bias) + BN (+ SiLU)."""
 
-    def __init__(self, cin, cout, k, *, stride=1, groups=1, act=True, cfg, dtype, grouped_impl):
-        self.conv = Conv2d(cin, cout, k, stride=stride, groups=groups, dtype=dtype, grouped_impl=grouped_impl)
+    def __init__(self, cin, cout, k, *, stride=1, groups=1, act=True, cfg, dtype):
+        self.conv = Conv2d(cin, cout, k, stride=stride, groups=groups, dtype=dtype)
         self.bn = BatchNorm(cout, eps=cfg.bn_eps, momentum=cfg.bn_momentum, dtype=dtype)
         self.act = act
 
@@ -127,8 +127,8 @@ class SqueezeExcitation(nnx.Module):
 
 
 class MBConv(nnx.Module):
-    def __init__(self, expand, k, stride, cin, cout, sd_prob, *, cfg, dtype, grouped_impl, rngs):
-        common = dict(cfg=cfg, dtype=dtype, grouped_impl=grouped_impl)
+    def __init__(self, expand, k, stride, cin, cout, sd_prob, *, cfg, dtype, rngs):
+        common = dict(cfg=cfg, dtype=dtype)
         expanded = make_divisible(cin * expand)
         layers = []
         if expanded != cin:
@@ -157,14 +157,13 @@ class EfficientNet(nnx.Module):
         cfg: EfficientNetConfig,
         *,
         dtype=jnp.float32,
-        grouped_impl: str = "auto",
         remat: bool = False,
         rngs: nnx.Rngs,
     ):
         self.dtype = dtype
         self.remat = remat
         stages = cfg.stages()
-        common = dict(cfg=cfg, dtype=dtype, grouped_impl=grouped_impl)
+        common = dict(cfg=cfg, dtype=dtype)
         features: list = [ConvBNAct(3, stages[0][3], 3, stride=2, **common)]
         total = sum(s[5] for s in stages)
         block_id = 0

@@ -1,4 +1,5 @@
-"""Signatures for every image of a collection with a given network (no training involved).
+"""Signatures for every image of a collection with a given network, and the one jitted forward that
+computes signatures from pixels (`make_embed_fn`), which training uses too.
 
 Pipeline: a small thread pool decodes and squash-resizes images on the host (uint8, `data.preprocess`),
 while the device runs the previous batch (JAX dispatch is asynchronous); batches are padded to a fixed
@@ -16,38 +17,52 @@ import sys
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import partial
+from functools import cache
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from data.collection import Collection, load_collection
-from data.image import note_lines
-from data.preprocess import ImageReadError, load_resized, normalize
+from data.image import ImageReadError, note_lines
+from data.preprocess import load_resized, normalize
 from data.signatures import Signatures
+from model.inputs import check_resolution
 from model.registry import get_spec
 from model.signature import SignatureNet, set_mode
 
 
-@partial(jax.jit, static_argnums=0)
-def _embed_batch(graphdef, state, pixels):
-    net = nnx.merge(graphdef, state)
-    set_mode(net, training=False)
-    return net(normalize(pixels, xp=jnp))
+@cache
+def make_embed_fn(graphdef: nnx.GraphDef, mesh: Mesh | None = None):
+    """The one jitted inference forward: fn(params, rest, uint8 images (B, R, R, 3)) -> (B, D) float32 signatures.
 
+    `graphdef, params, rest = nnx.split(model, nnx.Param, ...)` (the split training uses). The network
+    runs in inference mode whatever mode `graphdef` was split in; normalisation happens on the device.
+    One function per network structure and mesh (cached), compiled once per batch shape, so embedding
+    again with new weights (every training epoch) does not recompile.
 
-def make_embed_fn(model: SignatureNet):
-    """(fn, state): fn(state, uint8 NHWC batch) -> (N, D) float32 signatures, in inference mode, jitted.
-
-    The compiled function is cached per network structure (graphdef) and batch shape, so embedding
-    again with updated weights (e.g. after each training epoch) does not recompile.
+    Without `mesh` (`model embed`) the default device embeds each batch. With a one-axis mesh (training's
+    per-epoch embedding over the local devices) the batch is split over that axis, B a multiple of its
+    size, and parameters are replicated; the same forward then runs on each device's slice inside
+    `shard_map`, because XLA's partitioner, given plain `jit` with sharded inputs, all-gathers the whole
+    batch around grouped convolutions (openxla/xla#47945; see `train.step`). Either way a signature
+    depends only on its image.
     """
-    graphdef, state = nnx.split(model)
-    return partial(_embed_batch, graphdef), state
+
+    def forward(params, rest, images):
+        net = nnx.merge(graphdef, params, rest)
+        set_mode(net, training=False)
+        return net(normalize(images, xp=jnp))
+
+    if mesh is None:
+        return jax.jit(forward)
+    (axis,) = mesh.axis_names
+    return jax.jit(jax.shard_map(forward, mesh=mesh, in_specs=(P(), P(), P(axis)), out_specs=P(axis)))
 
 
 def _decode_workers() -> int:
@@ -108,15 +123,15 @@ def embed_collection(
     repeated its reader's warnings). `quiet`: no stderr line per unreadable or corrected image, for a
     caller that has reported them already (training's prepared dataset); they are still skipped.
     """
-    if resolution < 32:
-        raise ValueError(f"resolution {resolution} is too small: the networks downsample by 32.")
+    check_resolution(resolution)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     coll = collection_dir if isinstance(collection_dir, Collection) else load_collection(collection_dir)
     _refuse_duplicate_uids(coll)
     records = coll.images
     paths = [coll.image_path(r) for r in records]
-    embed, state = make_embed_fn(model)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    embed = make_embed_fn(graphdef)
 
     uids: list[str] = []
     skipped: list[str] = []
@@ -127,7 +142,7 @@ def embed_collection(
     fill = 0
 
     def dispatch(n: int) -> None:
-        pending.append((embed(state, jnp.asarray(batch)), n))
+        pending.append((embed(params, rest, jnp.asarray(batch)), n))
 
     def collect(keep: int) -> None:
         while len(pending) > keep:

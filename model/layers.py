@@ -21,9 +21,10 @@ from model.lowering import conv2d, resolve_conv_impl, symmetric_padding
 class Conv2d(nnx.Module):
     """2-D convolution, kernel (kh, kw, in/groups, out), torchvision's symmetric padding.
 
-    `grouped_impl` picks how the conv is lowered to XLA ("auto", "native", "split", "dots"); despite the
-    historical name it covers dense convs too (on CPU "auto" writes 1x1 convs as matrix products and
-    computes 3x3/7x7 weight gradients as products). See `model.lowering`; the parameters never change.
+    The conv is lowered to XLA as "auto" asks (see `model.lowering`: on CPU 1x1 convs become matrix
+    products, 3x3/7x7 weight gradients products too); `set_conv_impl` asks otherwise. The lowering is a
+    choice of how to compute, not part of the network, so no constructor takes it; the parameters never
+    change with it.
     Variables are created as zeros: their values come from `model.state.initialize` (torchvision's
     initialisation, drawn from a seed) or from loaded weights. Building without random draws keeps
     `registry.build` free of XLA compilations.
@@ -39,7 +40,6 @@ class Conv2d(nnx.Module):
         groups: int = 1,
         use_bias: bool = False,
         dtype=jnp.float32,
-        grouped_impl: str = "auto",
     ):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"channels {in_channels}->{out_channels} not divisible by groups={groups}")
@@ -50,7 +50,12 @@ class Conv2d(nnx.Module):
         self.groups = groups
         self.padding = symmetric_padding(kernel_size)
         self.dtype = dtype
-        self.impl = resolve_conv_impl(grouped_impl, groups, in_channels, kernel_size)
+        self.impl = resolve_conv_impl("auto", groups, in_channels, kernel_size)
+
+    def set_conv_impl(self, conv_impl: str) -> None:
+        """Lower this conv as `conv_impl` requests (`model.lowering.CONV_IMPLS`); re-split the module after."""
+        kernel_size, _, in_per_group, _ = self.kernel.shape
+        self.impl = resolve_conv_impl(conv_impl, self.groups, in_per_group * self.groups, kernel_size)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = conv2d(

@@ -1,7 +1,8 @@
 """How a 2-D convolution is lowered to XLA: the one place that chooses a conv formulation per backend.
 
 Why this exists: XLA:CPU (jaxlib 0.10.2) computes convolutions correctly but slowly in the backward
-pass, while its matrix products (Eigen, multithreaded) are fast (FIELD-NOTES section 3):
+pass, while its matrix products (Eigen, multithreaded) are fast (measured by benchmarks/conv_cpu.py and
+benchmarks/grouped_conv.py, figures in benchmarks/RESULTS.md; the slow grouped backward is jax-ml/jax#13800):
 - a native grouped conv (`feature_group_count`) has a weight gradient about 100x slower than G ordinary
   convolutions over channel slices ("split");
 - even a dense 3x3 conv spends most of its backward pass in the weight gradient (870 ms of ~1.15 s for
@@ -14,7 +15,7 @@ Every formulation uses the same kernel layout, (kh, kw, in/groups, out), so para
 do not depend on the choice, and outputs and gradients agree up to float rounding
 (tests/model/test_lowering.py).
 
-Requested lowerings (`CONV_IMPLS`, the `grouped_impl` option of the networks):
+Requested lowerings (`CONV_IMPLS`, set on a built network with `model.signature.set_conv_impl`):
 - "native": every conv is `lax.conv_general_dilated` (grouped ones with `feature_group_count`).
 - "split":  grouped convs are G dense convs; dense and depthwise convs native. (The CPU choice before "dots".)
 - "dots":   the CPU formulation: 1x1 dense convs are one matrix product ("matmul"); larger dense convs keep
@@ -40,7 +41,6 @@ import jax.numpy as jnp
 from jax import lax
 
 CONV_IMPLS = ("auto", "native", "split", "dots")
-GROUPED_IMPLS = CONV_IMPLS  # the networks' option is still called `grouped_impl`
 LAYER_IMPLS = ("native", "split", "dots", "matmul", "dwdots", "im2col")
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 # Below this many input channels, the weight gradient of "dwdots" concatenates the kh*kw shifted views
@@ -58,11 +58,17 @@ def default_conv_impl(backend: str | None = None) -> str:
     return "dots" if backend == "cpu" else "native"
 
 
+def check_conv_impl(requested: str) -> str:
+    """`requested` if it is one of `CONV_IMPLS`, else the one ValueError for a bad `conv_impl`."""
+    if requested not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {', '.join(CONV_IMPLS)}, got {requested!r}")
+    return requested
+
+
 def resolve_conv_impl(requested: str, groups: int, in_channels: int, kernel_size: int) -> str:
     """The lowering one conv layer uses: "native", "split", "matmul" or "dots" (see the module docstring)."""
-    if requested not in CONV_IMPLS:
-        raise ValueError(f"grouped_impl must be one of {CONV_IMPLS}, got {requested!r}")
-    impl = default_conv_impl() if requested == "auto" else requested
+    impl = check_conv_impl(requested)
+    impl = default_conv_impl() if impl == "auto" else impl
     if groups == in_channels and groups > 1:  # depthwise: always native
         return "native"
     if groups > 1:

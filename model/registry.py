@@ -15,7 +15,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from model.efficientnet import EfficientNet, EfficientNetConfig
-from model.lowering import GROUPED_IMPLS
 from model.resnet import ResNet, ResNetConfig
 from model.signature import POOLINGS, SignatureNet
 from model.state import initialize
@@ -92,19 +91,15 @@ def resolve_dtype(dtype):
     return jnp.dtype(dtype).type
 
 
-def _construct(spec: ArchSpec, rngs, dtype, pooling, grouped_impl, gem_p, gem_learnable, remat) -> SignatureNet:
+def _construct(spec: ArchSpec, rngs, dtype, pooling, gem_p, gem_learnable, remat) -> SignatureNet:
     net_cls = ResNet if spec.family == "resnet" else EfficientNet
-    backbone = net_cls(spec.config, dtype=dtype, grouped_impl=grouped_impl, remat=remat, rngs=rngs)
-    return SignatureNet(
-        spec.name, backbone, pooling=pooling, gem_p=gem_p, gem_learnable=gem_learnable, grouped_impl=grouped_impl
-    )
+    backbone = net_cls(spec.config, dtype=dtype, remat=remat, rngs=rngs)
+    return SignatureNet(spec.name, backbone, pooling=pooling, gem_p=gem_p, gem_learnable=gem_learnable)
 
 
-def _check_options(pooling: str, grouped_impl: str) -> None:
+def _check_pooling(pooling: str) -> None:
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    if grouped_impl not in GROUPED_IMPLS:
-        raise ValueError(f"grouped_impl must be one of {GROUPED_IMPLS}, got {grouped_impl!r}")
 
 
 def _rngs(seed: int) -> nnx.Rngs:
@@ -118,7 +113,6 @@ def build_abstract(
     *,
     dtype=jnp.float32,
     pooling: str = "mean",
-    grouped_impl: str = "auto",
     gem_p: float = 3.0,
     gem_learnable: bool = True,
     remat: bool = False,
@@ -130,10 +124,8 @@ def build_abstract(
     """
     spec = get_spec(arch)
     dtype = resolve_dtype(dtype)
-    _check_options(pooling, grouped_impl)
-    return nnx.eval_shape(
-        lambda: _construct(spec, _rngs(0), dtype, pooling, grouped_impl, gem_p, gem_learnable, remat)
-    )
+    _check_pooling(pooling)
+    return nnx.eval_shape(lambda: _construct(spec, _rngs(0), dtype, pooling, gem_p, gem_learnable, remat))
 
 
 def build(
@@ -142,7 +134,6 @@ def build(
     seed: int = 0,
     dtype=jnp.float32,
     pooling: str = "mean",
-    grouped_impl: str = "auto",
     gem_p: float = 3.0,
     gem_learnable: bool = True,
     remat: bool = False,
@@ -152,11 +143,11 @@ def build(
     Initialisation follows torchvision (kaiming-normal fan-out convs, BN scale 1 / bias 0), drawn on the
     host from `seed` (see `model.state`). `pooling`: "mean" or "gem" (`gem_p` initial exponent, learnable
     unless `gem_learnable=False`). `dtype`: the compute dtype ("float32"/"bfloat16" or a JAX dtype);
-    parameters and BN statistics are always float32. `remat`: see `build_abstract`.
+    parameters and BN statistics are always float32. `remat`: see `build_abstract`. Convolutions are
+    lowered as "auto" (per backend); `model.signature.set_conv_impl` asks for another lowering.
     """
     model = build_abstract(
-        arch, dtype=dtype, pooling=pooling, grouped_impl=grouped_impl, gem_p=gem_p, gem_learnable=gem_learnable,
-        remat=remat,
+        arch, dtype=dtype, pooling=pooling, gem_p=gem_p, gem_learnable=gem_learnable, remat=remat
     )
     initialize(model, seed, gem_p=gem_p)
     return model

@@ -68,8 +68,8 @@ class ResNetConfig:
 
 
 class BasicBlock(nnx.Module):
-    def __init__(self, inplanes, planes, stride, *, dtype, grouped_impl):
-        conv = dict(dtype=dtype, grouped_impl=grouped_impl)
+    def __init__(self, inplanes, planes, stride, *, dtype):
+        conv = dict(dtype=dtype)
         self.conv1 = Conv2d(inplanes, planes, 3, stride=stride, **conv)
         self.bn1 = BatchNorm(planes, dtype=dtype)
         self.conv2 = Conv2d(planes, planes, 3, **conv)
@@ -88,9 +88,9 @@ class BasicBlock(nnx.Module):
 
 
 class Bottleneck(nnx.Module):
-    def __init__(self, inplanes, planes, stride, *, groups, width_per_group, dtype, grouped_impl):
+    def __init__(self, inplanes, planes, stride, *, groups, width_per_group, dtype):
         width = int(planes * (width_per_group / 64.0)) * groups
-        conv = dict(dtype=dtype, grouped_impl=grouped_impl)
+        conv = dict(dtype=dtype)
         self.conv1 = Conv2d(inplanes, width, 1, **conv)
         self.bn1 = BatchNorm(width, dtype=dtype)
         self.conv2 = Conv2d(width, width, 3, stride=stride, groups=groups, **conv)
@@ -119,14 +119,13 @@ class ResNet(nnx.Module):
         cfg: ResNetConfig,
         *,
         dtype=jnp.float32,
-        grouped_impl: str = "auto",
         remat: bool = False,
         rngs: nnx.Rngs,
     ):
         del rngs  # no random layers; parameter values come from model.state
         self.dtype = dtype
         self.remat = remat
-        self.conv1 = Conv2d(3, 64, 7, stride=2, dtype=dtype, grouped_impl=grouped_impl)
+        self.conv1 = Conv2d(3, 64, 7, stride=2, dtype=dtype)
         self.bn1 = BatchNorm(64, dtype=dtype)
         inplanes = 64
         for i, (planes, n) in enumerate(zip((64, 128, 256, 512), cfg.layers, strict=True)):
@@ -134,7 +133,7 @@ class ResNet(nnx.Module):
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
                 if cfg.block == "basic":
-                    blk = BasicBlock(inplanes, planes, stride, dtype=dtype, grouped_impl=grouped_impl)
+                    blk = BasicBlock(inplanes, planes, stride, dtype=dtype)
                 else:
                     blk = Bottleneck(
                         inplanes,
@@ -143,7 +142,6 @@ class ResNet(nnx.Module):
                         groups=cfg.groups,
                         width_per_group=cfg.width_per_group,
                         dtype=dtype,
-                        grouped_impl=grouped_impl,
                     )
                 blocks.append(blk)
                 inplanes = planes * cfg.expansion

@@ -10,6 +10,10 @@ Modes (`set_mode`):
 - training with live BN (`freeze_bn=False`): BN on batch statistics, running statistics updated.
 Changing the mode changes static attributes, so re-split the module (`nnx.split`) after `set_mode`.
 
+Conv lowering (`set_conv_impl`): how each convolution is computed ("auto": per backend, see
+`model.lowering`) is set the same way, on a built network, not passed through its constructors: it is a
+choice of computation, never part of the parameters or the checkpoint.
+
 Randomness: stochastic depth draws from the "dropout" stream. Each layer holds its own stream, forked
 at build time from the build seed (its keys are `nnx.RngState` variables, carried in the state a trainer
 splits off); alternatively pass `rngs=nnx.Rngs(dropout=key)` to `__call__`, which takes precedence.
@@ -21,7 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.layers import BatchNorm, GeMPool, MeanPool
+from model.layers import BatchNorm, Conv2d, GeMPool, MeanPool
+from model.lowering import check_conv_impl
 
 POOLINGS = ("mean", "gem")
 
@@ -55,14 +60,12 @@ class SignatureNet(nnx.Module):
         pooling: str = "mean",
         gem_p: float = 3.0,
         gem_learnable: bool = True,
-        grouped_impl: str = "auto",
     ):
         self.arch = arch
         self.backbone = backbone
         self.pooling = pooling
         self.gem_p = gem_p
         self.gem_learnable = gem_learnable
-        self.grouped_impl = grouped_impl
         self.pool = make_pool(pooling, gem_p=gem_p, gem_learnable=gem_learnable)
 
     @property
@@ -83,4 +86,18 @@ def set_mode(model: nnx.Module, *, training: bool, freeze_bn: bool = True) -> nn
             m.use_running_average = (not training) or freeze_bn
         elif isinstance(m, nnx.Dropout):
             m.deterministic = not training
+    return model
+
+
+def set_conv_impl(model: nnx.Module, conv_impl: str) -> nnx.Module:
+    """Lower every convolution of `model` as `conv_impl` asks (`model.lowering.CONV_IMPLS`); returns model.
+
+    Networks are built with "auto" (the backend's fastest formulation); this is how a caller (the CLI's
+    `--conv-impl`, a benchmark, a parity test) asks for another. Outputs agree up to float rounding, the
+    parameters do not change. Like `set_mode`, it changes static attributes: re-split after it.
+    """
+    check_conv_impl(conv_impl)
+    for _, m in nnx.iter_modules(model):
+        if isinstance(m, Conv2d):
+            m.set_conv_impl(conv_impl)
     return model

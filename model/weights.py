@@ -5,7 +5,7 @@ A weights directory holds
   `nnx.Param` and `nnx.BatchStat` (float32);
 - `meta.json`: {"format", "version", "arch", "pooling", "gem_p", "gem_learnable", "param_count", "meta"},
   so loading needs only the directory ("meta" is free-form provenance from the caller: source weights,
-  training run, ...).
+  training run, ...; a training run's carries {"resolution": R}, `model embed`'s default resolution).
 Writes are atomic (`data.atomic.atomic_dir`): everything is written to a scratch sibling directory that
 is renamed into place, so a killed process leaves either the old weights or the new ones, never a
 half-written directory, and the next save cleans up what a killed one left.
@@ -181,9 +181,19 @@ def read_meta(directory: str | Path) -> dict:
     return meta
 
 
-def load_weights(
-    directory: str | Path, *, dtype="float32", pooling: str | None = None, grouped_impl: str = "auto"
-) -> SignatureNet:
+def recorded_resolution(directory: str | Path) -> int | None:
+    """The resolution the weights were trained at: `{"resolution": R}` in the free-form "meta" a training
+    run saves them with; None where it is not recorded (converted torchvision weights)."""
+    value = read_meta(directory).get("meta", {}).get("resolution")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise WeightsError(f"{resolve_path(directory) / META_FILE}: meta.resolution {value!r} is not a number of "
+                           f"pixels; pass --resolution R.")
+    return value
+
+
+def load_weights(directory: str | Path, *, dtype="float32", pooling: str | None = None) -> SignatureNet:
     """The SignatureNet stored in `directory`, computing in `dtype`.
 
     `pooling=None` keeps the stored pooling. Another pooling may be asked for: loading "mean" weights
@@ -199,7 +209,6 @@ def load_weights(
         arch,
         dtype=dtype,
         pooling=pooling,
-        grouped_impl=grouped_impl,
         gem_p=gem_p,
         gem_learnable=bool(meta.get("gem_learnable", True)),
     )
@@ -261,7 +270,6 @@ def load_or_init(
     seed: int = 0,
     dtype="float32",
     pooling: str | None = None,
-    grouped_impl: str = "auto",
 ) -> SignatureNet:
     """`weights="random"`: `build(arch, seed=seed)`; otherwise load the weights directory.
 
@@ -271,8 +279,8 @@ def load_or_init(
     if weights == "random":
         if arch is None:
             raise WeightsError("random weights need an architecture: pass --arch (see `python -m model list`).")
-        return build(arch, seed=seed, dtype=dtype, pooling=pooling or "mean", grouped_impl=grouped_impl)
+        return build(arch, seed=seed, dtype=dtype, pooling=pooling or "mean")
     meta = read_meta(weights)
     if arch is not None and arch != meta["arch"]:
         raise WeightsError(f"{weights}: holds {meta['arch']} weights, not {arch}; drop --arch or fix it.")
-    return load_weights(weights, dtype=dtype, pooling=pooling, grouped_impl=grouped_impl)
+    return load_weights(weights, dtype=dtype, pooling=pooling)

@@ -8,11 +8,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from data.paths import PathOrWord, UserPath
-from train.config import DEFAULT_PRESET, PRESETS, apply_overrides, load_config, preset, start_config
+from train.config import DEFAULT_PRESET, PRESETS, TrainConfig, apply_overrides, preset, start_config
+
+if TYPE_CHECKING:  # imported where used: `--help` stays fast without jax and orbax
+    from train.run_folder import RunFolder
 
 
 class _DefaultGroup(click.Group):
@@ -62,33 +66,15 @@ def run_cmd(collection, arch, weights, out, preset_name, seed, overrides, resume
     set_train_flags()  # before anything creates the XLA backends
     maybe_initialize(coordinator, num_processes, process_id)
     from model.compile_cache import enable_compilation_cache
-    from model.weights import WeightsError, read_meta
-    from train.loop import RunError, run_training
+    from model.weights import WeightsError
+    from train.loop import run_training
+    from train.run_folder import RunError, RunFolder
 
     try:
         if resume:
-            if (out / "config.json").exists():
-                cfg, preset_name = _resumed_config(out / "config.json", preset_name)
-            else:
-                cfg = preset(preset_name or DEFAULT_PRESET)
-            explicit = {k: v for k, v in (("arch", arch), ("seed", seed)) if v is not None}
-            cfg = apply_overrides(apply_overrides(cfg, explicit), list(overrides))
+            cfg, preset_name = _resumed_config(RunFolder(out), preset_name, arch, seed, overrides)
         else:
-            source = None
-            if resume_from is not None:
-                if weights != "random":
-                    raise click.UsageError("--resume-from starts from that run's weights: do not pass --weights too.")
-                source = json.loads((resume_from / "config.json").read_text()) \
-                    if (resume_from / "config.json").exists() else {}
-                start_weights = resume_from / "weights"
-                if not start_weights.is_dir():
-                    raise RunError(f"{resume_from}: no weights/ (a finished run's best weights); "
-                                   f"cannot --resume-from it (continue an interrupted run with --resume).")
-            else:
-                start_weights = None if weights == "random" else Path(weights)
-            weights_arch = read_meta(start_weights)["arch"] if start_weights is not None else None
-            cfg, preset_name = start_config(preset_name, arch=arch, seed=seed, overrides=list(overrides),
-                                            weights_arch=weights_arch, source=source)
+            cfg, preset_name = _new_config(preset_name, arch, seed, overrides, weights, resume_from)
         enable_compilation_cache(cfg.compile_cache)
         result = run_training(collection, out, cfg, weights=weights, resume=resume, resume_from=resume_from,
                               progress=not no_progress,
@@ -99,20 +85,35 @@ def run_cmd(collection, arch, weights, out, preset_name, seed, overrides, resume
         sys.exit(3)
 
 
-def _resumed_config(path: Path, preset_name: str | None):
-    """(config, preset) a run was started with, from its config.json; --preset may only repeat its preset."""
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        cfg = load_config(path)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: unreadable ({e}); the run cannot be resumed. Start it again with another "
-                         f"--out.") from e
-    saved_preset = saved.get("preset")
-    if preset_name and saved_preset and preset_name != saved_preset:
-        raise ValueError(f"--preset {preset_name}: the run in {path.parent} was started with the {saved_preset} "
-                         f"preset and --resume continues with its settings; drop --preset, or start a new run "
-                         f"with another --out.")
-    return cfg, saved_preset or preset_name
+def _resumed_config(run: RunFolder, preset_name: str | None, arch: str | None, seed: int | None,
+                    overrides) -> tuple[TrainConfig, str | None]:
+    """(config, preset) of `--resume`: the run's own (train/run_folder.py), then --arch/--seed/--set (the loop
+    refuses any that change more than how the run is carried out: train/resume_check.py)."""
+    cfg, preset_name = run.resumed_config(preset_name)
+    if cfg is None:  # nothing to resume: run_training says so
+        cfg = preset(preset_name or DEFAULT_PRESET)
+    explicit = {k: v for k, v in (("arch", arch), ("seed", seed)) if v is not None}
+    return apply_overrides(apply_overrides(cfg, explicit), list(overrides)), preset_name
+
+
+def _new_config(preset_name: str | None, arch: str | None, seed: int | None, overrides, weights: str,
+                resume_from: Path | None) -> tuple[TrainConfig, str]:
+    """(config, preset) of a new run: the preset (with --resume-from: the source run's by default), then
+    --arch/--seed/--set; the arch is the start weights' unless asked for (then they must agree)."""
+    from model.weights import read_meta
+    from train.run_folder import RunFolder
+
+    source = None
+    if resume_from is not None:
+        if weights != "random":
+            raise click.UsageError("--resume-from starts from that run's weights: do not pass --weights too.")
+        src = RunFolder(resume_from)
+        source, start_weights = src.source_record(), src.finished_weights()
+    else:
+        start_weights = None if weights == "random" else Path(weights)
+    weights_arch = read_meta(start_weights)["arch"] if start_weights is not None else None
+    return start_config(preset_name, arch=arch, seed=seed, overrides=list(overrides), weights_arch=weights_arch,
+                        source=source)
 
 
 @cli.command("evaluate")

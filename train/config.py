@@ -1,10 +1,11 @@
 """Training configuration: one dataclass, three presets, overrides from the command line.
 
 Presets
-- `thesis`: the original system as published (FIELD-NOTES section 1): resnext101_32x8d at 320 px,
-  batch 4 triplets, torch-style Adam (L2 weight decay 1e-4 added to the gradient of *every*
-  parameter, as torch.optim.Adam(weight_decay=...) does), lr 1e-6 constant, margin 0.01, beta 0.1,
-  10 negatives, 5 epochs, float32. BN statistics are frozen (the original meant to and failed).
+- `thesis`: the original system as published (the EPFL thesis "Semi-supervised Clustering of Visual
+  Signatures of Artworks", 2022): resnext101_32x8d at 320 px, batch 4 triplets, torch-style Adam (L2
+  weight decay 1e-4 added to the gradient of *every* parameter, as torch.optim.Adam(weight_decay=...)
+  does), lr 1e-6 constant, margin 0.01, beta 0.1, 10 negatives, 5 epochs, float32. BN statistics are
+  frozen (the original meant to and failed).
 - `fast` (default): the same model, loss and data at 320 px, but 32 triplets (96 images) per step in
   bfloat16 with f32 parameters. Learning rate 8e-6: the thesis's 1e-6 at batch 4 scaled linearly with
   the batch (x8). Adam normalises the gradient scale per parameter, so the summed loss does not change
@@ -14,29 +15,16 @@ Presets
 - `demo`: resnet18 at 64 px, 16 triplets per step, 1 negative per image, 3 epochs (the best on val is
   kept), AdamW with a 5-step warm-up and cosine decay, float32 (bf16 is slow on XLA:CPU), decoding in the
   main process: sized to train on a 2-core CPU in a few minutes. It starts from RANDOM weights (nothing
-  can be downloaded), and three choices follow from measurements on the bundled demo collection:
+  can be downloaded), and three choices follow from that:
   * BatchNorm is FROZEN at its initial statistics (mean 0, var 1: each BN is the identity). A random
-    network is a usable colour-and-layout descriptor as it is, and recalibrating its BN statistics to
-    the data alone, before any training, drops val mAP from 0.365 to 0.213 (32 px, measured): live BN
-    (the earlier demo preset) spent its steps recovering from that and ended below the start.
-  * The stem convolution learns at lr 1e-3, the four residual stages 30x slower (3e-5), the stem's
-    BN affine not at all. With one lr for every layer (BN frozen), lr 1e-5 changed nothing (earlier
-    runs, benchmarks/RESULTS.md) and lr 3e-4 made retrieval worse (below). Adam moves every weight by
-    about lr per step and the residual stages' He-initialised kernels have standard deviations of
-    0.02-0.06, so a common lr large enough to change the stem rewrites them.
+    network is a usable colour-and-layout descriptor as it is; recalibrating its BN statistics to the data
+    alone, before any training, makes its retrieval worse.
+  * The stem convolution learns at lr 1e-3, the four residual stages 30x slower (3e-5), the stem's BN
+    affine not at all. Adam moves every weight by about lr per step and the residual stages' He-initialised
+    kernels have standard deviations of 0.02-0.06, so a common lr large enough to change the stem rewrites them.
   * 64 px, 1 negative: three short epochs, so the run stays a few minutes and val picks the epoch.
-    64 px against 48 px, over weights seeds 0/1/2 and a second collection (seed 1): mean val gain
-    +0.070 against +0.033, mean test gain +0.047 against +0.020 (48 px lost test mAP with weights seed 2).
-  Result (collection seed 0, weights seed 0; docs/collection.md): val mAP 0.367 -> 0.470, test
-  0.302 -> 0.374; weights seed 1: val 0.360 -> 0.456, test 0.307 -> 0.388; seed 2: val 0.389 -> 0.486,
-  test 0.366 -> 0.373; collection seed 1: val 0.387 -> 0.386 (no gain), test 0.340 -> 0.368. At 48 px,
-  the preset with one lr 3e-4 for every layer: val 0.407 -> 0.294, test 0.296 -> 0.226. The compound hinge
-  loss with margin 0.01 is nearly saturated for random signatures (their cosine distances are ~0.02):
-  training shrinks every distance 6-20x while it reorders them (ranking and OPTICS's xi are scale-free,
-  but an absolute `max_eps` is not). The shrinking is one direction shared by all signatures growing
-  (97.8% of their energy at the start, 99.6% after); a larger or smaller margin only moves where the
-  loss settles (margin x batch). With pretrained weights use the `fast` preset (BN frozen at the
-  pretrained statistics).
+  The measurements behind these choices and the preset's results are in docs/training.md ("The demo
+  preset"). With pretrained weights use the `fast` preset (BN frozen at the pretrained statistics).
 
 Every field can be overridden: `--set lr=1e-4 --set batch_size=8` (types follow the field; tuples
 are comma-separated). The resolved config is written to RUN_DIR/config.json.
@@ -52,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from data.atomic import atomic_write_text
+from model.inputs import check_resolution
 
 PRESETS = ("fast", "thesis", "demo")
 DEFAULT_PRESET = "fast"
@@ -191,13 +180,14 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.reduction in ("sum", "mean"), "reduction must be sum or mean"),
         (cfg.optimizer in ("adam", "adamw"), "optimizer must be adam or adamw"),
         (cfg.schedule in ("cosine", "constant"), "schedule must be cosine or constant"),
-        (cfg.batch_size >= 1 and cfg.epochs >= 1 and cfg.resolution >= 8, "batch_size, epochs >= 1, resolution >= 8"),
+        (cfg.batch_size >= 1 and cfg.epochs >= 1, "batch_size, epochs >= 1"),
         (cfg.lr > 0 and cfg.num_negatives >= 1, "lr > 0 and num_negatives >= 1"),
         (cfg.prefetch >= 1, "prefetch must be >= 1"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ValueError(f"config: {msg} (got {cfg})")
+    check_resolution(cfg.resolution)  # the networks' rule, the one `model embed` applies
 
 
 def _sets_field(overrides: list[str] | dict, name: str) -> bool:

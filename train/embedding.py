@@ -1,35 +1,21 @@
-"""Signatures of many images with the current parameters: a sharded, jitted inference forward.
+"""Signatures of many images of the prepared dataset with the current parameters, every epoch.
 
-Used every epoch (validation retrieval + the next round of mining) and at the end (the exported
-signatures). Images come from the prepared dataset at test-time preprocessing (squash-resize to R,
-ImageNet normalisation on the device), so a network embeds here exactly as `python -m model embed`
-embeds it. Each process embeds every requested image on its own devices (multi-host: redundant
+Used every epoch (validation retrieval + the next round of mining). Images come from the prepared
+dataset at test-time preprocessing (squash-resize to R), and the forward is `model.embed.make_embed_fn`,
+the one `python -m model embed` uses (ImageNet normalisation on the device), here split over the local
+devices' mesh. Each process embeds every requested image on its own devices (multi-host: redundant
 but simple; the training step is where the time goes).
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from data.pipeline import PreparedSource, eval_dataset
-from data.preprocess import normalize
 from train.step import AXIS
-
-
-def make_embed_fn(graphdef, mesh: Mesh):
-    """jit((params, rest, images uint8 (B, R, R, 3) sharded over 'data')) -> (B, D) float32 signatures."""
-
-    def local(params, rest, images):
-        model = nnx.merge(graphdef, params, rest)
-        return model(normalize(images, xp=jnp))
-
-    fn = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(AXIS)), out_specs=P(AXIS))
-    return jax.jit(fn)
 
 
 def local_copy(tree, mesh: Mesh):
@@ -52,7 +38,10 @@ def embed_indices(
     mesh: Mesh,
     workers: int = 0,
 ) -> np.ndarray:
-    """(len(indices), D) float32 signatures, in the order of `indices` (collection indices)."""
+    """(len(indices), D) float32 signatures, in the order of `indices` (collection indices).
+
+    `embed_fn`: `make_embed_fn(graphdef, mesh)`; batches are rounded to a multiple of the mesh's devices.
+    """
     ndev = mesh.devices.size
     batch_size = max(ndev, (batch_size // ndev) * ndev)
     out: list[np.ndarray] = []

@@ -1,22 +1,20 @@
-"""The training run: prepare, split, embed + mine, train epochs, validate, keep the best, test, export.
+"""The training run: `run_training` = set up, train, finish (the run folder's layout: train/run_folder.py).
 
-RUN_DIR layout
-- config.json        the resolved config (+ preset, arguments, start weights, the collection's folder and
-                     the fingerprint of it that `--resume` checks: train/resume_check.py)
-- splits.json        the split assignment used (uid -> split)
-- checkpoints/       orbax checkpoints (last few + best by val mAP)
-- metrics.jsonl      one JSON line per log interval ({"step", "epoch", "loss", "img_per_s", "lr"}) and per
-                     epoch ({"epoch", "val": {...}})
-- start_eval.json    retrieval of the starting network (val and test), computed once
-- start_signatures.npz  the starting network's signatures (identical to `python -m model embed` with the
-                     same weights / seed and resolution)
-- eval.json          retrieval of the starting and of the exported (best-on-val) network, same splits and code
-- signatures.npz     the exported network's signatures of the whole collection (`model embed`'s format)
-- weights/           the exported network's weights (`model.weights` format: `--weights RUN_DIR/weights`)
-- curves.png         training loss and val mAP
-
-The exported network is the best on val among the starting network (epoch 0) and every epoch's: a run
-that never beats its start exports the start and says so (eval.json "selected": "start", the log).
+- `_set_up`: read and check the collection, find what the run starts from (`RunFolder.start`: a new run,
+  `--resume`, `--resume-from`), prepare the dataset, evaluate the starting network, then restore the
+  newest checkpoint, or validate the start as every epoch is validated and mine the first triplets (their
+  number fixes the steps per epoch, hence the schedule's length).
+- `_train`: ONE loop over global steps. After each step, every periodic action is a gate on the step:
+      log          every `log_every` steps, at an epoch end, and before a checkpoint
+      epoch end    every `steps_per_epoch` steps: validate, keep the best, mine the next epoch's triplets,
+                   checkpoint with the val mAP; stop there if asked to
+      re-mine      every `remine_every` steps within an epoch (not at its end): new triplets, new iterator
+      checkpoint   every `checkpoint_every` steps, and before stopping
+      stop         at `max_steps` or on SIGTERM/SIGINT (train/checkpointing.py GracefulStop)
+  Where the loop is (`LoopState`) is exactly what a checkpoint's meta records.
+- `_finish`: the best network on val among the start (epoch 0) and every epoch's is exported (signatures,
+  weights, eval.json, curves): a run that never beats its start exports the start and says so (eval.json
+  "selected": "start", the log).
 
 Before anything is computed the collection goes through `python -m data check`'s validation (without
 decoding images: preparing the dataset reports unreadable ones); a collection with errors is refused.
@@ -48,36 +46,29 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from data.atomic import atomic_write, atomic_write_text
-from data.augment import AugmentConfig
+from data.atomic import atomic_write_text
+from data.augment import AugmentConfig, prepared_side
 from data.collection import Collection, load_collection
 from data.image import note_lines
 from data.paths import resolve_path
 from data.pipeline import PreparedSource, open_prepared, triplet_dataset
-from data.prepare import PrepareResult, prepare_collection
 from data.signatures import Signatures, load_signatures, save_signatures
-from data.splits import SPLITS_FILE, assign_splits, load_previous, load_splits, save_splits
+from data.splits import SPLITS_FILE, assign_splits, load_previous, save_splits
 from data.validate import validate
-from model.embed import embed_collection
+from model.embed import embed_collection, make_embed_fn
 from model.registry import build_abstract
 from model.signature import set_mode
-from model.weights import (
-    load_or_init,
-    remove_stale_exports,
-    restore_error_text,
-    save_weights,
-    silence_restore_echoes,
-)
+from model.weights import load_or_init, restore_error_text, save_weights, silence_restore_echoes
 from train.checkpointing import GracefulStop, RunCheckpoints, check_finite
 from train.config import TrainConfig, resolved_workers, save_config
-from train.distributed import is_main
-from train.embedding import embed_indices, local_copy, make_embed_fn
+from train.distributed import is_main, prepare_once
+from train.embedding import embed_indices, local_copy
 from train.metrics import evaluate_split
-from train.metrics_log import MetricsLog, read_metrics
+from train.metrics_log import MetricsLog, plot_curves, val_by_epoch
 from train.mining import MiningInputs, mine_triplets, mining_inputs
 from train.optim import make_optimizer, make_schedule
-from train.prefetch import DevicePrefetcher
-from train.resume_check import FINGERPRINT_KEY, check_collection, check_config, collection_fingerprint
+from train.prefetch import DevicePrefetcher, Prefetched
+from train.run_folder import NewRunUndo, RunError, RunFolder, RunStart
 from train.step import (
     global_batch,
     global_groups,
@@ -87,19 +78,6 @@ from train.step import (
     replicate,
     split_model,
 )
-
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-START_EVAL_FILE = "start_eval.json"
-EVAL_FILE = "eval.json"
-SIGNATURES_FILE = "signatures.npz"
-START_SIGNATURES_FILE = "start_signatures.npz"
-WEIGHTS_DIR = "weights"
-CHECKPOINT_DIR = "checkpoints"
-
-
-class RunError(RuntimeError):
-    """A run that cannot start or continue; the message says what to do."""
 
 
 @dataclass
@@ -114,74 +92,26 @@ class RunResult:
     selected: str = "trained"  # "start" when no epoch beat the starting network on val
 
 
+@dataclass(frozen=True)
+class _Console:
+    """The run's messages: progress lines on stdout, `warning:` lines on stderr, from process 0 only."""
+
+    main: bool
+
+    def log(self, msg: str) -> None:
+        if self.main:
+            print(msg, flush=True)
+
+    def warn(self, msg: str) -> None:
+        if self.main:
+            print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
 def _write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=float))
 
 
-class _ClosePrefetch:
-    """Stop the prefetch thread however the epoch loop ends (exception included)."""
-
-    def __init__(self, current):
-        self.current = current
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        pf = self.current()
-        if pf is None:
-            return
-        try:
-            pf.close()
-        except RuntimeError as e:
-            if exc_type is None:
-                raise
-            print(f"warning: {e}", file=sys.stderr)  # do not hide the error that ended the run
-
-
-class _WaitOnError:
-    """On an exception (NaN loss, Ctrl-C twice), let in-flight async checkpoints finish before unwinding."""
-
-    def __init__(self, ckpts: RunCheckpoints):
-        self.ckpts = ckpts
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.ckpts.close()
-
-
-def _iterator_seed(seed: int, epoch: int, rnd: int) -> int:
-    return (seed * 1_000_003 + epoch * 1_009 + rnd) % (2**31 - 1)
-
-
-def prepare_once(collection: Collection, *, max_side: int) -> PrepareResult:
-    """`data prepare` the collection once per job: process 0 builds (or reuses) the dataset, the others wait.
-
-    Several processes preparing one shared folder at the same time would each build it and swap it into
-    place under the others' feet. So process 0 prepares while the others wait at a collective (which is
-    also how they learn whether it failed); then they call `prepare_collection` themselves, which on a
-    shared filesystem finds process 0's dataset up to date and only opens it (on node-local copies of
-    the collection, each node prepares its own, one after the other).
-    """
-    if jax.process_count() == 1:
-        return prepare_collection(collection, max_side=max_side)
-    from jax.experimental import multihost_utils
-
-    result, error = None, None
-    if is_main():
-        try:
-            result = prepare_collection(collection, max_side=max_side)
-        except Exception as e:  # noqa: BLE001 - re-raised below, after the others were told
-            error = e
-    failed = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
-    if error is not None:
-        raise error
-    if failed:
-        raise RunError(f"{collection.root}: process 0 could not prepare the collection; see its error.")
-    return result if result is not None else prepare_collection(collection, max_side=max_side)
+# --- what a run computes once ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -189,7 +119,7 @@ class _Context:
     """Everything a run computes once: collection, splits, data source, model graphs, meshes."""
 
     cfg: TrainConfig
-    run_dir: Path
+    folder: RunFolder
     collection: Collection
     split_of: dict
     group_name: dict
@@ -231,11 +161,25 @@ def refuse_invalid_collection(collection: Collection, warn, *, shown: int = 20) 
                        f"training (`python -m data check {collection.root}` lists them all):\n{listed}{more}")
 
 
-def _prepare(collection: Collection, cfg: TrainConfig, run_dir: Path, model, weights: str,
+def _save_splits(collection: Collection, folder: RunFolder, assignment, log) -> None:
+    """The run's splits.json, and the collection's if it has none (so that later rounds keep the same splits:
+    a test image never becomes a training image)."""
+    if not is_main():
+        return
+    save_splits(folder.splits, assignment)
+    coll_splits = collection.root / SPLITS_FILE
+    if not coll_splits.exists():
+        try:
+            save_splits(coll_splits, assignment)
+        except OSError as e:
+            log(f"could not write {coll_splits} ({e}); later rounds should pass this run's splits.json")
+
+
+def _prepare(collection: Collection, cfg: TrainConfig, folder: RunFolder, model, weights: str,
              previous_splits: dict | None, log) -> _Context:
     """Everything a run computes once; `model` is the starting network (`_start_model`, loaded first so that
     damaged start weights stop the run before anything is prepared or written)."""
-    prepared = prepare_once(collection, max_side=max(cfg.resolution + 100, 256))
+    prepared = prepare_once(collection, max_side=prepared_side(cfg.resolution))
     source = open_prepared(prepared.path)
     if source.skipped:
         log(f"{len(source.skipped)} unreadable images skipped (first: {sorted(source.skipped.items())[:3]})")
@@ -244,14 +188,7 @@ def _prepare(collection: Collection, cfg: TrainConfig, run_dir: Path, model, wei
             print(line, file=sys.stderr, flush=True)
     previous = previous_splits if previous_splits is not None else load_previous(collection)
     assignment = assign_splits(collection, previous)
-    if is_main():
-        save_splits(run_dir / SPLITS_FILE, assignment)
-        coll_splits = collection.root / SPLITS_FILE
-        if not coll_splits.exists():
-            try:  # keep later rounds on the same splits (a test image never becomes a training image)
-                save_splits(coll_splits, assignment)
-            except OSError as e:
-                log(f"could not write {coll_splits} ({e}); later rounds should pass this run's splits.json")
+    _save_splits(collection, folder, assignment, log)
     group_name = {m: name for name, members in assignment.groups.items() for m in members}
     inputs = mining_inputs(collection, assignment.split_of, skipped=list(source.skipped),
                            train_connections=assignment.connections("train"))
@@ -271,9 +208,19 @@ def _prepare(collection: Collection, cfg: TrainConfig, run_dir: Path, model, wei
     if cfg.batch_size % mesh.devices.size:
         raise RunError(f"batch_size {cfg.batch_size} must be a multiple of the {mesh.devices.size} devices "
                        f"(--set batch_size=...).")
-    return _Context(cfg, run_dir, collection, assignment.split_of, group_name, inputs, source, present, mesh,
+    return _Context(cfg, folder, collection, assignment.split_of, group_name, inputs, source, present, mesh,
                     eval_mesh, train_graphdef, eval_graphdef, params, rest,
                     {"arch": model.arch, "pooling": model.pooling, "weights": str(weights)})
+
+
+def _start_model(cfg: TrainConfig, weights: str):
+    """The starting network in eval mode, built exactly as `_prepare` builds it."""
+    model = load_or_init(weights, cfg.arch, seed=cfg.seed, dtype="float32", pooling=cfg.pooling)
+    set_mode(model, training=False)
+    return model
+
+
+# --- embedding, evaluation, mining, batches -----------------------------------------------------------------
 
 
 def _embed_all(ctx: _Context, embed_fn, params, rest) -> np.ndarray:
@@ -310,6 +257,10 @@ def _mine(ctx: _Context, sig: np.ndarray) -> np.ndarray:
     return mine_triplets(sig, ctx.inputs, num_negatives=ctx.cfg.num_negatives)
 
 
+def _iterator_seed(seed: int, epoch: int, rnd: int) -> int:
+    return (seed * 1_000_003 + epoch * 1_009 + rnd) % (2**31 - 1)
+
+
 def _make_iterator(ctx: _Context, triplets: np.ndarray, epoch: int, rnd: int, data_state, *, workers: int):
     """The epoch's batches; `workers`: decode processes (a saved `data_state` needs the count that saved it:
     grain's position differs in form with and without worker processes; the batches do not)."""
@@ -328,28 +279,80 @@ def _make_iterator(ctx: _Context, triplets: np.ndarray, epoch: int, rnd: int, da
     return it
 
 
-def _load_start(run_dir: Path, warn) -> dict | None:
-    """start_eval.json if it and start_signatures.npz are intact; None (after a warning) if they must be redone."""
-    files = (run_dir / START_EVAL_FILE, run_dir / START_SIGNATURES_FILE)
-    missing = [f for f in files if not f.exists()]
-    if missing:
-        if len(missing) < len(files):  # one without the other: a run killed between the two writes
-            warn(f"{missing[0]} is missing: recomputing the starting network's signatures and evaluation.")
-        return None
-    try:
-        start_eval = json.loads(files[0].read_text(encoding="utf-8"))
-        if not isinstance(start_eval, dict) or not {"val", "test"} <= set(start_eval):
-            raise ValueError("no val and test figures")
-    except ValueError as e:
-        warn(f"{files[0]}: damaged ({e}); recomputing the starting network's signatures and evaluation.")
-        return None
-    try:
-        load_signatures(files[1])
-    except ValueError as e:
-        warn(f"{files[1]}: damaged ({e.__cause__ or e}); recomputing the starting network's signatures and "
-             "evaluation.")
-        return None
-    return start_eval
+# --- the loop's state: what a checkpoint's meta records ------------------------------------------------------
+
+
+@dataclass
+class LoopState:
+    """Where the run is. `step` counts global steps; the epoch's end is a condition on it (`steps_per_epoch`,
+    fixed by the first mining); `meta()` is a checkpoint's meta, `from_meta` reads it back."""
+
+    state: object  # TrainState, replicated over the mesh
+    triplets: np.ndarray  # the current mining round's
+    step: int
+    epoch: int  # epochs done
+    round: int  # re-minings done within the epoch
+    data_state: object | None  # the iterator's position after the last batch used; None: the round's start
+    best: dict | None  # {"mAP", "step", "epoch"} of the best validation so far (epoch 0: the start)
+    workers: int  # decode processes of the iterator whose position `data_state` is
+    steps_per_epoch: int
+    total_steps: int
+    last_checkpoint: int | None = None
+
+    @property
+    def step_in_epoch(self) -> int:
+        return self.step - self.epoch * self.steps_per_epoch
+
+    def meta(self, cfg: TrainConfig) -> dict:
+        return {"epoch": self.epoch, "round": self.round, "step_in_epoch": self.step_in_epoch,
+                "data_state": self.data_state, "best": self.best, "num_triplets": int(len(self.triplets)),
+                "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, "step": self.step,
+                "config": cfg.to_json(), "workers": self.workers}
+
+    @classmethod
+    def from_meta(cls, state, triplets: np.ndarray, meta: dict, *, workers: int, checkpoint: int) -> LoopState:
+        """`workers`: this run's decode processes, used unless the saved position needs the saved count."""
+        data_state = meta["data_state"]
+        if data_state is not None:  # the saved position is in the format of the iterator that made it
+            workers = meta.get("workers", workers)
+        return cls(state, triplets, int(state.step), meta["epoch"], meta["round"], data_state, meta.get("best"),
+                   workers, meta["steps_per_epoch"], meta["total_steps"], checkpoint)
+
+
+def _optimizer(ctx: _Context, total_steps: int):
+    return make_optimizer(ctx.cfg, ctx.params, total_steps)
+
+
+def _steps_per_epoch(num_triplets: int, cfg: TrainConfig) -> int:
+    spe = num_triplets // cfg.batch_size
+    if spe == 0:
+        raise RunError(f"{num_triplets} triplets < batch_size {cfg.batch_size}: lower --set batch_size.")
+    return spe
+
+
+# --- set-up -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """A run set up: what it computed once, its logs and checkpoints, the start's figures."""
+
+    ctx: _Context
+    console: _Console
+    weights: str  # the start weights ("random" or a folder)
+    embed_fn: object
+    metrics: MetricsLog
+    ckpts: RunCheckpoints
+    start_eval: dict
+    progress: bool  # progress bars (process 0 only)
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.ctx.cfg
+
+    @property
+    def folder(self) -> RunFolder:
+        return self.ctx.folder
 
 
 def _start_eval(ctx: _Context, *, progress: bool, main: bool, warn) -> tuple[dict, bool]:
@@ -359,15 +362,15 @@ def _start_eval(ctx: _Context, *, progress: bool, main: bool, warn) -> tuple[dic
     Computed once per run; a resume reuses the files unless they are damaged (then computed again: the
     start is deterministic, so the figures are the same).
     """
-    start_eval = _load_start(ctx.run_dir, warn)
+    start_eval = ctx.folder.saved_start_eval(warn)
     if start_eval is not None:
         return start_eval, False
     start_sig = _embed_files(ctx, ctx.params, ctx.rest, progress=progress)
     start_sig.meta.update({**ctx.start_meta, "seed": ctx.cfg.seed, "trained": False})
     start_eval = {s: _evaluate_sig(ctx, start_sig, s) for s in ("val", "test")}
     if main:
-        save_signatures(ctx.run_dir / START_SIGNATURES_FILE, start_sig)
-        _write_json(ctx.run_dir / START_EVAL_FILE, start_eval)
+        save_signatures(ctx.folder.start_signatures, start_sig)
+        _write_json(ctx.folder.start_eval, start_eval)
     return start_eval, True
 
 
@@ -396,355 +399,277 @@ def _start_candidate(val0: dict) -> dict | None:
     return {"mAP": val0["mAP"], "step": 0, "epoch": 0} if val0.get("mAP") is not None else None
 
 
-def _resume_inputs(run_dir: Path, cfg: TrainConfig, collection: Collection, weights: str, warn
-                   ) -> tuple[str, dict, dict]:
-    """(start weights, splits, collection fingerprint) of the run to resume; refuses other settings or
-    another collection (train/resume_check.py) before anything is written."""
-    if not (run_dir / CONFIG_FILE).exists():
-        raise RunError(f"{run_dir}: nothing to resume (no {CONFIG_FILE}); start a run with --out {run_dir}.")
+def _first_round(run: _Run) -> LoopState:
+    """A new run's loop state: the start validated on the training path (epoch 0 of the curves, the start's
+    candidacy for the best epoch) and the first epoch's triplets, which fix the steps per epoch."""
+    ctx = run.ctx
+    sig0 = _embed_all(ctx, run.embed_fn, ctx.params, ctx.rest)
+    val0 = _evaluate(ctx, sig0, "val")
+    run.metrics.truncate_after(-1)  # records of an attempt killed before its first checkpoint
+    run.metrics.write({"step": 0, "epoch": 0, "val": val0})
+    run.console.log(_start_line(run.start_eval, val0.get("mAP")))
+    triplets = _mine(ctx, sig0)
+    spe = _steps_per_epoch(len(triplets), ctx.cfg)
+    total = spe * ctx.cfg.epochs
+    state = replicate(init_state(ctx.params, ctx.rest, _optimizer(ctx, total), ctx.cfg.seed), ctx.mesh)
+    return LoopState(state, triplets, int(state.step), 0, 0, None, _start_candidate(val0),
+                     resolved_workers(ctx.cfg), spe, total)
+
+
+def _restored_round(run: _Run, restored: tuple, start_computed: bool) -> LoopState:
+    """The loop state of the newest checkpoint that restores; the metrics log cut back to its step."""
+    step, state, triplets, meta = restored
+    ls = LoopState.from_meta(replicate(state, run.ctx.mesh), triplets, meta, workers=resolved_workers(run.cfg),
+                             checkpoint=step)
+    run.metrics.truncate_after(int(meta["step"]))
+    if start_computed:
+        run.console.log(_start_line(run.start_eval, val_by_epoch(run.metrics.records()).get("0")))
+    run.console.log(_resumed_line(step, ls.epoch, ls.step_in_epoch, ls.steps_per_epoch, run.cfg.epochs))
+    return ls
+
+
+def _restore_newest(run: _Run) -> tuple | None:
+    """(step, state, triplets, meta) of the newest checkpoint that restores (train/checkpointing.py)."""
+    ctx = run.ctx
+
+    def like_of(meta: dict):
+        """The state structure of a checkpoint (its optimizer's schedule length comes from its meta)."""
+        opt = _optimizer(ctx, meta["total_steps"])
+        return replicate(init_state(ctx.params, ctx.rest, opt, ctx.cfg.seed), ctx.mesh)
+
+    return run.ckpts.restore_newest(like_of, run.console.warn)
+
+
+def _set_up(folder: RunFolder, collection: Collection, cfg: TrainConfig, start: RunStart, model, console: _Console,
+            *, resume: bool, progress: bool, extra_config: dict | None) -> tuple[_Run, LoopState]:
+    """Write config.json, prepare, evaluate the start, then restore or begin the loop state."""
+    folder.root.mkdir(parents=True, exist_ok=True)
+    if console.main:
+        save_config(cfg, folder.config, folder.config_extra(start, extra_config))
+    ctx = _prepare(collection, cfg, folder, model, start.weights, start.previous_splits, console.log)
+    metrics = MetricsLog(folder.metrics, console.main, console.warn)
+    start_eval, start_computed = _start_eval(ctx, progress=progress and console.main, main=console.main,
+                                             warn=console.warn)
+    ckpts = RunCheckpoints(folder.checkpoints, keep=cfg.keep_checkpoints)
+    run = _Run(ctx, console, start.weights, make_embed_fn(ctx.eval_graphdef, ctx.eval_mesh), metrics, ckpts,
+               start_eval, progress and console.main)
     try:
-        saved = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-        saved_cfg = TrainConfig.from_json(saved["config"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RunError(f"{run_dir / CONFIG_FILE}: unreadable ({e}); the run cannot be resumed. Start it again "
-                       f"with another --out.") from e
-    check_config(saved_cfg, cfg, run_dir)
-    check_collection(saved.get(FINGERPRINT_KEY), collection, run_dir, warn)
-    fingerprint = saved.get(FINGERPRINT_KEY) or collection_fingerprint(collection)
-    return saved.get("weights", weights), load_splits(run_dir / SPLITS_FILE), fingerprint
+        restored = _restore_newest(run) if resume else None
+        ls = _first_round(run) if restored is None else _restored_round(run, restored, start_computed)
+    except BaseException:
+        ckpts.close()
+        raise
+    return run, ls
 
 
-def _new_run_inputs(run_dir: Path, weights: str, resume_from) -> tuple[str, dict | None]:
-    """(start weights, previous splits) of a new run; refuses a folder that holds a run."""
-    ckpt_dir = run_dir / CHECKPOINT_DIR
-    if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
-        raise RunError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out.")
-    if resume_from is None:
-        return weights, None
-    src = resolve_path(resume_from)
-    if not (src / WEIGHTS_DIR).exists():
-        raise RunError(f"{src}: no {WEIGHTS_DIR}/ (a finished run's best weights); cannot --resume-from it.")
-    return str(src / WEIGHTS_DIR), load_splits(src / SPLITS_FILE) if (src / SPLITS_FILE).exists() else None
+# --- the step loop ----------------------------------------------------------------------------------------------
 
 
-class _NewRunUndo:
-    """What a new run created in its folder, removed again when it fails before training starts.
+class _Batches:
+    """The current mining round's batches, already on the devices (train/prefetch.py).
 
-    Only a folder that did not exist or was empty is cleaned (then everything in it is the run's); a run
-    started in a folder holding other files leaves them, and its own, alone.
+    Opened at an epoch's first step (or the first after a resume) and after a re-mining. As a context
+    manager it stops the prefetch thread however the loop ends.
     """
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
-        self.existed = run_dir.exists()
-        self.fresh = not self.existed or (run_dir.is_dir() and not any(run_dir.iterdir()))
+    def __init__(self, ctx: _Context):
+        self.ctx = ctx
+        self.group_ids = ctx.inputs.group.astype(np.int32)
+        self.current: DevicePrefetcher | None = None
 
-    def remove_created(self) -> None:
-        if not self.fresh or not self.run_dir.is_dir():
-            return
-        import shutil
-
-        if not self.existed:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-            return
-        for child in self.run_dir.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                child.unlink(missing_ok=True)
-
-
-def _report_stale_exports(run_dir: Path, warn) -> None:
-    for path in remove_stale_exports(run_dir / WEIGHTS_DIR):
-        warn(f"removed {path}, left by a weights export that was killed")
-
-
-def _plot(run_dir: Path, warn) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recs = read_metrics(run_dir / METRICS_FILE, warn)
-    steps = [r for r in recs if "loss" in r]
-    epochs = [r for r in recs if "val" in r and "mAP" in r["val"]]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    a1.plot([r["step"] for r in steps], [r["loss"] for r in steps])
-    a1.set_xlabel("step")
-    a1.set_ylabel("training loss (mean over the log interval)")
-    a2.plot([r["epoch"] for r in epochs], [r["val"]["mAP"] for r in epochs], marker="o", label="val mAP")
-    a2.plot([r["epoch"] for r in epochs], [r["val"].get("recall@10", float("nan")) for r in epochs], marker="s",
-            label="val recall@10")
-    a2.set_xlabel("epoch (0 = start)")
-    a2.legend()
-    fig.tight_layout()
-    try:
-        atomic_write(run_dir / "curves.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
-
-
-def run_training(
-    collection_dir: str | Path,
-    run_dir: str | Path,
-    cfg: TrainConfig,
-    *,
-    weights: str = "random",
-    resume: bool = False,
-    resume_from: str | Path | None = None,
-    progress: bool = True,
-    extra_config: dict | None = None,
-) -> RunResult:
-    """Train (or continue training) into `run_dir`; see the module docstring for what is written."""
-    run_dir = resolve_path(run_dir)  # relative paths, ~ and symlinks: orbax needs absolute paths
-    main = is_main()
-
-    def log(msg: str) -> None:
-        if main:
-            print(msg, flush=True)
-
-    def warn(msg: str) -> None:
-        if main:
-            print(f"warning: {msg}", file=sys.stderr, flush=True)
-
-    # Read once (quietly: the validation below reports what the reader had to guess, once).
-    collection = load_collection(resolve_path(collection_dir), quiet=True)
-    refuse_invalid_collection(collection, warn)
-    ckpt_dir = run_dir / CHECKPOINT_DIR
-    if resume:
-        weights, previous_splits, fingerprint = _resume_inputs(run_dir, cfg, collection, weights, warn)
-        if main:
-            _report_stale_exports(run_dir, warn)
-    else:
-        weights, previous_splits = _new_run_inputs(run_dir, weights, resume_from)
-        fingerprint = collection_fingerprint(collection)
-    weights = weights if weights == "random" else str(resolve_path(weights))
-    # Damaged or unfitting start weights stop the run here, before anything is prepared or written.
-    start_model = _start_model(cfg, weights)
-    undo = None if resume else _NewRunUndo(run_dir)
-    ckpts = None
-    try:  # until training starts: a new run that fails here leaves no half-made run folder
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if main:
-            save_config(cfg, run_dir / CONFIG_FILE, {"weights": weights, "collection": fingerprint["folder"],
-                                                     FINGERPRINT_KEY: fingerprint, **(extra_config or {})})
-        ctx = _prepare(collection, cfg, run_dir, start_model, weights, previous_splits, log)
-        del start_model  # ctx holds its parameters
-        embed_fn = make_embed_fn(ctx.eval_graphdef, ctx.eval_mesh)
-        metrics_log = MetricsLog(run_dir / METRICS_FILE, main, warn)
-        start_eval, start_computed = _start_eval(ctx, progress=progress and main, main=main, warn=warn)
-
-        def like_of(meta: dict):
-            """The state structure of a checkpoint (its optimizer's schedule length comes from its meta)."""
-            return replicate(init_state(ctx.params, ctx.rest, make_optimizer(cfg, ctx.params, meta["total_steps"]),
-                                        cfg.seed), ctx.mesh)
-
-        ckpts = RunCheckpoints(ckpt_dir, keep=cfg.keep_checkpoints)
-        restored = ckpts.restore_newest(like_of, warn) if resume else None
-        latest = restored[0] if restored is not None else None
-        iter_workers = resolved_workers(cfg)  # of the iterator whose state a checkpoint stores
-
-        def build(num_triplets: int):
-            spe = num_triplets // cfg.batch_size
-            if spe == 0:
-                raise RunError(f"{num_triplets} triplets < batch_size {cfg.batch_size}: lower --set batch_size.")
-            total = spe * cfg.epochs
-            opt = make_optimizer(cfg, ctx.params, total)
-            return spe, total, opt
-
-        if restored is None:
-            # Epoch 0 of the curves, the first mining and the start's candidacy for the best epoch use the same
-            # path as every later epoch. Records of an attempt killed before its first checkpoint are dropped.
-            sig0 = _embed_all(ctx, embed_fn, ctx.params, ctx.rest)
-            val0 = _evaluate(ctx, sig0, "val")
-            metrics_log.truncate_after(-1)
-            metrics_log.write({"step": 0, "epoch": 0, "val": val0})
-            log(_start_line(start_eval, val0.get("mAP")))
-            # Triplets of the first epoch fix the number of steps per epoch (and the schedule length).
-            triplets = _mine(ctx, sig0)
-            steps_per_epoch_0, total_steps, opt = build(len(triplets))
-            state = replicate(init_state(ctx.params, ctx.rest, opt, cfg.seed), ctx.mesh)
-            epoch, rnd, step_in_epoch, data_state, best = 0, 0, 0, None, _start_candidate(val0)
-        else:
-            _, state, triplets, meta = restored
-            steps_per_epoch_0, total_steps = meta["steps_per_epoch"], meta["total_steps"]
-            opt = make_optimizer(cfg, ctx.params, total_steps)
-            state = replicate(state, ctx.mesh)
-            epoch, rnd, step_in_epoch = meta["epoch"], meta["round"], meta["step_in_epoch"]
-            data_state, best = meta["data_state"], meta.get("best")
-            if data_state is not None:  # the saved position is in the format of the iterator that made it
-                iter_workers = meta.get("workers", iter_workers)
-            metrics_log.truncate_after(int(meta["step"]))
-            if start_computed:
-                log(_start_line(start_eval, _val_by_epoch(metrics_log.records()).get("0")))
-            log(_resumed_line(latest, epoch, step_in_epoch, steps_per_epoch_0, cfg.epochs))
-    except BaseException:
-        if ckpts is not None:
-            ckpts.close()
-        if undo is not None and main:
-            undo.remove_created()
-        raise
-
-    schedule = make_schedule(cfg, total_steps)
-    with_groups = cfg.in_batch_negatives
-    step_fn = make_train_step(ctx.train_graphdef, opt, cfg, ctx.mesh, with_groups=with_groups)
-    group_ids = ctx.inputs.group.astype(np.int32)
-    losses: list[float] = []
-    last_ckpt = latest
-    status = "finished"
-    global_step = int(state.step)
-
-    def meta_now(data_state_now):
-        return {"epoch": epoch, "round": rnd, "step_in_epoch": step_in_epoch, "data_state": data_state_now,
-                "best": best, "num_triplets": int(len(triplets)), "steps_per_epoch": steps_per_epoch_0,
-                "total_steps": total_steps, "step": global_step, "config": cfg.to_json(),
-                "workers": iter_workers}
-
-    def save(data_state_now, val_map=None):
-        nonlocal last_ckpt
-        ckpts.save(global_step, state, triplets, meta_now(data_state_now), val_map=val_map)
-        last_ckpt = global_step
-
-    def to_device(batch):
+    def _to_device(self, batch):
         """Host batch -> the step's device arguments (runs in the prefetch thread)."""
-        args = (global_batch(batch["images"], ctx.mesh),)
-        if with_groups:
-            args += (global_groups(group_ids[batch["triplets"].T], ctx.mesh),)
+        args = (global_batch(batch["images"], self.ctx.mesh),)
+        if self.ctx.cfg.in_batch_negatives:
+            args += (global_groups(self.group_ids[batch["triplets"].T], self.ctx.mesh),)
         return args
 
-    def prefetch(it) -> DevicePrefetcher:
-        return DevicePrefetcher(it, to_device, size=cfg.prefetch)
+    def open(self, ls: LoopState) -> None:
+        """The iterator of (epoch, round) from `ls.data_state` (its start when None: with this run's workers)."""
+        if ls.data_state is None:
+            ls.workers = resolved_workers(self.ctx.cfg)
+        it = _make_iterator(self.ctx, ls.triplets, ls.epoch, ls.round, ls.data_state, workers=ls.workers)
+        self.current = DevicePrefetcher(it, self._to_device, size=self.ctx.cfg.prefetch)
 
+    @property
+    def closed(self) -> bool:
+        return self.current is None
+
+    def next(self) -> Prefetched:
+        return next(self.current)
+
+    def close(self) -> None:
+        pf, self.current = self.current, None
+        if pf is not None:
+            pf.close()
+
+    def __enter__(self) -> _Batches:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.close()
+        except RuntimeError as e:
+            if exc_type is None:
+                raise
+            print(f"warning: {e}", file=sys.stderr)  # do not hide the error that ended the run
+
+
+class _LossLog:
+    """The losses since the last record, turned into one record of metrics.jsonl; the epoch's progress bar."""
+
+    def __init__(self, run: _Run, total_steps: int):
+        self.run = run
+        self.schedule = make_schedule(run.cfg, total_steps)
+        self.pending: list = []
+        self.losses: list[float] = []  # every step's, for RunResult
+        self.t_last, self.n_last = time.time(), 0
+        self.bar = None
+
+    def begin_epoch(self, ls: LoopState) -> None:
+        if self.run.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=ls.steps_per_epoch, initial=ls.step_in_epoch, unit="step", dynamic_ncols=True,
+                            desc=f"epoch {ls.epoch + 1}/{self.run.cfg.epochs}")
+        self.pending, self.t_last, self.n_last = [], time.time(), 0
+
+    def end_epoch(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def add(self, loss) -> None:
+        self.pending.append(loss)
+        self.n_last += 1
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def due(self) -> bool:
+        return len(self.pending) >= self.run.cfg.log_every
+
+    def flush(self, ls: LoopState) -> None:
+        """Write the record of the pending steps (stop on a non-finite loss first: train/checkpointing.py)."""
+        if not self.pending:
+            return
+        vals = [float(v) for v in self.pending]
+        for k, v in enumerate(vals):
+            check_finite(v, ls.step - len(vals) + k + 1, ls.last_checkpoint, self.run.folder.root)
+        self.losses.extend(vals)
+        dt = time.time() - self.t_last
+        rec = {"step": ls.step, "epoch": ls.epoch + ls.step_in_epoch / ls.steps_per_epoch,
+               "loss": float(np.mean(vals)), "img_per_s": 3 * self.run.cfg.batch_size * self.n_last / max(dt, 1e-9),
+               "lr": float(self.schedule(ls.step - 1))}
+        self.run.metrics.write(rec)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_s']:.1f}")
+        self.pending, self.t_last, self.n_last = [], time.time(), 0
+
+
+class _WaitOnError:
+    """On an exception (NaN loss, Ctrl-C twice), let in-flight async checkpoints finish before unwinding."""
+
+    def __init__(self, ckpts: RunCheckpoints):
+        self.ckpts = ckpts
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.ckpts.close()
+
+
+def _checkpoint(run: _Run, ls: LoopState, losses: _LossLog, val_map: float | None = None) -> None:
+    losses.flush(ls)  # the log is complete up to every checkpoint (a resume truncates it there)
+    run.ckpts.save(ls.step, ls.state, ls.triplets, ls.meta(run.cfg), val_map=val_map)
+    ls.last_checkpoint = ls.step
+
+
+def _max_steps_hit(cfg: TrainConfig, ls: LoopState) -> bool:
+    return bool(cfg.max_steps) and ls.step >= cfg.max_steps
+
+
+def _remine(run: _Run, ls: LoopState, batches: _Batches) -> None:
+    """New triplets from the current parameters; the new round's iterator starts from its beginning."""
+    sig = _embed_all(run.ctx, run.embed_fn, ls.state.params, ls.state.rest)
+    ls.triplets, ls.round = _mine(run.ctx, sig), ls.round + 1
+    batches.close()
+    ls.data_state = None
+    batches.open(ls)
+
+
+def _end_epoch(run: _Run, ls: LoopState, batches: _Batches, losses: _LossLog, stop: GracefulStop) -> bool:
+    """Validate, keep the best, mine the next epoch's triplets, checkpoint; True: stop here (asked to)."""
+    batches.close()
+    losses.end_epoch()
+    sig = _embed_all(run.ctx, run.embed_fn, ls.state.params, ls.state.rest)
+    val = _evaluate(run.ctx, sig, "val")
+    ls.epoch, ls.round, ls.data_state = ls.epoch + 1, 0, None
+    run.metrics.write({"step": ls.step, "epoch": ls.epoch, "val": val})
+    vmap = val.get("mAP")
+    if vmap is not None and (ls.best is None or vmap > ls.best["mAP"]):
+        ls.best = {"mAP": vmap, "step": ls.step, "epoch": ls.epoch}
+    run.console.log(f"epoch {ls.epoch}: val mAP {vmap if vmap is not None else float('nan'):.4f} "
+                    f"recall@10 {val.get('recall@10', float('nan')):.4f}")
+    more = ls.epoch < run.cfg.epochs
+    if more:
+        ls.triplets = _mine(run.ctx, sig)
+    _checkpoint(run, ls, losses, val_map=vmap)
+    if more and (stop.requested or _max_steps_hit(run.cfg, ls)):
+        run.console.log(f"stopped at step {ls.step} (end of epoch {ls.epoch}); continue with --resume")
+        return True
+    return False
+
+
+def _within_epoch(run: _Run, ls: LoopState, batches: _Batches, losses: _LossLog, stop: GracefulStop) -> bool:
+    """The gates of a step inside an epoch: re-mine, checkpoint, stop; True: stop here."""
+    cfg = run.cfg
+    if cfg.remine_every and ls.step_in_epoch % cfg.remine_every == 0:
+        _remine(run, ls, batches)
+    checkpoint_due = cfg.checkpoint_every and ls.step % cfg.checkpoint_every == 0
+    stopping = stop.requested or _max_steps_hit(cfg, ls)
+    if checkpoint_due or stopping:
+        _checkpoint(run, ls, losses)
+    if not stopping:
+        return False
+    batches.close()
+    losses.end_epoch()
+    run.console.log(f"stopped at step {ls.step} ({'signal' if stop.requested else 'max_steps'}); "
+                    f"continue with --resume")
+    return True
+
+
+def _train(run: _Run, ls: LoopState) -> tuple[str, list[float]]:
+    """The flat step loop: ("finished" | "stopped", every step's loss)."""
+    cfg = run.cfg
+    step_fn = make_train_step(run.ctx.train_graphdef, _optimizer(run.ctx, ls.total_steps), cfg, run.ctx.mesh,
+                              with_groups=cfg.in_batch_negatives)
+    losses = _LossLog(run, ls.total_steps)
+    status = "finished"
     stop = GracefulStop()
-    batches: DevicePrefetcher | None = None
-    with stop, _WaitOnError(ckpts), _ClosePrefetch(lambda: batches):
-        while epoch < cfg.epochs:
-            if data_state is None:
-                iter_workers = resolved_workers(cfg)
-            batches = prefetch(_make_iterator(ctx, triplets, epoch, rnd, data_state, workers=iter_workers))
-            data_state_now = data_state
-            bar = None
-            if progress and main:
-                from tqdm import tqdm
-
-                bar = tqdm(total=steps_per_epoch_0, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                           unit="step", dynamic_ncols=True)
-            pending: list = []
-            t_last, n_last = time.time(), 0
-            stopped = False
-            while step_in_epoch < steps_per_epoch_0:
-                batch = next(batches)
-                data_state_now = batch.state  # the iterator's position right after this batch
-                state, m = step_fn(state, *batch.value)
-                global_step += 1
-                step_in_epoch += 1
-                pending.append(m["loss"])
-                n_last += 1
-                if bar is not None:
-                    bar.update(1)
-                boundary = step_in_epoch == steps_per_epoch_0
-                want_ckpt = (cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0)
-                hit_max = cfg.max_steps and global_step >= cfg.max_steps
-                if len(pending) >= cfg.log_every or boundary or want_ckpt or hit_max or stop.requested:
-                    vals = [float(v) for v in pending]
-                    for k, v in enumerate(vals):
-                        check_finite(v, global_step - len(vals) + k + 1, last_ckpt, run_dir)
-                    losses.extend(vals)
-                    dt = time.time() - t_last
-                    rec = {"step": global_step, "epoch": epoch + step_in_epoch / steps_per_epoch_0,
-                           "loss": float(np.mean(vals)), "img_per_s": 3 * cfg.batch_size * n_last / max(dt, 1e-9),
-                           "lr": float(schedule(global_step - 1))}
-                    metrics_log.write(rec)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_s']:.1f}")
-                    pending, t_last, n_last = [], time.time(), 0
-                if cfg.remine_every and step_in_epoch % cfg.remine_every == 0 and not boundary:
-                    sig = _embed_all(ctx, embed_fn, state.params, state.rest)
-                    triplets, rnd = _mine(ctx, sig), rnd + 1
-                    batches.close()
-                    iter_workers = resolved_workers(cfg)
-                    batches = prefetch(_make_iterator(ctx, triplets, epoch, rnd, None, workers=iter_workers))
-                    data_state_now = None  # the new round's iterator starts from its beginning
-                if boundary:
-                    break  # the epoch-end block below checkpoints (and stops if asked to)
-                if want_ckpt or hit_max or stop.requested:
-                    save(data_state_now)
-                if hit_max or stop.requested:
-                    stopped = True
-                    break
-            batches.close()
-            if bar is not None:
-                bar.close()
+    with stop, _WaitOnError(run.ckpts), _Batches(run.ctx) as batches:
+        while ls.step < ls.total_steps:
+            if batches.closed:  # an epoch's first step, or the first after a resume
+                batches.open(ls)
+                losses.begin_epoch(ls)
+            batch = batches.next()
+            ls.state, m = step_fn(ls.state, *batch.value)
+            ls.step, ls.data_state = ls.step + 1, batch.state  # the iterator's position right after this batch
+            losses.add(m["loss"])
+            epoch_end = ls.step_in_epoch == ls.steps_per_epoch
+            checkpoint_due = cfg.checkpoint_every and ls.step % cfg.checkpoint_every == 0
+            if losses.due() or epoch_end or checkpoint_due or stop.requested or _max_steps_hit(cfg, ls):
+                losses.flush(ls)
+            stopped = (_end_epoch if epoch_end else _within_epoch)(run, ls, batches, losses, stop)
             if stopped:
                 status = "stopped"
-                log(f"stopped at step {global_step} ({'signal' if stop.requested else 'max_steps'}); "
-                    f"continue with --resume")
                 break
-            # Epoch boundary: embed with the new parameters, validate, mine the next epoch's triplets.
-            sig = _embed_all(ctx, embed_fn, state.params, state.rest)
-            val = _evaluate(ctx, sig, "val")
-            epoch, rnd, step_in_epoch, data_state = epoch + 1, 0, 0, None
-            metrics_log.write({"step": global_step, "epoch": epoch, "val": val})
-            vmap = val.get("mAP")
-            if vmap is not None and (best is None or vmap > best["mAP"]):
-                best = {"mAP": vmap, "step": global_step, "epoch": epoch}
-            log(f"epoch {epoch}: val mAP {vmap if vmap is not None else float('nan'):.4f} "
-                f"recall@10 {val.get('recall@10', float('nan')):.4f}")
-            if epoch < cfg.epochs:
-                triplets = _mine(ctx, sig)
-            save(None, val_map=vmap)
-            if (stop.requested or (cfg.max_steps and global_step >= cfg.max_steps)) and epoch < cfg.epochs:
-                status = "stopped"
-                log(f"stopped at step {global_step} (end of epoch {epoch}); continue with --resume")
-                break
-    ckpts.wait()
+    run.ckpts.wait()
+    return status, losses.losses
 
-    result = RunResult(run_dir, status, global_step, start_eval=start_eval, losses=losses,
-                       best_step=best["step"] if best else None)
-    if status != "finished":
-        ckpts.close()
-        return result
 
-    # Finished: the best by val mAP among the start (epoch 0) and the epochs (the last state without val queries).
-    start_val = _val_by_epoch(metrics_log.records()).get("0")
-    final_state, best = _exported_state(ckpts, best, state, global_step, start_val, warn)
-    result.best_step = best["step"] if best else None
-    result.selected = "start" if final_state is None else "trained"
-    if result.selected == "start":  # no epoch beat the start: export the start, never something worse
-        ckpts.close()
-        final_eval = start_eval
-        final_sig = load_signatures(run_dir / START_SIGNATURES_FILE) if main else None
-    else:
-        ckpts.close()
-        final_sig = _embed_files(ctx, final_state.params, final_state.rest, progress=progress and main)
-        final_eval = {s: _evaluate_sig(ctx, final_sig, s) for s in ("val", "test")}
-    result.final_eval = final_eval
-    if main:
-        meta = {**ctx.start_meta, "run": str(run_dir), "step": best["step"] if best else global_step,
-                "seed": cfg.seed, "trained": result.selected == "trained", "selected": result.selected}
-        final_sig.meta.update(meta)
-        save_signatures(run_dir / SIGNATURES_FILE, final_sig)
-        epoch_vals = _val_by_epoch(metrics_log.records())
-        _write_json(run_dir / EVAL_FILE, {
-            "start": start_eval, "trained": final_eval, "best": best, "steps": global_step,
-            "selected_by": "val mAP", "selected": result.selected, "val_mAP_by_epoch": epoch_vals,
-            "weights_start": str(weights),
-            "note": "both rows: signatures from the original image files (as `python -m model embed`), "
-                    "whole collection ranked, same splits and metric code; `trained` is the exported network "
-                    "(the start itself when `selected` is `start`); val_mAP_by_epoch: the prepared dataset's "
-                    "val mAP that selected it (epoch 0 = the start)",
-        })
-        if result.selected == "start":  # reloaded: training consumed (donated) the start's device arrays
-            model = _start_model(cfg, weights)
-        else:
-            model = nnx.merge(ctx.eval_graphdef, jax.device_get(final_state.params), jax.device_get(final_state.rest))
-        save_weights(model, run_dir / WEIGHTS_DIR, meta)
-        _plot(run_dir, warn)
-        if result.selected == "start":
-            log(_start_kept_line(epoch_vals))
-        log(f"done: test mAP {start_eval['test'].get('mAP', float('nan')):.4f} -> "
-            f"{final_eval['test'].get('mAP', float('nan')):.4f}; outputs in {run_dir}")
-    return result
+# --- finish: select, export ---------------------------------------------------------------------------------
 
 
 def _exported_state(ckpts: RunCheckpoints, best: dict | None, state, global_step: int, start_val: float | None,
@@ -793,19 +718,6 @@ def _export_candidates(ckpts: RunCheckpoints, best: dict, global_step: int):
         yield {"mAP": ckpts.val_map(step), "step": step, "epoch": epoch}
 
 
-def _start_model(cfg: TrainConfig, weights: str):
-    """The starting network in eval mode, built exactly as `_prepare` builds it."""
-    model = load_or_init(weights, cfg.arch, seed=cfg.seed, dtype="float32", pooling=cfg.pooling)
-    set_mode(model, training=False)
-    return model
-
-
-def _val_by_epoch(records: list[dict]) -> dict[str, float]:
-    """{epoch: val mAP} from the metrics log's epoch records (epoch 0: the start), as selection saw them."""
-    return {str(int(r["epoch"])): r["val"]["mAP"] for r in records
-            if isinstance(r.get("val"), dict) and r["val"].get("mAP") is not None}
-
-
 def _start_kept_line(epoch_vals: dict[str, float]) -> str:
     start = epoch_vals.get("0", float("nan"))
     trained = {e: v for e, v in epoch_vals.items() if e != "0"}
@@ -815,13 +727,102 @@ def _start_kept_line(epoch_vals: dict[str, float]) -> str:
             f"Exported the starting weights and signatures; try a lower learning rate or more connections.")
 
 
+_EVAL_NOTE = ("both rows: signatures from the original image files (as `python -m model embed`), whole collection "
+              "ranked, same splits and metric code; `trained` is the exported network (the start itself when "
+              "`selected` is `start`); val_mAP_by_epoch: the prepared dataset's val mAP that selected it (epoch 0 = "
+              "the start)")
+
+
+def _export(run: _Run, result: RunResult, final_state, final_sig: Signatures, best: dict | None) -> None:
+    """Process 0 writes the exported network: signatures.npz, eval.json, weights/, curves.png; then says so."""
+    cfg, folder, start = run.cfg, run.folder, result.selected == "start"
+    meta = {**run.ctx.start_meta, "run": str(folder.root), "step": best["step"] if best else result.step,
+            "seed": cfg.seed, "trained": not start, "selected": result.selected}
+    final_sig.meta.update(meta)
+    save_signatures(folder.signatures, final_sig)
+    epoch_vals = val_by_epoch(run.metrics.records())
+    _write_json(folder.eval, {
+        "start": run.start_eval, "trained": result.final_eval, "best": best, "steps": result.step,
+        "selected_by": "val mAP", "selected": result.selected, "val_mAP_by_epoch": epoch_vals,
+        "weights_start": str(run.weights), "note": _EVAL_NOTE,
+    })
+    if start:  # reloaded: training consumed (donated) the start's device arrays
+        model = _start_model(cfg, run.weights)
+    else:
+        model = nnx.merge(run.ctx.eval_graphdef, jax.device_get(final_state.params), jax.device_get(final_state.rest))
+    save_weights(model, folder.weights, {**meta, "resolution": cfg.resolution})
+    plot_curves(run.metrics.records(), folder.curves)
+    if start:
+        run.console.log(_start_kept_line(epoch_vals))
+    run.console.log(f"done: test mAP {run.start_eval['test'].get('mAP', float('nan')):.4f} -> "
+                    f"{result.final_eval['test'].get('mAP', float('nan')):.4f}; outputs in {folder.root}")
+
+
+def _finish(run: _Run, ls: LoopState, status: str, losses: list[float]) -> RunResult:
+    """A stopped run: its result. A finished one: the best by val mAP among the start (epoch 0) and the epochs
+    (the last state without val queries), evaluated from the original files and exported."""
+    result = RunResult(run.folder.root, status, ls.step, start_eval=run.start_eval, losses=losses,
+                       best_step=ls.best["step"] if ls.best else None)
+    if status != "finished":
+        run.ckpts.close()
+        return result
+    start_val = val_by_epoch(run.metrics.records()).get("0")
+    final_state, best = _exported_state(run.ckpts, ls.best, ls.state, ls.step, start_val, run.console.warn)
+    run.ckpts.close()
+    result.best_step = best["step"] if best else None
+    result.selected = "start" if final_state is None else "trained"
+    if final_state is None:  # no epoch beat the start: export the start, never something worse
+        result.final_eval = run.start_eval
+        final_sig = load_signatures(run.folder.start_signatures) if run.console.main else None
+    else:
+        final_sig = _embed_files(run.ctx, final_state.params, final_state.rest, progress=run.progress)
+        result.final_eval = {s: _evaluate_sig(run.ctx, final_sig, s) for s in ("val", "test")}
+    if run.console.main:
+        _export(run, result, final_state, final_sig, best)
+    return result
+
+
+# --- the run ------------------------------------------------------------------------------------------------------
+
+
+def run_training(
+    collection_dir: str | Path,
+    run_dir: str | Path,
+    cfg: TrainConfig,
+    *,
+    weights: str = "random",
+    resume: bool = False,
+    resume_from: str | Path | None = None,
+    progress: bool = True,
+    extra_config: dict | None = None,
+) -> RunResult:
+    """Train (or continue training) into `run_dir`; train/run_folder.py lists what is written."""
+    folder = RunFolder(run_dir)
+    console = _Console(is_main())
+    # Read once (quietly: the validation below reports what the reader had to guess, once).
+    collection = load_collection(resolve_path(collection_dir), quiet=True)
+    refuse_invalid_collection(collection, console.warn)
+    start = folder.start(cfg, collection, weights, resume=resume, resume_from=resume_from, warn=console.warn)
+    if resume and console.main:
+        folder.remove_stale_exports(console.warn)
+    model = _start_model(cfg, start.weights)  # damaged or unfitting start weights stop the run here
+    undo = None if resume else NewRunUndo(folder.root)
+    try:  # until training starts: a new run that fails here leaves no half-made run folder
+        run, ls = _set_up(folder, collection, cfg, start, model, console, resume=resume, progress=progress,
+                          extra_config=extra_config)
+    except BaseException:
+        if undo is not None and console.main:
+            undo.remove_created()
+        raise
+    del model  # the run's context holds its parameters
+    status, losses = _train(run, ls)
+    return _finish(run, ls, status, losses)
+
+
 def final_params(run_dir: str | Path):
     """The parameters of a run's newest checkpoint as a NumPy tree (for tests and tools)."""
-    ck = RunCheckpoints(Path(run_dir) / CHECKPOINT_DIR)
+    ck = RunCheckpoints(RunFolder(run_dir).checkpoints)
     step = ck.latest_step()
-    raw = ck.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))
+    raw = ck.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     ck.close()
     return raw["state"]
-
-

@@ -1,4 +1,4 @@
-"""The compound hinge loss of the original system (FIELD-NOTES section 1).
+"""The compound hinge loss of the original system (the EPFL thesis "Semi-supervised Clustering of Visual Signatures of Artworks", 2022).
 
 For a triplet (A anchor, B positive, C negative) with d(x, y) = 1 - cos(x, y):
 

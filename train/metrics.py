@@ -11,7 +11,8 @@ Standard definitions (what we report as the headline numbers):
 - `mAP`: mean over queries of AP = (1/m) * sum_i i / r_i over ALL m partners at 1-based ranks r_i;
 - `median_first_rank`: median over queries of the rank of the best-ranked partner.
 
-Thesis-style numbers (FIELD-NOTES section 1), kept under their own names because they differ:
+Thesis-style numbers (as the original system computed the thesis's figures), kept under their own names
+because they differ:
 - `thesis_mAP`: AP computed on the top-`cutoff` (400) list only, dividing by the number of partners
   found there (h), not by all partners: a query with one hit at rank 1 out of ten partners scores 1.0
   instead of 0.1. A query with no hit in the list scores 0.

@@ -1,4 +1,8 @@
-"""RUN_DIR/metrics.jsonl: the run's log of training and validation records, one JSON object a line.
+"""RUN_DIR/metrics.jsonl: the run's log of training and validation records, one JSON object a line, and
+the curves drawn from it (RUN_DIR/curves.png).
+
+Records: one per log interval ({"step", "epoch", "loss", "img_per_s", "lr"}; `epoch` fractional) and one
+per validation ({"step", "epoch", "val": {...}}; epoch 0 is the starting network).
 
 Why a module of its own: a kill while a line is being appended leaves a torn last line, and reading
 the log with a plain `json.loads` per line then failed every later `--resume` for good ("Expecting ','
@@ -13,7 +17,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from data.atomic import atomic_write_text
+from data.atomic import atomic_write, atomic_write_text
 
 
 class MetricsLogError(ValueError):
@@ -70,3 +74,34 @@ class MetricsLog:
 
     def records(self) -> list[dict]:
         return read_metrics(self.path, self.warn)
+
+
+def val_by_epoch(records: list[dict]) -> dict[str, float]:
+    """{epoch: val mAP} from the validation records (epoch 0: the start), as best-epoch selection saw them."""
+    return {str(int(r["epoch"])): r["val"]["mAP"] for r in records
+            if isinstance(r.get("val"), dict) and r["val"].get("mAP") is not None}
+
+
+def plot_curves(records: list[dict], path: Path) -> None:
+    """Training loss by step and val mAP / recall@10 by epoch, side by side, as a PNG written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r for r in records if "loss" in r]
+    epochs = [r for r in records if "val" in r and "mAP" in r["val"]]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.plot([r["step"] for r in steps], [r["loss"] for r in steps])
+    a1.set_xlabel("step")
+    a1.set_ylabel("training loss (mean over the log interval)")
+    a2.plot([r["epoch"] for r in epochs], [r["val"]["mAP"] for r in epochs], marker="o", label="val mAP")
+    a2.plot([r["epoch"] for r in epochs], [r["val"].get("recall@10", float("nan")) for r in epochs], marker="s",
+            label="val recall@10")
+    a2.set_xlabel("epoch (0 = start)")
+    a2.legend()
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)

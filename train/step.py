@@ -8,8 +8,8 @@ is the sum of the devices' sums) or `pmean` ("mean") combines the gradients. The
 runs identically on every device on replicated parameters.
 
 Why shard_map and not plain jit with NamedSharding: XLA's partitioner all-gathers the whole batch
-around grouped convolutions (openxla/xla#47945, FIELD-NOTES section 3). Inside shard_map the program
-is per-device by construction; `compiled_hlo` lets a test check that no all-gather remains.
+around grouped convolutions (openxla/xla#47945). Inside shard_map the program
+is per-device by construction; `all_gathers` lets a test check that none remains in the compiled step.
 
 Parameters are replicated and varying-cast (`pcast(..., to="varying")`) before differentiation, so the
 gradient is each device's local gradient and the collective is the explicit one written here (with
@@ -184,11 +184,6 @@ def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
 def global_groups(local: np.ndarray, mesh: Mesh) -> jax.Array:
     """(3, n) group ids of this process's triplets -> global (3, N) array sharded like the images."""
     return jax.make_array_from_process_local_data(NamedSharding(mesh, P(None, AXIS)), np.asarray(local, np.int32))
-
-
-def compiled_hlo(step_fn, *args) -> str:
-    """The optimised HLO text of the step for these arguments (to check its collectives)."""
-    return step_fn.lower(*args).compile().as_text()
 
 
 def all_gathers(hlo: str) -> list[str]:

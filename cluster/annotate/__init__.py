@@ -1,7 +1,9 @@
 """The annotation web app: an expert confirms or rejects proposed clusters, one at a time.
 
-- `store`: the append-only `annotations.jsonl` log (every decision fsynced before the reply);
-- `queue`: which cluster to show next (largest-new-first) and the edges a decision implies;
 - `app`: the flask application (`create_app`);
+- `store`: the server's writer of `annotations.jsonl` (every decision fsynced before the reply);
 - `cli`: the `python -m cluster annotate` command.
+
+What the app shares with the rest of `cluster/` lives there: the log's format and reader
+(`cluster.annotations`), the review order and the edges a decision implies (`cluster.review`).
 """

@@ -24,7 +24,6 @@ Safety, for a server that only ever needs to talk to the expert's own browser:
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import threading
@@ -36,11 +35,13 @@ from flask import Flask, abort, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
-from cluster.annotate.queue import DECISIONS, DecisionError, implied_edges, order_clusters, pair
-from cluster.annotate.store import AnnotationError, AnnotationStore
+from cluster.accept import undo_note
+from cluster.annotate.store import AnnotationStore
+from cluster.annotations import AnnotationError
 from cluster.clusters_file import file_sha256, read_clusters
+from cluster.review import DECISIONS, DecisionError, implied_edges, order_clusters, pair
 from data.collection import Collection, load_collection
-from data.image import ImageReadError, decode_image, is_damaged
+from data.image import ImageReadError, is_damaged, jpeg_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +98,15 @@ class _Thumbs:
                 return self.cache[key]
         path = self.collection.image_path(uid)
         try:
-            dec = decode_image(path, max_side=size)
+            thumb = jpeg_thumbnail(path, size)
         except ImageReadError as e:
             log.warning("uid %s: %s (the page shows it as unreadable)", uid, e)
             with self.lock:
                 self.errors[uid] = str(e)
             return None
-        if is_damaged(dec.notes):
-            log.warning("uid %s (%s): %s", uid, path, "; ".join(dec.notes))
-        buf = io.BytesIO()
-        dec.image.save(buf, format="JPEG", quality=85)
-        data = buf.getvalue()
+        if is_damaged(thumb.notes):
+            log.warning("uid %s (%s): %s", uid, path, "; ".join(thumb.notes))
+        data = thumb.jpeg
         with self.lock:
             self.errors.pop(uid, None)
             self.cache[key] = data
@@ -259,6 +258,11 @@ class AnnotationSession:
                 abort(409, description=f"decision {decision_id!r} is not the last decision; the last is {last['id']!r}.")
             return self.store.undo(decision_id, self.annotator)
 
+    def undo_note(self, decision_id: str) -> str | None:
+        """What to tell the expert when the undone decision was already accepted into connections.csv."""
+        undone = next((r for r in self.store.log.records if r["id"] == decision_id), None)
+        return undo_note(self.collection.root, undone) if undone is not None else None
+
 
 def _json_body() -> dict:
     if request.mimetype != "application/json":
@@ -313,72 +317,78 @@ def _foreign_origin(origin: str | None, fetch_site: str | None, scheme: str, hos
     return None
 
 
-def create_app(
-    collection_dir: str | Path,
-    clusters_path: str | Path,
-    annotator: str,
-    *,
-    bound_host: str = "127.0.0.1",
-) -> Flask:
-    """Build the app. `bound_host` is the address the server listens on; requests must name it (or a
-    loopback name) in their Host header. Binding to a wildcard address turns that check off."""
-    session = AnnotationSession(collection_dir, clusters_path, annotator)
-    app = Flask(__name__)
-    # one byte of slack so that `_json_body` sees an oversized chunked body and answers 413 itself
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY + 1
-    app.json.sort_keys = False  # keep the documented field order in API replies
-    app.extensions["annotation_session"] = session
-    check_host = bound_host not in WILDCARD_HOSTS
+def _host_guard(bound_host: str):
+    """A before-request hook: 400 unless the Host header names the bound address or a loopback name (None:
+    no check, for a wildcard address)."""
+    if bound_host in WILDCARD_HOSTS:
+        return None
     allowed_hosts = set(LOOPBACK_NAMES) | {bound_host.lower()}
 
-    @app.before_request
-    def _host_guard():
-        if not check_host:
-            return None
+    def guard():
         host = (request.host or "").lower()
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         if name not in allowed_hosts:
             abort(400, description=f"unexpected Host header {request.host!r}; open the page via http://{bound_host}.")
-        return None
 
-    @app.before_request
-    def _origin_guard():
-        # Checked whatever the bound address: a page on another origin must never change the log.
-        if request.method not in UNSAFE_METHODS:
-            return None
-        why = _foreign_origin(
-            request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"), request.scheme, request.host
-        )
-        if why is not None:
-            abort(403, description=f"refused a request from another web page ({why}); decisions can only be "
-                  "made on this server's own page.")
-        return None
+    return guard
 
-    @app.errorhandler(HTTPException)
-    def _http_error(e: HTTPException):
-        resp = jsonify({"error": e.description, "status": e.code})
-        resp.status_code = e.code or 400
-        if e.code == 405 and hasattr(e, "valid_methods") and e.valid_methods:
-            resp.headers["Allow"] = ", ".join(e.valid_methods)
-        return resp
 
-    @app.errorhandler(AnnotationError)
-    def _damaged_log(e: AnnotationError):
-        # annotations.jsonl was damaged while the server ran (a hand edit): not the page's fault, and no
-        # decision can be recorded safely until a person repairs the line the message names.
-        resp = jsonify({"error": f"cannot record decisions: {e}", "status": 503})
-        resp.status_code = 503
-        return resp
+def _origin_guard() -> None:
+    """A before-request hook, whatever the bound address: a page on another origin must never change the log."""
+    if request.method not in UNSAFE_METHODS:
+        return
+    why = _foreign_origin(
+        request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"), request.scheme, request.host
+    )
+    if why is not None:
+        abort(403, description=f"refused a request from another web page ({why}); decisions can only be "
+              "made on this server's own page.")
 
-    @app.after_request
-    def _headers(resp):
-        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-        resp.headers.setdefault("Referrer-Policy", "no-referrer")
-        resp.headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'",
-        )
-        return resp
+
+def _http_error(e: HTTPException):
+    resp = jsonify({"error": e.description, "status": e.code})
+    resp.status_code = e.code or 400
+    if e.code == 405 and hasattr(e, "valid_methods") and e.valid_methods:
+        resp.headers["Allow"] = ", ".join(e.valid_methods)
+    return resp
+
+
+def _damaged_log(e: AnnotationError):
+    """annotations.jsonl was damaged while the server ran (a hand edit): not the page's fault, and no decision
+    can be recorded safely until a person repairs the line the message names."""
+    resp = jsonify({"error": f"cannot record decisions: {e}", "status": 503})
+    resp.status_code = 503
+    return resp
+
+
+def _security_headers(resp):
+    resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+    resp.headers.setdefault("Referrer-Policy", "no-referrer")
+    resp.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'",
+    )
+    return resp
+
+
+def _decision_request(body: dict, session: AnnotationSession) -> tuple[int, str, list[str]]:
+    """(cluster, decision, ticked) of a POST /api/decision body, or a 4xx saying what is wrong."""
+    cid, name, ticked = body.get("cluster"), body.get("decision"), body.get("ticked", [])
+    sha = body.get("clusters_sha256")
+    if sha is not None and sha != session.clusters_sha256:
+        # the page was loaded from a server showing another clusters file: its cluster ids mean other images
+        abort(409, description="the clusters file changed since this page was loaded; reload the page.")
+    if not isinstance(cid, int) or isinstance(cid, bool):
+        abort(400, description="'cluster' must be an integer cluster id.")
+    if not isinstance(name, str) or name not in DECISIONS:
+        abort(400, description=f"'decision' must be one of {', '.join(DECISIONS)}.")
+    if not isinstance(ticked, list) or not all(isinstance(u, str) for u in ticked) or len(set(ticked)) != len(ticked):
+        abort(400, description="'ticked' must be a list of distinct uid strings.")
+    return cid, name, ticked
+
+
+def _add_routes(app: Flask, session: AnnotationSession) -> None:
+    """The routes of the module docstring, each a thin call into `session`."""
 
     @app.get("/")
     def index():
@@ -404,38 +414,19 @@ def create_app(
 
     @app.post("/api/decision")
     def decision():
-        body = _json_body()
-        cid, name, ticked = body.get("cluster"), body.get("decision"), body.get("ticked", [])
-        sha = body.get("clusters_sha256")
-        if sha is not None and sha != session.clusters_sha256:
-            # the page was loaded from a server showing another clusters file: its cluster ids mean other images
-            abort(409, description="the clusters file changed since this page was loaded; reload the page.")
-        if not isinstance(cid, int) or isinstance(cid, bool):
-            abort(400, description="'cluster' must be an integer cluster id.")
-        if not isinstance(name, str) or name not in DECISIONS:
-            abort(400, description=f"'decision' must be one of {', '.join(DECISIONS)}.")
-        if not isinstance(ticked, list) or not all(isinstance(u, str) for u in ticked) or len(set(ticked)) != len(ticked):
-            abort(400, description="'ticked' must be a list of distinct uid strings.")
-        rec = session.decide(cid, name, ticked)
+        rec = session.decide(*_decision_request(_json_body(), session))
         with session.store.lock:
             return jsonify({"ok": True, "id": rec["id"], "edges": rec["edges"], "state": session.state()})
 
     @app.post("/api/undo")
     def undo():
-        body = _json_body()
-        did = body.get("decision")
+        did = _json_body().get("decision")
         if not isinstance(did, str) or not did:
             abort(400, description="'decision' must be the id of the decision to undo.")
         rec = session.undo(did)
-        # an undone decision that `cluster accept` already wrote to connections.csv: say what happens to it
-        from cluster.accept import undo_note
-
-        undone = next((r for r in session.store.log.records if r["id"] == did), None)
-        note = undo_note(session.collection.root, undone) if undone is not None else None
+        note = session.undo_note(did)
         with session.store.lock:
             return jsonify({"ok": True, "undone": rec["undoes"], "note": note, "state": session.state()})
-
-    app.url_map.converters["uid"] = UidConverter
 
     @app.get("/image/<uid:uid>", merge_slashes=False)
     def image(uid: str):
@@ -452,4 +443,29 @@ def create_app(
         resp.headers["Cache-Control"] = "private, max-age=3600"
         return resp
 
+
+def create_app(
+    collection_dir: str | Path,
+    clusters_path: str | Path,
+    annotator: str,
+    *,
+    bound_host: str = "127.0.0.1",
+) -> Flask:
+    """Build the app. `bound_host` is the address the server listens on; requests must name it (or a
+    loopback name) in their Host header. Binding to a wildcard address turns that check off."""
+    session = AnnotationSession(collection_dir, clusters_path, annotator)
+    app = Flask(__name__)
+    # one byte of slack so that `_json_body` sees an oversized chunked body and answers 413 itself
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY + 1
+    app.json.sort_keys = False  # keep the documented field order in API replies
+    app.extensions["annotation_session"] = session
+    app.url_map.converters["uid"] = UidConverter
+    host_guard = _host_guard(bound_host)
+    if host_guard is not None:
+        app.before_request(host_guard)
+    app.before_request(_origin_guard)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(AnnotationError, _damaged_log)
+    app.after_request(_security_headers)
+    _add_routes(app, session)
     return app

@@ -11,7 +11,7 @@ import click
 from werkzeug.serving import make_server
 
 from cluster.annotate.app import WILDCARD_HOSTS, AnnotateSetupError, create_app
-from cluster.annotate.store import AnnotationError
+from cluster.annotations import AnnotationError
 from cluster.clusters_file import ClustersFileError
 from data.collection import CollectionError
 from data.paths import UserPath

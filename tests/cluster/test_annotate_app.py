@@ -305,7 +305,7 @@ def test_torn_line_appearing_while_running_is_cut_before_the_next_decision(annot
     from click.testing import CliRunner
 
     from cluster.__main__ import cli
-    from cluster.annotate.store import read_log
+    from cluster.annotations import read_log
 
     _, c = _app(annot_collection)
     m = annot_collection.members(2)

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from cluster.annotate.cli import annotate
-from cluster.annotate.store import read_log
+from cluster.annotations import read_log
 from tests.cluster.conftest import EXPECTED_QUEUE
 
 REPO = Path(__file__).resolve().parents[2]

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from cluster.annotate.store import AnnotationError, AnnotationStore, TornLineWarning, read_log
+from cluster.annotate.store import AnnotationStore
+from cluster.annotations import AnnotationError, TornLineWarning, read_log
 
 
 def _decide(store, cluster, edges=()):

@@ -134,3 +134,61 @@ def test_module_entry_point():
         [sys.executable, "-m", "cluster", "--help"], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0 and "optics" in r.stdout and "annotate" in r.stdout
+
+
+def _optics_options() -> dict:
+    return {p.name: p for p in cli.commands["optics"].params}
+
+
+def test_optics_options_offer_what_the_library_accepts_with_its_defaults():
+    """The choices and defaults of `cluster optics` are the library's, written once (cluster.config)."""
+    from cluster.config import (
+        CLUSTER_METHODS,
+        COMMAND_DEFAULTS,
+        DBSCAN_EPS,
+        ENGINES,
+        METHODS,
+        METRICS,
+        PRECISIONS,
+    )
+
+    opts = _optics_options()
+    for name, choices in (("method", METHODS), ("metric", METRICS), ("cluster_method", CLUSTER_METHODS),
+                          ("engine", ENGINES), ("precision", PRECISIONS)):
+        assert tuple(opts[name].type.choices) == choices, name
+    for name in ("min_samples", "max_eps", "xi", "metric", "cluster_method", "engine", "precision", "block_size",
+                 "memory_budget_mb"):
+        assert opts[name].default == getattr(COMMAND_DEFAULTS, name), name
+    assert opts["eps"].default is None and f"{DBSCAN_EPS:g}" in opts["eps"].help
+
+
+def test_optics_command_with_no_options_equals_the_library_with_the_command_defaults(files):
+    from cluster.clustering import cluster_signatures
+    from cluster.config import COMMAND_DEFAULTS
+
+    tmp, _, _ = files
+    out = tmp / "plain.csv"
+    r = CliRunner().invoke(cli, ["optics", str(tmp / "sig.npz"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    table, res = cluster_signatures(tmp / "sig.npz", COMMAND_DEFAULTS)
+    written = read_clusters(out)
+    np.testing.assert_array_equal(written.labels, table.labels)
+    np.testing.assert_array_equal(written.order, res.order)
+    params = json.loads(sidecar_path(out).read_text())
+    assert {k: params[k] for k in table.params if k != "signatures"} == \
+        {k: v for k, v in table.params.items() if k != "signatures"}
+
+
+@pytest.mark.parametrize("extra", [[], ["--eps", "0.2"]])
+def test_dbscan_eps_default_is_one_figure(files, extra):
+    from cluster.clustering import cluster_signatures
+    from cluster.config import COMMAND_DEFAULTS, DBSCAN_EPS
+
+    tmp, _, _ = files
+    out = tmp / "db.csv"
+    r = CliRunner().invoke(cli, ["optics", str(tmp / "sig.npz"), "--out", str(out), "--method", "dbscan", *extra])
+    assert r.exit_code == 0, r.output
+    eps = float(extra[1]) if extra else DBSCAN_EPS
+    assert read_clusters(out).params["eps"] == eps
+    table, res = cluster_signatures(tmp / "sig.npz", COMMAND_DEFAULTS, method="dbscan")
+    assert res is None and table.params["eps"] == DBSCAN_EPS

@@ -84,3 +84,27 @@ def test_map_thumbnails_are_corrected(coll, tmp_path):
         assert K.mean_rgb(t, (0, 0, 4, 4)).min() > 245
     with Image.open(out / "thumbs" / "phone.jpg") as t:
         assert t.height > t.width
+
+
+def test_map_report_and_page_make_their_thumbnails_one_way(coll, tmp_path):
+    """One function makes every thumbnail (`data.image.jpeg_thumbnail`): the map's files, the page's images and
+    the report's embedded pictures are its bytes for the same image and size."""
+    import base64
+
+    from cluster.report import ReportInputs, build_report
+    from data.image import jpeg_thumbnail
+
+    root, clusters = coll
+    x = np.random.default_rng(0).normal(size=(3, 8))
+    save_signatures(tmp_path / "sig.npz", Signatures(uids=UIDS, vectors=x / np.linalg.norm(x, axis=1, keepdims=True)))
+    out = tmp_path / "map"
+    res = CliRunner().invoke(cli, ["map", str(tmp_path / "sig.npz"), "--collection", str(root), "--out", str(out),
+                                   "--thumb-size", "32"])
+    assert res.exit_code == 0, res.output
+    for uid, name in (("draw", "draw.png"), ("phone", "phone.jpg")):
+        assert (out / "thumbs" / f"{uid}.jpg").read_bytes() == jpeg_thumbnail(root / name, 32).jpeg
+    page = create_app(root, clusters, "ada").test_client().get("/image/phone?size=256")
+    assert page.get_data() == jpeg_thumbnail(root / "phone.jpg", 256).jpeg
+    report = build_report(ReportInputs(collection=root, clusters=clusters))
+    embedded = base64.b64encode(jpeg_thumbnail(root / "phone.jpg", 160, quality=80).jpeg).decode()
+    assert f"data:image/jpeg;base64,{embedded}" in report

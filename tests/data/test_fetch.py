@@ -13,7 +13,7 @@ from PIL import Image
 from data.__main__ import cli
 from data.collection import fetched_path
 from data.fetch import fetch_collection, request_url
-from data.preprocess import decode_rgb
+from data.image import decode_rgb
 
 
 def _jpeg(size, colour=(120, 60, 30)):

@@ -6,6 +6,7 @@ items of defect 10 (one pixel limit, bounded concurrent decodes, damaged JPEGs d
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 
@@ -16,8 +17,15 @@ from PIL import Image
 
 import data.image as image_mod
 from data.__main__ import cli
-from data.image import ImageReadError, ImageTooLargeError, PixelBudget, decode_image
-from data.preprocess import decode_rgb, load_uint8
+from data.image import (
+    ImageReadError,
+    ImageTooLargeError,
+    PixelBudget,
+    decode_image,
+    decode_rgb,
+    jpeg_thumbnail,
+)
+from data.preprocess import load_uint8
 from tests.data import image_kinds as K
 
 
@@ -252,3 +260,14 @@ def test_prepare_stores_the_corrected_picture_and_says_so(tmp_path):
     assert phone.size == (32, 48)
     assert np.abs(K.mean_rgb(phone, (20, 4, 28, 12)) - K.RED).max() < 20
     assert load_uint8(src[pos["ok"]][1], 8).shape == (8, 8, 3)
+
+
+def test_jpeg_thumbnail_is_the_corrected_picture_fitted_into_max_side(tmp_path):
+    """The one thumbnail maker: decoded like every stage (EXIF orientation applied, the note kept), fitted."""
+    K.oriented_jpeg(tmp_path / "phone.jpg", 6)
+    thumb = jpeg_thumbnail(tmp_path / "phone.jpg", 24)
+    with Image.open(io.BytesIO(thumb.jpeg)) as im:
+        assert im.format == "JPEG" and max(im.size) == 24 and im.height > im.width
+    assert any("orientation" in n for n in thumb.notes)
+    with pytest.raises(ImageReadError):
+        jpeg_thumbnail(b"not an image", 24)

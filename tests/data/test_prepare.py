@@ -9,9 +9,9 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from data.__main__ import cli
+from data.image import decode_rgb
 from data.pipeline import open_prepared
 from data.prepare import prepare_collection
-from data.preprocess import decode_rgb
 
 from .conftest import write_image
 

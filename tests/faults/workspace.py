@@ -94,11 +94,12 @@ def _signatures(ws: Workspace) -> None:
 
 
 def _clusters(ws: Workspace) -> None:
+    from cluster.clustering import cluster_signatures
     from cluster.clusters_file import write_clusters
-    from cluster.optics import OpticsConfig, cluster_signatures
+    from cluster.config import OpticsConfig
 
     cfg = OpticsConfig(min_samples=2, max_eps=0.3, metric="cosine")
-    table, _ = cluster_signatures(str(ws.sig), cfg, method="optics", pca=None, eps=0.08)
+    table, _ = cluster_signatures(str(ws.sig), cfg, method="optics", pca=None)
     write_clusters(ws.clusters, table)
     assert len(set(table.labels.tolist()) - {-1}) >= 4, "the fault workspace needs a few clusters"
 

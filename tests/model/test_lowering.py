@@ -154,7 +154,7 @@ def test_lowering_choice():
     # "auto" follows the backend this test runs on
     expected_dense = "dots" if jax.default_backend() == "cpu" else "native"
     assert resolve_conv_impl("auto", 1, 64, 3) == expected_dense
-    with pytest.raises(ValueError, match="grouped_impl"):
+    with pytest.raises(ValueError, match="conv_impl"):
         resolve_conv_impl("fast", 32, 256, 3)
 
 

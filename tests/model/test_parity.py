@@ -17,7 +17,7 @@ from flax import nnx
 
 from model.convert import convert_state_dict
 from model.registry import ARCHS, build, param_count
-from model.signature import l2_normalize
+from model.signature import l2_normalize, set_conv_impl
 from tests.model.helpers import random_input, randomized_torchvision, run_features, torchvision_pooled
 
 TOL = 1e-4
@@ -38,7 +38,7 @@ def test_matches_torchvision(arch, impl):
     net = randomized_torchvision(arch)
     x = random_input()
     ref = torchvision_pooled(net, x)
-    model = convert_state_dict(arch, net.state_dict(), grouped_impl=impl)
+    model = set_conv_impl(convert_state_dict(arch, net.state_dict()), impl)
 
     feats, sig = run_features(model, x, jit=ARCHS[arch].family == "efficientnet")
     assert feats.shape == ref.shape == (2, ARCHS[arch].signature_dim)
@@ -86,7 +86,7 @@ def check_bfloat16(arch: str, state_dict, impl: str, x: np.ndarray, f_ref: np.nd
     above 0.9999 at 64 px (relative errors 0.3-0.6%). 0.995 leaves room for other inputs and hardware yet
     fails if something is done badly in bf16 (e.g. BN statistics or pooling accumulated in bf16).
     """
-    bf16 = convert_state_dict(arch, state_dict, dtype="bfloat16", grouped_impl=impl)
+    bf16 = set_conv_impl(convert_state_dict(arch, state_dict, dtype="bfloat16"), impl)
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(nnx.state(bf16, nnx.Param, nnx.BatchStat)))
     f_b, s_b = run_features(bf16, x, jit=ARCHS[arch].family == "efficientnet")
     assert f_b.dtype == np.float32 and s_b.dtype == np.float32

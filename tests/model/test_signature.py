@@ -79,7 +79,7 @@ def _mbconv(rate: float = 0.5):
     from model.state import initialize
 
     block = MBConv(6, 3, 1, 16, 16, rate, cfg=EfficientNetConfig(1.0, 1.0), dtype=jnp.float32,
-                   grouped_impl="auto", rngs=nnx.Rngs(params=0, dropout=1))
+                   rngs=nnx.Rngs(params=0, dropout=1))
     initialize(block, seed=0)
     return block
 

@@ -82,12 +82,11 @@ def run(devices, cfg, images, groups, steps=2):
 def resnext_hlo(cfg) -> dict:
     """Compile (not run) the 4-device step for a tiny ResNeXt built from model/ with native grouped convs."""
     from model.resnet import ResNet, ResNetConfig
-    from model.signature import SignatureNet, set_mode
+    from model.signature import SignatureNet, set_conv_impl, set_mode
     from model.state import initialize
 
-    backbone = ResNet(ResNetConfig("bottleneck", (1, 1, 1, 1), groups=8, width_per_group=4), grouped_impl="native",
-                      rngs=nnx.Rngs(0))
-    net = SignatureNet("tiny_resnext", backbone, grouped_impl="native")
+    backbone = ResNet(ResNetConfig("bottleneck", (1, 1, 1, 1), groups=8, width_per_group=4), rngs=nnx.Rngs(0))
+    net = set_conv_impl(SignatureNet("tiny_resnext", backbone), "native")
     initialize(net, 0)
     set_mode(net, training=True, freeze_bn=True)
     graphdef, params, rest = split_model(net)

@@ -3,8 +3,8 @@
 
 import pytest
 
+from data.image import decode_rgb
 from data.pipeline import open_prepared
-from data.preprocess import decode_rgb
 from tests.data import image_kinds as K
 from tests.train.conftest import build_tiny_collection
 from train.config import apply_overrides, preset

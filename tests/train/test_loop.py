@@ -52,6 +52,8 @@ def test_demo_run_lowers_loss_and_improves_val_retrieval(reference_run, tiny_col
     assert ev["trained"]["test"]["num_queries"] > 0 and ev["selected_by"] == "val mAP"
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert sum("loss" in x for x in lines) == r.step and sum("val" in x for x in lines) == 3
+    # the exported weights say at which resolution they were trained (`model embed` need not be told again)
+    assert json.loads((out / "weights" / "meta.json").read_text())["meta"]["resolution"] == 32
     # the exported signatures are what `model embed` gives with the exported weights
     sig = load_signatures(out / "signatures.npz")
     again = embed_collection(tiny_collection, load_weights(out / "weights"), resolution=32, progress=False)
@@ -79,6 +81,30 @@ def test_resume_equals_uninterrupted(reference_run, tiny_collection, tmp_path):
     second = run_training(tiny_collection, out, CFG, resume=True, progress=False)
     assert second.status == "finished" and second.step == ref.step
     assert_runs_end_alike(ref_out, out)
+
+
+def test_periodic_actions_are_gates_on_the_step(tiny_collection, tmp_path):
+    """The step loop's gates (train/loop.py): a log record every `log_every` steps, at each epoch's end and
+    before each checkpoint; a checkpoint every `checkpoint_every` steps and at each epoch's end (with the val
+    mAP); re-mining every `remine_every` steps within an epoch (a new round, its iterator from the start)."""
+    from train.checkpointing import RunCheckpoints
+
+    cfg = apply_overrides(CFG, {"log_every": 3, "checkpoint_every": 4, "remine_every": 2, "keep_checkpoints": 20})
+    out = tmp_path / "gates"
+    r = run_training(tiny_collection, out, cfg, progress=False)
+    assert r.status == "finished" and r.step == 10
+    ck = RunCheckpoints(out / "checkpoints")
+    metas = {s: ck.restore_meta(s) for s in ck.all_steps()}
+    vals = {s: ck.val_map(s) for s in metas}
+    ck.close()
+    assert metas[5]["steps_per_epoch"] == 5  # the tiny collection's 42 triplets in batches of 8
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in records if "loss" in x] == [3, 4, 5, 8, 10]
+    assert [(x["step"], x["epoch"]) for x in records if "val" in x] == [(0, 0), (5, 1), (10, 2)]
+    assert sorted(metas) == [4, 5, 8, 10]
+    where = {s: (m["epoch"], m["step_in_epoch"], m["round"], m["data_state"] is None) for s, m in metas.items()}
+    assert where == {4: (0, 4, 2, True), 5: (1, 0, 0, True), 8: (1, 3, 1, False), 10: (2, 0, 0, True)}
+    assert vals[4] is None and vals[8] is None and vals[5] is not None and vals[10] is not None
 
 
 def test_resume_from_starts_a_new_round_from_the_best_weights(reference_run, tiny_collection, tmp_path):

@@ -1,8 +1,14 @@
 """Review order and the edges implied by each decision (pure functions)."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from cluster.annotate.queue import DecisionError, implied_edges, new_pairs, order_clusters
+from cluster.review import DecisionError, implied_edges, new_pairs, order_clusters
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_order_is_largest_new_first_with_deterministic_ties():
@@ -48,3 +54,12 @@ def test_implied_edges():
 def test_impossible_decisions_are_refused(decision, ticked, match):
     with pytest.raises(DecisionError, match=match):
         implied_edges(decision, ["u1", "u2", "u3"], ticked)
+
+
+def test_accept_and_the_report_do_not_depend_on_the_web_app():
+    """The log format, the review order and the decision edges are cluster-level: `accept` and `report` use
+    them without importing the annotation web app (flask)."""
+    code = ("import sys, cluster.accept, cluster.report, cluster.annotations, cluster.review; "
+            "print(sorted(m for m in sys.modules if m.startswith('cluster.annotate') or m == 'flask'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -1,4 +1,7 @@
-"""Which proposed cluster the expert sees next, and which edges each decision implies (pure functions).
+"""The review of proposed clusters: which one the expert sees next, and the edges each decision implies.
+
+Pure functions, shared by the annotation page (`cluster.annotate`), which shows the clusters in this order
+and records what `implied_edges` returns, and by the report (`cluster.report`), which shows the same order.
 
 Order: largest-new-first. A cluster is worth the expert's time in proportion to what it can add, so
 clusters are ranked by the number of member pairs that are *not* already a known connection (of any
@@ -9,7 +12,6 @@ fully deterministic.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from itertools import combinations
 
 from data.collection import DUPLICATE, NEGATIVE, POSITIVE, SIMILAR
@@ -74,11 +76,3 @@ def implied_edges(decision: str, members: list[str], ticked: Iterable[str]) -> l
     kind = {"confirm": POSITIVE, "similar": SIMILAR, "duplicate": DUPLICATE}[decision]
     return [[*pair(a, b), kind] for a, b in combinations(chosen, 2)]
 
-
-@dataclass(frozen=True)
-class Proposal:
-    """One cluster to review: its id and members in OPTICS order (neighbours side by side)."""
-
-    cluster: int
-    members: tuple[str, ...]
-    new_pairs: int

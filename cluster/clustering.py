@@ -1,0 +1,113 @@
+"""`python -m cluster optics`'s work: a signatures file in, clusters.csv + clusters.json + the plot out.
+
+The algorithm is `cluster.optics` (arrays in, arrays out); this module is what turns a file into a
+`ClusterTable` with its provenance (parameters, the signatures file and its sha256) and writes the
+outputs. `--method hdbscan` and `dbscan` run scikit-learn's HDBSCAN / DBSCAN on the same signatures for
+comparison: they have no ordering, so `order` is the row index, reachability and core distance are NaN
+and no reachability plot is drawn.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cluster.clusters_file import ClusterTable, file_sha256, remove_previous, write_clusters
+from cluster.config import DBSCAN_EPS, METHODS, OpticsConfig
+from cluster.optics import OpticsResult, optics
+from cluster.plots import reachability_plot
+from data.signatures import Signatures, load_signatures
+
+
+def reduce_pca(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """PCA to k dimensions (scikit-learn, seeded); OPTICS then runs on the projected rows."""
+    from sklearn.decomposition import PCA
+
+    if not 1 <= k <= min(x.shape):
+        raise ValueError(f"--pca {k}: must be between 1 and min(n, d) = {min(x.shape)}.")
+    return PCA(n_components=k, random_state=seed).fit_transform(np.asarray(x, dtype=np.float64))
+
+
+def _provenance(signatures_path: str | Path, n: int, cfg: OpticsConfig, method: str, pca: int | None) -> dict:
+    """What clusters.json records of every run: the method, its parameters and the signatures file."""
+    return {
+        "method": method,
+        "min_samples": cfg.min_samples,
+        "max_eps": cfg.max_eps if math.isfinite(cfg.max_eps) else "inf",
+        "xi": cfg.xi,
+        "metric": cfg.metric,
+        "cluster_method": cfg.cluster_method,
+        "pca": pca,
+        "signatures": str(signatures_path),
+        "signatures_sha256": file_sha256(signatures_path),
+        "n": n,
+    }
+
+
+def _optics_table(sig: Signatures, x: np.ndarray, cfg: OpticsConfig, params: dict) -> tuple[ClusterTable, OpticsResult]:
+    res = optics(x, cfg)
+    params.update(engine=res.engine, precision=cfg.precision, ordering="optics")
+    if cfg.cluster_method == "dbscan":
+        params["eps"] = cfg.extraction_eps
+    table = ClusterTable(uids=sig.uids, labels=res.labels, order=res.order, reachability=res.reachability,
+                         core_distance=res.core_distances, params=params)  # fmt: skip
+    return table, res
+
+
+def _comparison_table(sig: Signatures, x: np.ndarray, cfg: OpticsConfig, method: str, params: dict) -> ClusterTable:
+    """scikit-learn's HDBSCAN or DBSCAN (eps: `cfg.eps`, else DBSCAN_EPS) in the same table format."""
+    from sklearn.cluster import DBSCAN, HDBSCAN
+
+    if method == "dbscan":
+        params["eps"] = DBSCAN_EPS if cfg.eps is None else cfg.eps
+        labels = DBSCAN(eps=params["eps"], min_samples=cfg.min_samples, metric=cfg.metric).fit_predict(x)
+    else:
+        algo = "brute" if cfg.metric == "cosine" else "auto"  # the trees have no cosine metric
+        labels = HDBSCAN(min_samples=cfg.min_samples, metric=cfg.metric, algorithm=algo, copy=True).fit_predict(x)
+    params.update(ordering="row index (this method has no ordering)")
+    n = len(sig)
+    nan = np.full(n, np.nan)
+    return ClusterTable(uids=sig.uids, labels=labels, order=np.arange(n), reachability=nan,
+                        core_distance=nan.copy(), params=params)  # fmt: skip
+
+
+def cluster_signatures(
+    signatures_path: str | Path, cfg: OpticsConfig, *, method: str = "optics", pca: int | None = None
+) -> tuple[ClusterTable, OpticsResult | None]:
+    """Signatures file -> ClusterTable (what `python -m cluster optics` writes), with provenance in params.
+
+    method "optics" is `cluster.optics.optics` with `cfg` (its OpticsResult is returned too, for the plot);
+    "hdbscan" and "dbscan" are scikit-learn's, for comparison (no OpticsResult). `cfg.eps` is the
+    extraction eps of `cluster_method="dbscan"` for OPTICS, and DBSCAN's eps for `method="dbscan"`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method {method!r}: use one of {METHODS}.")
+    sig = load_signatures(signatures_path)
+    if len(sig) < 2:
+        raise ValueError(f"{signatures_path}: {len(sig)} signatures; clustering needs at least 2.")
+    x = reduce_pca(sig.vectors, pca) if pca else sig.vectors
+    params = _provenance(signatures_path, len(sig), cfg, method, pca)
+    if method == "optics":
+        return _optics_table(sig, x, cfg, params)
+    return _comparison_table(sig, x, cfg, method, params), None
+
+
+def write_clustering(
+    out: Path, table: ClusterTable, res: OpticsResult | None, *, max_eps: float, plot: Path | None = None
+) -> Path | None:
+    """Write clusters.csv + clusters.json and, for OPTICS, the reachability plot; returns the plot's path.
+
+    The plot goes to `plot`, by default reachability.png beside `out`, and clusters.json names it. The files
+    of an older run there are removed first (`remove_previous`), so no file of it sits beside the new ones.
+    """
+    plot = (plot or out.with_name("reachability.png")) if res is not None else None
+    table.params["plot"] = os.path.relpath(plot.resolve(), out.resolve().parent) if plot else None
+    remove_previous(out, *([plot] if plot else []))
+    write_clusters(out, table)
+    if plot is not None:
+        reachability_plot(plot, res.ordering, res.reachability, res.labels,
+                          max_eps=max_eps if math.isfinite(max_eps) else None)  # fmt: skip
+    return plot
