@@ -245,17 +245,17 @@ def main(argv=None) -> int:
             done[k] += b
 
     rates = {}
+    flops = infos["jax"]["flops_per_step"]  # the same model and batch: torch does the same work
+    peak = device_peak(args.precision)
     for k in runners:
         ms = 1000.0 * times[k] / done[k]
         rates[k] = images / (times[k] / done[k])
         rec = {"framework": k, **common, "img_per_s": rates[k], "ms_per_step": ms, "compile_s": infos[k]["compile_s"]}
+        rec["mfu"] = (flops / (ms / 1000.0)) / peak if peak else None  # XLA's FLOP count of the step
         if k == "jax":
-            flops = infos[k]["flops_per_step"]
             rec["flops_per_image"] = flops / images
             rec["all_gathers_in_step"] = infos[k]["all_gathers"]
             rec["peak_device_bytes"] = jax_peak_memory()
-            peak = device_peak(args.precision)
-            rec["mfu"] = (flops / (ms / 1000.0)) / peak if peak else None
         else:
             rec["peak_device_bytes"] = infos[k]["peak"]()
         print(json.dumps(rec), flush=True)
