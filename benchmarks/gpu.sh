@@ -35,6 +35,10 @@ export XLA_FLAGS="$("$PY" -c 'import os, sys; sys.path.insert(0, "."); from trai
 step() {  # step LIMIT_S NAME CMD...  (the limit shrinks to what is left of BUDGET_S)
   local limit=$1 name=$2
   shift 2
+  if [[ "${ONLY_SCALE:-0}" == 1 && $name != scale-* ]]; then
+    echo "-- $name: skipped (ONLY_SCALE=1)" | tee -a "$LOG"
+    return
+  fi
   local left=$((BUDGET_S - SECONDS))
   if ((left < 30)); then
     echo "-- $name: skipped, ${left} s left of BUDGET_S=$BUDGET_S" | tee -a "$LOG"
@@ -86,5 +90,15 @@ done
 # 5. What remat buys on this device: compiled temporary memory and FLOPs with and without (compile only).
 if [[ $TINY == 1 ]]; then RM="--arch resnet18 --resolution 32 --batch 1"; else RM="--arch $RX --resolution $RES_B --batch $BATCH"; fi
 step "$LIMIT" remat-memory "$PY" benchmarks/remat_memory.py $RM --precision bf16
+# 5b. Embedding (issue 13): our inference forward (`model embed`'s) vs torchvision eager and torch.compile,
+#    channels_last, the same uint8 batches at the same resolution and batch, as a ratio.
+if [[ $TINY == 1 ]]; then EM=(--arch resnet18 --resolution 32 --batch-size 2 --batches 2 --no-compile); else EM=(--arch $RX --resolution $RES_B --batch-size 64 --batches 10 --dtype bfloat16); fi
+step "$LIMIT" embed-throughput "$PY" benchmarks/embed_throughput.py "${EM[@]}"
+# 6. Archive scale (issue 13): 1,000,000 x 2048 archive-like signatures, each stage timed with its peak memory
+#    (kNN graph, OPTICS, HDBSCAN, mining, retrieval, then the whole `cluster optics` command on an 8 GB file).
+#    It needs ~10 minutes of its own: after steps 1-5 it runs only with BUDGET_S raised (e.g. BUDGET_S=1100),
+#    or alone: ONLY_SCALE=1 bash benchmarks/gpu.sh. Each stage prints its JSON line when done.
+if [[ $TINY == 1 ]]; then SC=(--n 2000 --dim 64); else SC=(--n 1000000 --dim 2048 --memory-budget-mb 60000); fi
+step 600 scale-1m "$PY" benchmarks/scale.py "${SC[@]}" --stages knn,optics,hdbscan,mining,retrieval,command
 echo "results: $JSONL ($(wc -l <"$JSONL") lines), log: $LOG; steps failed: $FAILED"
 exit $((FAILED > 0))

@@ -52,11 +52,19 @@ def cli() -> None:
 @click.option("--memory-budget-mb", default=DEFAULTS.memory_budget_mb, show_default=True, type=click.FloatRange(min=0),
               help="Memory OPTICS may use beyond the loaded signatures: working copies, tiles, the radius graph "
               "or the dense matrix. Over it, auto falls back to a slower engine; too small for the points: error.")  # fmt: skip
+@click.option("--knn-k", default=DEFAULTS.knn_k, show_default=True, type=click.IntRange(min=1),
+              help="Engine knn: neighbours per signature of the first query; rows that need more are queried "
+              "again with twice as many, as far as the memory budget allows.")  # fmt: skip
+@click.option("--approximate", is_flag=True,
+              help="Engine knn (and auto): where a signature has more neighbours within max_eps than its list can "
+              "hold, run on the truncated lists (recorded as exact: false in clusters.json) instead of refusing "
+              "(knn) or falling back to the radius-graph engine (auto).")  # fmt: skip
 @click.option("--plot", type=UserPath(dir_okay=False), default=None,
               help="Reachability plot PNG [default: reachability.png next to --out].")  # fmt: skip
 def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_eps: float, xi: float, metric: str,
                cluster_method: str, eps: float | None, pca: int | None, engine: str, precision: str,
-               block_size: int, memory_budget_mb: float, plot: Path | None) -> None:  # fmt: skip
+               block_size: int, memory_budget_mb: float, knn_k: int, approximate: bool,
+               plot: Path | None) -> None:  # fmt: skip
     """Cluster SIGNATURES (a signatures.npz) and write clusters.csv (+ clusters.json, reachability.png).
 
     The default method is OPTICS equal to scikit-learn's OPTICS with the same parameters.
@@ -65,7 +73,7 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
 
     cfg = OpticsConfig(min_samples=min_samples, max_eps=max_eps, metric=metric, cluster_method=cluster_method, xi=xi,
                        eps=eps, engine=engine, precision=precision, block_size=block_size,
-                       memory_budget_mb=memory_budget_mb)  # fmt: skip
+                       memory_budget_mb=memory_budget_mb, knn_k=knn_k, approximate=approximate)  # fmt: skip
     try:
         table, res = cluster_signatures(str(signatures), cfg, method=method, pca=pca)
     except (ValueError, MemoryError) as e:
@@ -77,6 +85,9 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
     )
     if plot is not None:
         click.echo(f"{plot}: reachability plot")
+    if "engine" in table.params:  # which engine ran, exact or approximate, and why
+        reason = table.params.get("reason")
+        click.echo(f"engine {table.params['engine']}" + (f": {reason}" if reason else ""))
 
 
 @cli.command("evaluate")

@@ -49,12 +49,23 @@ def _provenance(signatures_path: str | Path, n: int, cfg: OpticsConfig, method: 
 
 def _optics_table(sig: Signatures, x: np.ndarray, cfg: OpticsConfig, params: dict) -> tuple[ClusterTable, OpticsResult]:
     res = optics(x, cfg)
-    params.update(engine=res.engine, precision=cfg.precision, ordering="optics")
+    params.update(engine=res.engine, precision=cfg.precision, ordering="optics", approximate=cfg.approximate)
+    params.update(res.info)  # knn engine: exact, knn_k, incomplete_rows, grown_rows, reason (cluster/knn_graph.py)
     if cfg.cluster_method == "dbscan":
         params["eps"] = cfg.extraction_eps
     table = ClusterTable(uids=sig.uids, labels=res.labels, order=res.order, reachability=res.reachability,
                          core_distance=res.core_distances, params=params)  # fmt: skip
     return table, res
+
+
+DENSE_HDBSCAN_PAIR_BYTES = 16  # scikit-learn's dense HDBSCAN: the n x n float64 distances and their sort
+
+
+def _hdbscan_on_knn(cfg: OpticsConfig, n: int) -> bool:
+    """HDBSCAN on the kNN graph (cluster/knn_hdbscan.py) for --engine knn, or for auto when the n x n matrix
+    of scikit-learn's dense HDBSCAN would not fit the memory budget; else scikit-learn's dense HDBSCAN."""
+    too_big = DENSE_HDBSCAN_PAIR_BYTES * n * n > cfg.memory_budget_mb * 2**20
+    return cfg.engine == "knn" or (cfg.engine == "auto" and too_big)
 
 
 def _comparison_table(sig: Signatures, x: np.ndarray, cfg: OpticsConfig, method: str, params: dict) -> ClusterTable:
@@ -64,9 +75,16 @@ def _comparison_table(sig: Signatures, x: np.ndarray, cfg: OpticsConfig, method:
     if method == "dbscan":
         params["eps"] = DBSCAN_EPS if cfg.eps is None else cfg.eps
         labels = DBSCAN(eps=params["eps"], min_samples=cfg.min_samples, metric=cfg.metric).fit_predict(x)
+    elif _hdbscan_on_knn(cfg, len(x)):
+        from cluster.knn_hdbscan import knn_hdbscan
+
+        labels, info, _ = knn_hdbscan(x, min_samples=cfg.min_samples, metric=cfg.metric, knn_k=cfg.knn_k,
+                                      block=cfg.block_size)  # fmt: skip
+        params.update(engine="knn", **info.to_dict())
     else:
         algo = "brute" if cfg.metric == "cosine" else "auto"  # the trees have no cosine metric
         labels = HDBSCAN(min_samples=cfg.min_samples, metric=cfg.metric, algorithm=algo, copy=True).fit_predict(x)
+        params.update(engine="dense")
     params.update(ordering="row index (this method has no ordering)")
     n = len(sig)
     nan = np.full(n, np.nan)
@@ -88,7 +106,8 @@ def cluster_signatures(
     sig = load_signatures(signatures_path)
     if len(sig) < 2:
         raise ValueError(f"{signatures_path}: {len(sig)} signatures; clustering needs at least 2.")
-    x = reduce_pca(sig.vectors, pca) if pca else sig.vectors
+    x = sig.dense()  # float32 in memory, whatever the store holds (float16 rows are upcast)
+    x = reduce_pca(x, pca) if pca else x
     params = _provenance(signatures_path, len(sig), cfg, method, pca)
     if method == "optics":
         return _optics_table(sig, x, cfg, params)

@@ -14,7 +14,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 METRICS = ("cosine", "euclidean")
-ENGINES = ("auto", "graph", "dense", "stream")
+# the library (cluster.optics) also takes scikit-learn's default metric, minkowski with p=2 (the distance by
+# coordinate differences), so scikit-learn's own OPTICS test-suite runs against it; the CLI offers METRICS
+LIBRARY_METRICS = (*METRICS, "minkowski")
+ENGINES = ("auto", "knn", "graph", "dense", "stream")
 CLUSTER_METHODS = ("xi", "dbscan")
 PRECISIONS = ("float64", "float32")
 METHODS = ("optics", "hdbscan", "dbscan")  # OPTICS, or scikit-learn's HDBSCAN / DBSCAN for comparison
@@ -37,6 +40,8 @@ class OpticsConfig:
     precision: str = "float64"
     block_size: int = 2048
     memory_budget_mb: float = 2048.0  # everything beyond the input array: see `cluster.optics.memory_plan`
+    knn_k: int = 32  # engine "knn": neighbours per row of the first query (rows that need more get more)
+    approximate: bool = False  # engine "knn": run on truncated lists instead of refusing (cluster.knn_graph)
 
     @property
     def extraction_eps(self) -> float:
@@ -45,7 +50,7 @@ class OpticsConfig:
 
     def validate(self, n: int) -> None:
         """Refuse parameters scikit-learn would refuse (or that this port does not run), for n points."""
-        for name, value, allowed in (("metric", self.metric, METRICS), ("engine", self.engine, ENGINES),
+        for name, value, allowed in (("metric", self.metric, LIBRARY_METRICS), ("engine", self.engine, ENGINES),
                                      ("cluster_method", self.cluster_method, CLUSTER_METHODS),
                                      ("precision", self.precision, PRECISIONS)):  # fmt: skip
             if value not in allowed:
@@ -60,6 +65,8 @@ class OpticsConfig:
             raise ValueError(f"eps ({self.eps}) must not exceed max_eps ({self.max_eps}).")
         if self.block_size < 1:
             raise ValueError("block_size must be positive.")
+        if self.knn_k < 1:
+            raise ValueError(f"knn_k must be positive, got {self.knn_k}.")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -169,7 +169,7 @@ def make_map(
                 "make clusters.csv from the same signatures file."
             )
         labels = np.array([lab_of[u] for u in uids], dtype=np.int64)
-    coords = embed_2d(sig.vectors, cfg)
+    coords = embed_2d(sig.dense(), cfg)
     groups = pattern_groups(collection)
     index = {u: i for i, u in enumerate(uids)}
     links = sorted(

@@ -28,6 +28,12 @@ with the exact product `_set_reach_dist` makes (one row against the unprocessed 
 ascending index order), and membership in the radius for pairs within 1e-9 of max_eps. The heavy
 O(n^2 d) work stays on the device; the host work is O(edges * d).
 
+Metrics: "cosine" and "euclidean" (sklearn's formulas), and in the library "minkowski" with p=2,
+scikit-learn's default: its reachability distances are SciPy's `cdist` by coordinate differences (what
+sklearn's pairwise_distances calls), its neighbour queries sklearn's euclidean ones (NearestNeighbors
+turns minkowski p=2 into euclidean). scikit-learn's own OPTICS test-suite, its ELKI comparison
+included, runs on that metric (tests/cluster/test_sklearn_optics_suite.py).
+
 Memory: `memory_budget_mb` bounds everything the run allocates beyond the input array (`memory_plan`):
 float64 working rows and their device copy, O(n) state, one tile (shrunk below `block_size` when the
 budget needs it), and then the radius graph (6 bytes per directed edge: int32 CSR columns, no
@@ -36,14 +42,24 @@ that cannot hold the points and the smallest tile is refused up front with the f
 
 Engines:
 - "graph" (above; needs finite max_eps and a graph within the budget): exact.
-- "dense": the whole n x n distance matrix on the device and the whole ordering loop on the device in
-  one `lax.fori_loop` (no host round trip per point); "stream": the same loop computing each processed
-  point's distances on the fly (one matrix-vector product per point, memory O(n d) for any n).
-  These use XLA's distances for reachability (core distances are still exact): equal to scikit-learn
-  up to ulp-level ties (tested equal at min_samples=2; with larger min_samples tied
-  reachabilities can be ordered differently).
-"auto" takes "graph" when max_eps is finite and the graph fits the budget, else "dense" if the matrix
-fits, else "stream"; an engine asked for by name that does not fit raises OpticsMemoryError.
+- "dense": the whole n x n distance matrix on the device (O(n^2) memory, only when it fits the budget);
+  "stream": each processed point's distances computed on the device when it is processed (one
+  matrix-vector product per point, memory O(n d) for any n). Both feed `order_rows`, the host loop:
+  per point O(n) vectorised NumPy (`argmin` over the unprocessed reachabilities is sklearn's choice,
+  ties and all-inf included). Exact too: a device distance is within `distance_error_bound` of
+  sklearn's (two float64 evaluations of one formula, any summation order), so the device decides every
+  comparison the bound settles (a point that cannot improve, a distance surely below the core distance,
+  whose value is then round(core)); when some unprocessed neighbour could improve with a distance above
+  the core distance, the row is recomputed with `_set_reach_dist`'s product against all of the point's
+  unprocessed neighbours, ascending (the same columns, so the same BLAS blocking and the same bits: a
+  product's value depends on which other columns it is computed with, in ~0.1% of entries at d=512).
+  That is O(n d) host work for such points: with max_eps=inf it is most of them (see docs/clustering.md).
+  Radius membership near max_eps is decided as "graph" decides it.
+- "knn" (cluster/knn_graph.py): the same exact machinery on a k-nearest-neighbour graph from `data.knn`,
+  memory O(n k); exact when every row's k-th neighbour lies beyond max_eps (detected, k grown per row).
+"auto" takes "knn" when max_eps is finite (falling back to the rest of this rule when its lists cannot be
+exact, unless `approximate`), then "graph" when max_eps is finite and the graph fits the budget, else
+"dense" if the matrix fits, else "stream"; an engine asked for by name that does not fit raises OpticsMemoryError.
 `precision="float32"` runs the device part in float32 and skips the exact recomputation: faster,
 approximate.
 
@@ -55,12 +71,13 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.spatial.distance import cdist
 from sklearn.cluster import cluster_optics_dbscan, cluster_optics_xi
 from sklearn.metrics._pairwise_distances_reduction import ArgKmin
 from sklearn.preprocessing import normalize
@@ -82,6 +99,7 @@ class OpticsResult:
     labels: np.ndarray  # int64 (n,), -1 = noise
     cluster_hierarchy: np.ndarray | None  # (k, 2) start/end in ordering (xi only)
     engine: str  # the engine that ran
+    info: dict = field(default_factory=dict)  # engine "knn": exact or not, and why (cluster.knn_graph.KnnInfo)
 
     @property
     def order(self) -> np.ndarray:
@@ -124,12 +142,20 @@ class _Points:
         """Rows the distance formula runs on: unit rows for cosine, raw rows for euclidean."""
         return self.unit if self.metric == "cosine" else self.raw
 
+    @property
+    def knn_metric(self) -> str:
+        """The metric of sklearn's neighbour queries: NearestNeighbors turns minkowski with p=2 into euclidean."""
+        return "euclidean" if self.metric == "minkowski" else self.metric
+
     def dist_1xm(self, p: int, cols: np.ndarray) -> np.ndarray:
         """Distances of row p to `cols`, bitwise as sklearn's pairwise_distances(X[[p]], X[cols]).
 
         This is the call `_set_reach_dist` makes; the same arithmetic on precomputed rows (checked bitwise
-        against sklearn in the tests).
+        against sklearn in the tests). "minkowski" (p=2, scikit-learn's default metric, library only) is
+        SciPy's `cdist`, which sklearn's pairwise_distances calls for it: sqrt of summed squared differences.
         """
+        if self.metric == "minkowski":
+            return cdist(self.raw[p : p + 1], self.raw[cols], "minkowski", p=2)[0]
         if self.metric == "cosine":
             s = self.unit[p : p + 1] @ self.unit[cols].T
             s *= -1
@@ -181,7 +207,7 @@ def prepare(x: np.ndarray, metric: str, min_samples: int) -> _Points:
     # normalize(copy=False) divides in place with the same arithmetic as its copying form
     unit = normalize(raw, norm="l2", copy=False) if metric == "cosine" else raw
     n, d = raw.shape
-    tree = metric == "euclidean" and d <= 15 and min_samples < n // 2
+    tree = metric in ("euclidean", "minkowski") and d <= 15 and min_samples < n // 2
     return _Points(raw=raw, unit=unit, sq=sq, metric=metric, tree=tree)
 
 
@@ -266,7 +292,7 @@ def _to_device(a: np.ndarray, n_pad: int, dtype) -> jax.Array:
     """Rows of `a` zero-padded to n_pad, on the device; the host staging copy is freed on return."""
     host = np.zeros((n_pad, *a.shape[1:]), dtype=np.dtype(dtype))
     host[: a.shape[0]] = a
-    return jnp.asarray(host)
+    return jax.device_put(host)  # device_put, not jnp.asarray: no XLA compilation for the transfer
 
 
 # -- memory ------------------------------------------------------------------------------------------
@@ -532,11 +558,12 @@ def neighbours_pass(
     b, n_pad = plan.block, plan.n_pad
     xp = _to_device(pts.work, n_pad, dtype)
     sqp = _to_device(pts.sq, n_pad, dtype)
-    valid = jnp.asarray(np.arange(n_pad) < n)
-    rad = jnp.asarray(radius, dtype=dtype)
+    # made with NumPy and device_put: jnp.asarray/full would each compile a small XLA program (~0.2 s in all)
+    valid = jax.device_put(np.arange(n_pad) < n)
+    rad = jax.device_put(np.asarray(radius, dtype=np.dtype(dtype)))
     on_cpu = jax.default_backend() == "cpu"
-    best_d = jnp.full((n_pad, m), jnp.inf, dtype=dtype)
-    best_i = jnp.zeros((n_pad, m), dtype=jnp.int32)
+    best_d = jax.device_put(np.full((n_pad, m), np.inf, dtype=np.dtype(dtype)))
+    best_i = jax.device_put(np.zeros((n_pad, m), dtype=np.int32))
     builder = None
     if collect:
         builder = _GraphBuilder(n, b, radius, near_above, keep_vals=cfg.precision != "float64")
@@ -588,7 +615,7 @@ def exact_core_distances(pts: _Points, knn_i: np.ndarray, k: int, chunk: int = 8
     """
     n = knn_i.shape[0]
     core = np.empty(n)
-    use_argkmin = not pts.tree and ArgKmin.is_usable_for(pts.raw[:2], pts.raw[:2], pts.metric)
+    use_argkmin = not pts.tree and ArgKmin.is_usable_for(pts.raw[:2], pts.raw[:2], pts.knn_metric)
     # ArgKmin has a fixed cost per call, while the GEMM of a chunk grows with the union of its candidates
     step = 16 * chunk if use_argkmin else chunk
     for s in range(0, n, step):
@@ -599,7 +626,7 @@ def exact_core_distances(pts: _Points, knn_i: np.ndarray, k: int, chunk: int = 8
                 X=pts.raw[rows],
                 Y=pts.raw[uniq],
                 k=k,
-                metric=pts.metric,
+                metric=pts.knn_metric,
                 strategy="auto",
                 return_distance=True,
             )
@@ -713,40 +740,164 @@ def order_graph(
     return ordering, reach, pred
 
 
-@partial(jax.jit, static_argnames=("metric", "dense"))
-def _order_device(x, sq, core, max_eps, dmat, *, metric, dense):
-    """The whole ordering loop on the device: one `fori_loop`, state = (reach, pred, processed, ordering)."""
+UNIT_ROUNDOFF = np.finfo(np.float64).eps / 2
+
+
+def distance_error_bound(pts: _Points, p: int, d: np.ndarray) -> np.ndarray | float:
+    """A bound on |device distance - scikit-learn's distance| for row p against columns at device distances d.
+
+    Both are float64 evaluations of one formula in different summation orders (BLAS kernels, XLA's
+    dot, with or without FMA). A dot product of length D in any order is off by at most
+    gamma_D * sum |a_i b_i| <= gamma_D * |a| |b| (gamma_D = D u / (1 - D u), u the unit roundoff), so two
+    evaluations differ by at most twice that; the few additions around it add a few u. Cosine: rows are
+    unit length, so the bound is a constant. Euclidean (and minkowski, whose sklearn value by differences
+    is within gamma_{D+2} * d of the true distance): the error of d^2 is at most E2 ~ 4 (gamma_D + 4 u)
+    (|p|^2 + |q|^2), and |sqrt(a) - sqrt(b)| <= min(sqrt(|a - b|), |a - b| / sqrt(a)). A factor 2 on top.
+    """
+    dim = pts.raw.shape[1]
+    gamma = (dim + 2) * UNIT_ROUNDOFF / (1 - (dim + 2) * UNIT_ROUNDOFF)
+    if pts.metric == "cosine":
+        return 2.0 * (2.0 * gamma * (1 + 1e-9) + 4 * UNIT_ROUNDOFF)
+    e2 = 4.0 * (gamma + 4 * UNIT_ROUNDOFF) * (pts.sq[p] + np.max(pts.sq))
+    root = math.sqrt(e2)
+    err = np.minimum(root, e2 / np.maximum(d, root)) + 2.0 * gamma * (d + root)
+    return 2.0 * err
+
+
+@dataclass
+class _Rows:
+    """One processed point's device distances to every point, for the host ordering loop.
+
+    dense: rows of the n_pad x n_pad matrix (on the CPU backend read in place, zero copy; on an
+    accelerator fetched one row at a time); stream: computed on the fly, one matrix-vector product per
+    point (memory O(n d)).
+    """
+
+    n: int
+    dense: jax.Array | None
+    host: np.ndarray | None
+    xp: jax.Array | None
+    sqp: jax.Array | None
+    metric: str
+
+    def __call__(self, p: int) -> np.ndarray:
+        if self.host is not None:
+            return self.host[p, : self.n].astype(np.float64, copy=False)
+        if self.dense is not None:
+            return np.asarray(_matrix_row(self.dense, p))[: self.n].astype(np.float64)
+        return np.asarray(_stream_row(self.xp, self.sqp, p, metric=self.metric))[: self.n].astype(np.float64)
+
+
+@jax.jit
+def _matrix_row(dmat, p):
+    return jax.lax.dynamic_index_in_dim(dmat, p, 0, keepdims=False)
+
+
+@partial(jax.jit, static_argnames=("metric",))
+def _stream_row(xp, sqp, p, *, metric):
+    xr = jax.lax.dynamic_slice_in_dim(xp, p, 1)
+    sr = jax.lax.dynamic_slice_in_dim(sqp, p, 1)
+    return _dist(xr, xp, sr, sqp, metric)[0]
+
+
+def _members(pts: _Points, p: int, d: np.ndarray, unproc: np.ndarray, max_eps: float, tol: float, err) -> np.ndarray:
+    """The unprocessed points within max_eps of p, ascending: sklearn's `unproc` of `_set_reach_dist`.
+
+    Pairs whose device distance is within tol (the graph engine's 1e-9, or the error bound where that is
+    larger: euclidean rows of large norm) of max_eps are decided as the graph engine decides them
+    (`_recheck_boundary`): sklearn's one-row product over all of p's near columns, in ascending order.
+    """
+    if not math.isfinite(max_eps):
+        return np.flatnonzero(unproc)
+    t = np.maximum(tol, err(p, d))
+    inside = d <= max_eps - t
+    near = np.flatnonzero((d > max_eps - t) & (d <= max_eps + t))
+    near = near[near != p]
+    if near.size:
+        inside[near[pts.dist_1xm(p, near) <= max_eps]] = True
+    return np.flatnonzero(inside & unproc)
+
+
+def _exact_update(pts, p, c, rc, d, s, reach, err):
+    """sklearn's `_set_reach_dist` on the members s of p: the new reachabilities, and which of them improve.
+
+    Device distances decide every comparison whose outcome their error bound settles; scikit-learn's
+    product (one row against all of s, ascending, so bitwise its value) is computed only when some member
+    could improve with a distance above the core distance, where the distance's own bits are kept.
+    """
+    ds = d[s]
+    e = err(p, ds)
+    could = _round(np.maximum(ds - e, c)) < reach[s]  # rounding is monotone: a lower bound of sklearn's value
+    if not could.any():
+        return None, None
+    if np.any(could & (ds + e > c)):
+        rd = _round(np.maximum(pts.dist_1xm(p, s), c))
+        return rd, rd < reach[s]
+    return np.full(s.size, rc), could & (rc < reach[s])  # their distances are surely <= c: the value is round(c)
+
+
+def order_rows(
+    core: np.ndarray, pts: _Points, rows: _Rows, max_eps: float, exact: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's ordering loop for the dense and stream engines, driven by device distance rows.
+
+    Each step is O(n) vectorised NumPy: the next point is `argmin` over the unprocessed reachabilities
+    (ties to the smallest index, as sklearn's `argmin` over unprocessed indices in increasing order; all
+    inf: the smallest unprocessed index); its members within max_eps and their updates follow
+    `_members` and `_exact_update`, which recompute with sklearn's arithmetic wherever the device's
+    distance (within `distance_error_bound`) could change the outcome. With exact=False (float32) the
+    device distances are used as they are.
+    """
     n = core.shape[0]
-
-    def body(i, state):
-        reach, pred, processed, ordering = state
-        m = jnp.min(jnp.where(processed, jnp.inf, reach))
-        point = jnp.argmax((~processed) & (reach == m))  # first index among the minima (inf included)
-        processed = processed.at[point].set(True)
-        ordering = ordering.at[i].set(point.astype(ordering.dtype))
+    reach = np.full(n, np.inf)
+    key = np.full(n, np.inf)  # reach of the unprocessed points, inf once processed: argmin = sklearn's choice
+    pred = np.full(n, -1, dtype=np.int64)
+    processed = np.zeros(n, dtype=bool)
+    ordering = np.empty(n, dtype=np.int64)
+    rcore = _round(core)  # round(max(d, c)) where d <= c: sklearn rounds the (already rounded) core distance
+    tol = 1e-9 * max(1.0, max_eps) if exact and math.isfinite(max_eps) else 0.0
+    err = (lambda p, d: distance_error_bound(pts, p, d)) if exact else (lambda p, d: 0.0)
+    next_seed = 0
+    for pos in range(n):
+        point = int(np.argmin(key))
+        if key[point] == np.inf:
+            while processed[next_seed]:
+                next_seed += 1
+            point = next_seed
+        processed[point] = True
+        key[point] = np.inf
+        ordering[pos] = point
         c = core[point]
-
-        def update(rp):
-            reach, pred = rp
-            if dense:
-                d = dmat[point, :n]  # the matrix is padded to the tile size
-            else:
-                d = _dist(x[point][None, :], x, sq[point][None], sq, metric)[0]
-            rd = _round_jax(jnp.maximum(d, c))
-            better = (~processed) & (d <= max_eps) & (rd < reach)
-            return jnp.where(better, rd, reach), jnp.where(better, point.astype(pred.dtype), pred)
-
-        reach, pred = jax.lax.cond(jnp.isfinite(c), update, lambda rp: rp, (reach, pred))
-        return reach, pred, processed, ordering
-
-    init = (
-        jnp.full(n, jnp.inf, dtype=core.dtype),
-        jnp.full(n, -1, dtype=jnp.int32),
-        jnp.zeros(n, dtype=bool),
-        jnp.zeros(n, dtype=jnp.int32),
-    )
-    reach, pred, _, ordering = jax.lax.fori_loop(0, n, body, init)
+        if c == np.inf:
+            continue
+        d = rows(point)
+        s = _members(pts, point, d, ~processed, max_eps, tol, err) if exact else np.flatnonzero(~processed & (d <= max_eps))
+        if not s.size:
+            continue
+        if exact:
+            rd, better = _exact_update(pts, point, c, rcore[point], d, s, reach, err)
+        else:
+            rd = _round(np.maximum(d[s], c))
+            better = rd < reach[s]
+        if rd is None:
+            continue
+        upd = s[better]
+        reach[upd] = rd[better]
+        key[upd] = rd[better]
+        pred[upd] = point
     return ordering, reach, pred
+
+
+def _device_rows(pts: _Points, plan: MemoryPlan, engine: str, metric: str, dtype) -> _Rows:
+    """The row source of the dense engine (the whole matrix, built on the device) or the stream engine."""
+    n = pts.raw.shape[0]
+    if engine == "dense":
+        dmat = _dense_matrix(pts, plan, metric, dtype)
+        host = np.asarray(dmat) if jax.default_backend() == "cpu" else None  # a view of XLA's buffer, no copy
+        return _Rows(n=n, dense=dmat, host=host, xp=None, sqp=None, metric=metric)
+    xp = _to_device(pts.work, plan.n_pad, dtype)
+    sqp = _to_device(pts.sq, plan.n_pad, dtype)
+    return _Rows(n=n, dense=None, host=None, xp=xp, sqp=sqp, metric=metric)
 
 
 @partial(jax.jit, static_argnames=("metric", "b"), donate_argnames=("dmat",))
@@ -777,7 +928,7 @@ def _mb(nbytes: float) -> str:
 
 
 def compute_optics_graph(
-    x: np.ndarray, cfg: OpticsConfig
+    x: np.ndarray, cfg: OpticsConfig, info: dict | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     """ordering, core distances, reachability, predecessor (as sklearn's `compute_optics_graph`) and the engine used.
 
@@ -789,6 +940,10 @@ def compute_optics_graph(
     cfg.validate(n)
     if np.ndim(x) != 2:
         raise ValueError(f"expected a 2-D array of points, got shape {np.shape(x)}.")
+    if cfg.engine == "knn" or (cfg.engine == "auto" and math.isfinite(cfg.max_eps)):
+        knn_out = _knn_engine(x, cfg, info if info is not None else {})
+        if knn_out is not None:
+            return knn_out
     plan = memory_plan(n, int(np.shape(x)[1]), cfg)  # before any allocation: a budget too small says so first
     pts = prepare(x, cfg.metric, cfg.min_samples)
     exact = cfg.precision == "float64"
@@ -815,21 +970,28 @@ def compute_optics_graph(
             ordering, reach, pred = order_graph(core, graph, pts if exact else None)
             return ordering, core, reach, pred, "graph"
         engine = _device_engine(cfg, plan, n)
-        if engine == "dense":
-            dmat = _dense_matrix(pts, plan, cfg.metric, dtype)
-        else:
-            dmat = jnp.zeros((1, 1), dtype=dtype)
-        out = _order_device(
-            jnp.asarray(pts.work, dtype=dtype),
-            jnp.asarray(pts.sq, dtype=dtype),
-            jnp.asarray(core, dtype=dtype),
-            jnp.asarray(cfg.max_eps, dtype=dtype),
-            dmat,
-            metric=cfg.metric,
-            dense=engine == "dense",
-        )
-        ordering, reach, pred = (np.asarray(a) for a in out)
-    return ordering.astype(np.int64), core, reach.astype(np.float64), pred.astype(np.int64), engine
+        rows = _device_rows(pts, plan, engine, cfg.metric, dtype)
+        ordering, reach, pred = order_rows(core, pts, rows, cfg.max_eps, exact)
+    return ordering, core, reach, pred, engine
+
+
+def _knn_engine(x: np.ndarray, cfg: OpticsConfig, info: dict):
+    """The "knn" engine (cluster/knn_graph.py); None when auto must fall back (the kNN lists cannot be exact).
+
+    `info` receives KnnInfo's fields (exact, knn_k, incomplete_rows, grown_rows, reason), or on a fallback
+    the reason the radius-graph path runs instead.
+    """
+    from cluster.knn_graph import knn_optics_graph
+
+    try:
+        ordering, core, reach, pred, knn_info = knn_optics_graph(x, cfg)
+    except (OpticsMemoryError, ImportError) as e:  # lists not exact, first lists over budget, no data.knn
+        if cfg.engine == "knn":
+            raise
+        info["reason"] = f"knn engine not used: {e} --engine auto ran the rest of its rule instead."
+        return None
+    info.update(knn_info.to_dict())
+    return ordering, core, reach, pred, "knn"
 
 
 def _device_engine(cfg: OpticsConfig, plan: MemoryPlan, n: int) -> str:
@@ -877,7 +1039,8 @@ def extract_labels(
 
 def optics(x: np.ndarray, cfg: OpticsConfig) -> OpticsResult:
     """OPTICS on the rows of x, equal to `sklearn.cluster.OPTICS(**same parameters).fit(x)`."""
-    ordering, core, reach, pred, engine = compute_optics_graph(x, cfg)
+    info: dict = {}
+    ordering, core, reach, pred, engine = compute_optics_graph(x, cfg, info)
     labels, hierarchy = extract_labels(ordering, core, reach, pred, cfg)
     return OpticsResult(
         ordering=ordering,
@@ -887,5 +1050,6 @@ def optics(x: np.ndarray, cfg: OpticsConfig) -> OpticsResult:
         labels=labels,
         cluster_hierarchy=hierarchy,
         engine=engine,
+        info=info,
     )
 

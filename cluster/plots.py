@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
+from matplotlib.collections import LineCollection, PolyCollection  # noqa: E402
 
 from data.atomic import atomic_write  # noqa: E402
 
@@ -61,6 +61,24 @@ def _binned(heights: np.ndarray, labels: np.ndarray, finite: np.ndarray):
             per_bar)
 
 
+def _bars(ax, x: np.ndarray, heights: np.ndarray, width: float | np.ndarray, **style) -> None:
+    """Bars centred at x from 0 to `heights`, drawn as ONE PolyCollection.
+
+    Why not `ax.bar`: it makes one Rectangle patch per bar, and adding and drawing thousands of patches
+    costs seconds (8,000 points: ~12 s of a 20 s `cluster optics`); one collection takes a fraction of that.
+    """
+    lo, hi, zero = x - width / 2, x + width / 2, np.zeros_like(heights)
+    verts = np.stack([np.stack(pair, axis=1) for pair in ((lo, zero), (lo, heights), (hi, heights), (hi, zero))],
+                     axis=1)  # fmt: skip
+    ax.add_collection(PolyCollection(verts, **style))
+
+
+def _runs(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last element of each run of consecutive integers in the sorted `idx`."""
+    breaks = np.flatnonzero(np.diff(idx) != 1)
+    return idx[np.r_[0, breaks + 1]], idx[np.r_[breaks, idx.size - 1]]
+
+
 def reachability_plot(
     path: str | Path,
     ordering: np.ndarray,
@@ -87,17 +105,11 @@ def reachability_plot(
         lab_bars = lab
     fig, ax = plt.subplots(figsize=(min(24, 6 + n / 400), 4), dpi=100)
     x = np.arange(len(heights)) * per_bar + (per_bar - 1) / 2
-    ax.bar(x, heights, width=float(per_bar), color=cluster_colours(lab_bars), linewidth=0)
-    if (~finite).any():
-        ax.bar(
-            x[~finite],
-            heights[~finite],
-            width=float(per_bar),
-            color="none",
-            edgecolor="#dddddd",
-            hatch="//",
-            linewidth=0,
-        )
+    _bars(ax, x, heights, float(per_bar), facecolors=cluster_colours(lab_bars), edgecolors="none", linewidths=0)
+    if (~finite).any():  # hatching, one rectangle per run of adjacent unreachable bars (hatches are slow to draw)
+        first, last = _runs(np.flatnonzero(~finite))
+        _bars(ax, (x[first] + x[last]) / 2, np.full(first.size, top), (last - first + 1) * float(per_bar),
+              facecolors="none", edgecolors="#dddddd", hatch="//", linewidths=0)  # fmt: skip
     if max_eps is not None and np.isfinite(max_eps):
         ax.axhline(max_eps, color="k", lw=0.8, ls="--", label=f"max_eps = {max_eps:g}")
         ax.legend(loc="upper right")

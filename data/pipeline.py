@@ -22,7 +22,7 @@ from PIL import Image
 from data.augment import AugmentConfig, augment
 from data.image import ImageReadError, decode_rgb
 from data.prepare import DATASET_NAME, SPLIT_NAME
-from data.preprocess import IMAGENET_MEAN, IMAGENET_STD, load_uint8
+from data.preprocess import IMAGENET_MEAN, IMAGENET_STD, load_resized, load_uint8
 
 
 class PreparedSource:
@@ -268,3 +268,64 @@ def eval_dataset(
     it_ds = ds.to_iter_dataset(_read_options(threads))
     return iter(_multiprocess(it_ds, workers))
 
+
+
+# --- the collection's own image files, at test-time preprocessing (`model embed`, training's export) -------------
+
+
+@dataclass
+class _LoadFile:
+    """grain map: position -> one image file of the collection, decoded and squash-resized (uint8), or why not.
+
+    An unreadable file is not an error of the pipeline: its element carries the message (and a zero image),
+    so the consumer reports it by uid and leaves it out, as every stage does.
+    """
+
+    paths: list[str]  # one per images.csv row
+    rows: np.ndarray  # the rows to read, in order, padded with -1
+    resolution: int
+
+    def __call__(self, i: int) -> dict:
+        row = int(self.rows[i])
+        image = np.zeros((self.resolution, self.resolution, 3), np.uint8)
+        error, notes = "", ()
+        if row >= 0:
+            try:
+                dec = load_resized(Path(self.paths[row]), self.resolution)
+                image, notes = np.asarray(dec.image, dtype=np.uint8), dec.notes
+            except ImageReadError as e:
+                error = str(e) or type(e).__name__
+        return {"image": image, "row": row, "error": error, "notes": tuple(notes)}
+
+
+def _stack_files(elements: list[dict]) -> dict:
+    return {"images": np.stack([e["image"] for e in elements]),
+            "row": np.asarray([e["row"] for e in elements], np.int64),
+            "error": [e["error"] for e in elements], "notes": [e["notes"] for e in elements]}
+
+
+def file_dataset(
+    paths: list[str],
+    rows,
+    *,
+    resolution: int,
+    batch_size: int,
+    workers: int = 0,
+    threads: int = 2,
+):
+    """Batches {"images": uint8 (B, R, R, 3), "row", "error", "notes"} of the collection's image files
+    `paths[row]` for `rows` in the given order, decoded as every stage decodes them (`data.image`) and
+    squash-resized to R x R (`data.preprocess`): the pixels `model embed` has always used. Normalisation is
+    left to the device (uint8 transfers are 4x smaller).
+
+    The last batch is padded (row -1, zero image). `error` is "" for an image read, else why it could not
+    be (the image is zero and must be left out); `notes` are what the decoder corrected. `workers` > 0
+    decodes in that many processes (grain's `mp_prefetch`), `threads` are reader threads per process.
+    Nothing is held beyond the batches in flight, so a million-image collection streams in O(batch) memory.
+    """
+    rows = np.asarray(rows, dtype=np.int64).ravel()
+    pad = (-len(rows)) % batch_size
+    padded = np.concatenate([rows, np.full(pad, -1, np.int64)])
+    ds = grain.MapDataset.range(len(padded)).map(_LoadFile(list(map(str, paths)), padded, resolution))
+    ds = ds.batch(batch_size, drop_remainder=False, batch_fn=_stack_files)
+    return iter(_multiprocess(ds.to_iter_dataset(_read_options(threads)), workers))

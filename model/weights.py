@@ -43,7 +43,7 @@ class WeightsError(ValueError):
 # When orbax cannot read an array (a file missing or cut short), the error reaches the caller as one
 # exception, which this project turns into one message. But orbax reads every array concurrently in an
 # asyncio loop that it closes on the first failure: the reads still in flight then fail again inside
-# tensorstore's threads and Python prints each of them as an "ignored" exception ("Event loop is closed",
+# tensorstore's threads and Python prints each of them as an "ignored" exception or a bare traceback ("Event loop is closed",
 # "Encountered error while reading array index ...") or asyncio logs "Task exception was never retrieved",
 # for up to seconds after the restore returned: hundreds of tracebacks for one damaged file. They are
 # reports of the failure already handled, so they are dropped; nothing else is.
@@ -88,6 +88,14 @@ def silence_restore_echoes() -> None:
             previous(unraisable)
 
     sys.unraisablehook = hook
+    # a callback failing inside tensorstore's threads is printed with PyErr_Print, i.e. through sys.excepthook
+    previous_except = sys.excepthook
+
+    def excepthook(kind, value, tb) -> None:
+        if not _is_restore_echo(value):
+            previous_except(kind, value, tb)
+
+    sys.excepthook = excepthook
     logging.getLogger("asyncio").addFilter(_AsyncioEchoFilter())
 
 
@@ -105,9 +113,10 @@ def _key(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
-def _saved_variables(model: SignatureNet) -> dict[str, jax.Array]:
+def _saved_variables(model: SignatureNet) -> dict[str, np.ndarray]:
+    """Host copies: under jax.distributed orbax refuses to save a device array local to one process."""
     flat = nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
-    return {_key(path): var.get_value() for path, var in flat}
+    return {_key(path): np.asarray(var.get_value()) for path, var in flat}
 
 
 def model_meta(model: SignatureNet) -> dict:
@@ -136,6 +145,16 @@ def remove_stale_exports(directory: str | Path) -> list[Path]:
     return recover_dir(directory, _is_weights_dir)
 
 
+def _this_process_checkpointer() -> ocp.StandardCheckpointer:
+    """An orbax checkpointer that involves this process only. Under jax.distributed, weights are written by
+    process 0 alone (training's export) and read by each process on its own; orbax's default, a save or restore
+    that every process joins, waited forever there for processes that never came. (Orbax writes the arrays of a
+    save on process 0 only: other processes must not save weights.)"""
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"weights-process-{me}"))
+
+
 def save_weights(model: SignatureNet, directory: str | Path, meta: dict | None = None) -> Path:
     """Write the model's weights to `directory` (replacing earlier weights there, atomically).
 
@@ -148,7 +167,7 @@ def save_weights(model: SignatureNet, directory: str | Path, meta: dict | None =
             raise WeightsError(f"{directory}: exists and is not a weights directory; choose a new --out path.")
 
     def write(tmp: Path) -> None:
-        ckpt = ocp.StandardCheckpointer()
+        ckpt = _this_process_checkpointer()
         ckpt.save(tmp / STATE_DIR, _saved_variables(model))
         ckpt.wait_until_finished()
         ckpt.close()
@@ -239,10 +258,10 @@ def load_weights(directory: str | Path, *, dtype="float32", pooling: str | None 
 
 def _restore_arrays(directory: Path) -> dict:
     """The stored arrays by name; any failure (a file missing or cut short, ...) becomes one WeightsError."""
-    ckpt = ocp.StandardCheckpointer()
+    ckpt = _this_process_checkpointer()
     try:
         stored = ckpt.metadata(directory / STATE_DIR).item_metadata.tree
-        device = jax.devices()[0]
+        device = jax.local_devices()[0]
         target = {
             k: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=jax.sharding.SingleDeviceSharding(device))
             for k, m in stored.items()

@@ -148,7 +148,7 @@ def evaluate_cmd(signatures, collection, split, splits_file, ignore_unknown) -> 
     for note in notes:
         click.echo(f"warning: {note}", err=True)
     group = {m: name for name, members in assignment.groups.items() for m in members}
-    result = evaluate_split(sig.vectors, sig.uids, group, assignment.split_of, split)
+    result = evaluate_split(sig.dense(), sig.uids, group, assignment.split_of, split)
     result = {"split": split, "signatures": str(signatures), "num_signatures": len(sig.uids),
               "num_images": len(coll.uids), **result}
     click.echo(json.dumps(result, indent=2, sort_keys=True))

@@ -12,28 +12,12 @@ Must run before anything queries the devices.
 
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 
 from data.collection import Collection
 from data.prepare import PrepareResult, prepare_collection
-
-
-def maybe_initialize(coordinator: str | None = None, num_processes: int | None = None,
-                     process_id: int | None = None) -> bool:
-    """Initialise jax.distributed if this looks like a multi-process launch; returns whether it did."""
-    if coordinator or (num_processes and num_processes > 1):
-        if not (coordinator and num_processes and process_id is not None):
-            raise ValueError("multi-process launch needs all of --coordinator, --num-processes and --process-id")
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id)
-        return True
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
-        jax.distributed.initialize()
-        return True
-    return False
+from model.distributed import maybe_initialize  # noqa: F401 - re-exported: train's entry point uses it
 
 
 def is_main() -> bool:

@@ -235,12 +235,26 @@ def _embed_all(ctx: _Context, embed_fn, params, rest) -> np.ndarray:
 
 
 def _embed_files(ctx: _Context, params, rest, *, progress: bool) -> Signatures:
-    """Signatures from the original image files with `model.embed` (what `python -m model embed` writes)."""
+    """Signatures from the original image files with `model.embed` (what `python -m model embed` writes): streamed
+    through the input pipeline's `workers` processes onto every local device. Under jax.distributed a collective:
+    process p embeds the chunks k % P == p and the chunks are all-gathered, so every process holds the same
+    signatures (each evaluates val and test with them; process 0 exports them), byte for byte one process's."""
     params, rest = local_copy(params, ctx.eval_mesh), local_copy(rest, ctx.eval_mesh)
     model = nnx.merge(ctx.eval_graphdef, jax.device_get(params), jax.device_get(rest))
     # quiet: preparing the dataset reported the unreadable images and the decoder's corrections already
     return embed_collection(ctx.collection, model, resolution=ctx.cfg.resolution,
-                            batch_size=ctx.cfg.eval_batch_size, progress=progress, quiet=True)
+                            batch_size=ctx.cfg.eval_batch_size, progress=progress, quiet=True,
+                            workers=resolved_workers(ctx.cfg))
+
+
+def _on_every_process(flag: bool) -> bool:
+    """Whether `flag` holds on every process: a decision that leads into a collective must be the same on all
+    (a start_eval.json one host read and another did not, say on a network file system, would hang the run)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).all())
 
 
 def _evaluate_sig(ctx: _Context, sig: Signatures, split: str) -> dict:
@@ -363,7 +377,7 @@ def _start_eval(ctx: _Context, *, progress: bool, main: bool, warn) -> tuple[dic
     start is deterministic, so the figures are the same).
     """
     start_eval = ctx.folder.saved_start_eval(warn)
-    if start_eval is not None:
+    if _on_every_process(start_eval is not None):  # else all compute it: the embedding is a collective
         return start_eval, False
     start_sig = _embed_files(ctx, ctx.params, ctx.rest, progress=progress)
     start_sig.meta.update({**ctx.start_meta, "seed": ctx.cfg.seed, "trained": False})

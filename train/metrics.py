@@ -23,13 +23,17 @@ because they differ:
 
 Ranks treat ties optimistically against non-partners (rank = 1 + number of strictly more similar
 gallery images) and break ties among partners by order, so ranks of one query are strictly increasing.
-The similarity work runs on the accelerator in query blocks of fixed shape (memory: block x n floats).
+The similarity work runs on the accelerator in fixed-shape tiles of `block` queries x a gallery block
+(float32 products of the rows as given; signatures are unit rows, so this is the cosine similarity): one
+pass over the gallery picks each partner's similarity out of its tile, a second counts, per partner, the
+gallery rows strictly more similar. Device memory beyond the rows: O(block * gallery block * partners),
+never block x n, so a million-image gallery is scored in the memory of a few tiles.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import partial
+from functools import cache, partial
 
 import jax
 import jax.numpy as jnp
@@ -40,17 +44,77 @@ THESIS_KS = (20, 50, 100, 200, 400)
 THESIS_CUTOFF = 400
 
 
-@partial(jax.jit, static_argnames=())
-def _ranks_block(q, q_idx, partners, gallery, g_ok):
-    """1-based ranks of each query's partners; q: (B, D), partners: (B, P) indices (-1 = pad)."""
-    sims = jnp.dot(q, gallery.T, preferred_element_type=jnp.float32)  # (B, n)
-    n = gallery.shape[0]
-    cols = jnp.arange(n)
-    sims = jnp.where(g_ok[None, :] & (cols[None, :] != q_idx[:, None]), sims, -jnp.inf)
-    psims = jnp.take_along_axis(sims, jnp.maximum(partners, 0), axis=1)  # (B, P)
-    srt = -jnp.sort(sims, axis=1)[:, ::-1]  # ascending of the negated similarities
-    greater = jax.vmap(lambda row, v: jnp.searchsorted(row, -v, side="left"))(srt, psims)
-    return jnp.where(partners >= 0, greater + 1, jnp.iinfo(jnp.int32).max)
+_TILE_ELEMENTS = 1 << 24  # block x gallery block x partners compared at once (a 16 MB bool tile)
+
+
+@cache
+def _rank_fns(gblock: int):
+    """jit pair: (partner similarities, counts of strictly more similar rows) of one query block, scanning
+    the gallery in blocks of `gblock` rows; the same tile arithmetic in both, so a partner is never counted
+    as more similar than itself."""
+    def tiles(gallery, g_ok):
+        nb = gallery.shape[0] // gblock
+        return (gallery.reshape(nb, gblock, -1), g_ok.reshape(nb, gblock),
+                jnp.arange(nb, dtype=jnp.int32) * gblock)
+
+    def tile(q, g):
+        return jax.lax.dot_general(q, g, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST,
+                                   preferred_element_type=jnp.float32)
+
+    def masked(q, q_idx, g, gok, off):
+        cols = off + jnp.arange(gblock, dtype=jnp.int32)
+        return jnp.where(gok[None, :] & (cols[None, :] != q_idx[:, None]), tile(q, g), -jnp.inf)
+
+    @jax.jit
+    def partner_sims(q, q_idx, partners, gallery, g_ok):
+        def body(acc, xs):
+            g, gok, off = xs
+            sims = masked(q, q_idx, g, gok, off)
+            local = partners - off
+            inside = (local >= 0) & (local < gblock)
+            got = jnp.take_along_axis(sims, jnp.clip(local, 0, gblock - 1), axis=1)
+            return jnp.where(inside, got, acc), None
+
+        init = jnp.full(partners.shape, -jnp.inf, jnp.float32)
+        return jax.lax.scan(body, init, tiles(gallery, g_ok))[0]
+
+    @jax.jit
+    def greater(q, q_idx, psims, gallery, g_ok):
+        def body(acc, xs):
+            g, gok, off = xs
+            sims = masked(q, q_idx, g, gok, off)
+            return acc + jnp.sum(sims[:, None, :] > psims[:, :, None], axis=2, dtype=jnp.int32), None
+
+        return jax.lax.scan(body, jnp.zeros(psims.shape, jnp.int32), tiles(gallery, g_ok))[0]
+
+    return partner_sims, greater
+
+
+def _gallery_block(block: int, width: int, n: int) -> int:
+    """Gallery rows per tile: block x rows x partners at most about _TILE_ELEMENTS, the n rows split into
+    tiles of (nearly) equal size, a multiple of 8, so that padding adds little work."""
+    rows = max(8, _TILE_ELEMENTS // max(1, block * width))
+    tiles = -(-max(n, 1) // rows)
+    per_tile = -(-max(n, 1) // tiles)
+    return -(-per_tile // 8) * 8
+
+
+@partial(jax.jit, donate_argnums=0)
+def _put_rows(gallery, chunk, start):
+    return jax.lax.dynamic_update_slice(gallery, chunk, (start, 0))
+
+
+def _device_gallery(signatures, rows: int):
+    """The signatures on the device as float32, zero padded to whole gallery blocks, copied one tile of rows
+    at a time into a donated buffer (host memory O(tile), device memory the gallery once)."""
+    n, d = signatures.shape
+    n_pad = -(-max(n, 1) // rows) * rows
+    gallery = jnp.zeros((n_pad, d), jnp.float32)
+    for s in range(0, n, rows):
+        chunk = np.zeros((rows, d), np.float32)
+        chunk[: min(n, s + rows) - s] = signatures[s : s + rows]
+        gallery = _put_rows(gallery, jnp.asarray(chunk), s)
+    return gallery
 
 
 def partner_ranks(
@@ -59,29 +123,37 @@ def partner_ranks(
     partners: Sequence[Sequence[int]],
     *,
     gallery_ok: np.ndarray | None = None,
-    block: int = 256,
+    block: int = 1024,
 ) -> list[np.ndarray]:
-    """For each query index, the sorted, strictly increasing 1-based ranks of its partners."""
-    sig = jnp.asarray(signatures, jnp.float32)
-    n = sig.shape[0]
-    ok = jnp.asarray(np.ones(n, bool) if gallery_ok is None else gallery_ok)
+    """For each query index, the sorted, strictly increasing 1-based ranks of its partners.
+
+    signatures may be a np.memmap (float16 or float32); it is copied to the device once, in row chunks.
+    """
+    n = signatures.shape[0]
     width = max(1, max((len(p) for p in partners), default=1))
+    width = 1 << (width - 1).bit_length()  # a power of two: few distinct shapes, few compilations
     queries = np.asarray(queries, np.int64)
     block = min(block, max(8, -(-len(queries) // 8) * 8))
+    gblock = _gallery_block(block, width, n)
+    gallery = _device_gallery(signatures, gblock)
+    ok = np.zeros(gallery.shape[0], bool)
+    ok[:n] = True if gallery_ok is None else np.asarray(gallery_ok, bool)
+    ok = jnp.asarray(ok)
+    partner_sims, greater = _rank_fns(gblock)
     out: list[np.ndarray] = []
     for s in range(0, len(queries), block):
         qi = queries[s : s + block]
         m = len(qi)
-        pad_q = np.zeros(block, np.int64)
+        pad_q = np.zeros(block, np.int32)
         pad_q[:m] = qi
-        pad_p = np.full((block, width), -1, np.int64)
+        pad_p = np.full((block, width), -1, np.int32)
         for r, p in enumerate(partners[s : s + m]):
             pad_p[r, : len(p)] = p
-        ranks = np.asarray(
-            _ranks_block(sig[pad_q], jnp.asarray(pad_q, jnp.int32), jnp.asarray(pad_p, jnp.int32), sig, ok)
-        )
+        q, q_idx = gallery[pad_q], jnp.asarray(pad_q)
+        psims = partner_sims(q, q_idx, jnp.asarray(pad_p), gallery, ok)
+        ranks = np.asarray(greater(q, q_idx, psims, gallery, ok)).astype(np.int64) + 1
         for r in range(m):
-            out.append(_strictly_increasing(np.sort(ranks[r, : len(partners[s + r])]).astype(np.int64)))
+            out.append(_strictly_increasing(np.sort(ranks[r, : len(partners[s + r])])))
     return out
 
 
@@ -161,7 +233,7 @@ def evaluate_split(
     split_of: Mapping[str, str],
     split: str,
     *,
-    block: int = 256,
+    block: int = 1024,
 ) -> dict[str, float]:
     """All metrics for the queries of one split, ranking the whole collection (signature rows)."""
     queries, partners = split_queries(uids, group, split_of, split)

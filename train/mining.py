@@ -5,68 +5,33 @@ similarity of the current signatures) in the whole negative pool, excluding the 
 every member of its pattern group (the POSITIVE component, joined with DUPLICATE edges, so a 2-hop
 pattern mate or a duplicate scan of a mate is never a "negative" - the original's bug).
 
-The search is exact and memory-bounded: queries are processed in blocks of `query_block` rows and
-the gallery in blocks of `gallery_block` rows (a `lax.scan`), keeping a running top-k per query.
-Peak device memory, for n gallery rows of dimension D stored in dtype bytes b:
+The search is `data.knn.knn` (cosine, `exclude_groups` = the pattern group, `allowed` = the pool): the
+device keeps the gallery resident and runs fixed-shape tiles of `query_block` x `gallery_block` rows with a
+running top-(k + margin) per query; the host rechecks the candidates in float64 and certifies them (rows that
+fail the certificate are recomputed exactly), so the negatives ARE the float64 brute force, ties going to the
+smaller index, and mining is deterministic (bit-identical resume relies on it). Peak device memory, for n
+gallery rows of dimension D stored in `dtype` with b bytes:
 
-    n * D * b                      (the gallery, resident)
-  + query_block * gallery_block * 4 (one similarity tile, f32)
-  + query_block * (k + gallery_block) * 8  (top-k merge buffers: values + indices)
+    n * (D + 8) * b                                    (the gallery, resident, with its bias column)
+  + query_block * gallery_block * 4                    (one similarity tile, f32)
+  + query_block * (k + margin + gallery_block) * 8     (top-k merge buffers: values + indices, at most)
 
-For 1M x 2048 in bf16 with query_block=1024, gallery_block=32768: 4.1 GB + 134 MB + ~270 MB, i.e.
-under 5 GB on one GPU; never an n x n matrix. Shapes are fixed per call (the gallery and query
-count are padded to whole blocks), so one compilation serves every epoch.
+For 1M x 2048 in float32 with 1024 x 8192 tiles: 8.2 GB + 34 MB + ~70 MB (bfloat16 would halve the gallery
+but fails data.knn's certificate on most rows of archive-like signatures: see its docstring): never an n x n
+matrix. Host memory beyond the signatures (a np.memmap is read in row chunks): O(q * k) for
+the result plus fixed-size chunks. Shapes are fixed per call (the gallery and query count are padded to whole
+blocks), so one compilation serves every epoch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from data.collection import NEGATIVE, POSITIVE, Collection
 from data.graph import pattern_groups
-
-_NEG_INF = -jnp.inf
-
-
-def _round_up(x: int, m: int) -> int:
-    return max(m, -(-x // m) * m)
-
-
-@partial(jax.jit, static_argnames=("k", "gallery_block"))
-def _knn_block(q, q_idx, q_group, gallery, g_group, g_ok, *, k: int, gallery_block: int):
-    """Top-k gallery indices for one block of queries, excluding same-group and disallowed rows.
-
-    q: (Bq, D); q_idx, q_group: (Bq,); gallery: (Ng, D) with Ng a multiple of gallery_block;
-    g_group: (Ng,) int; g_ok: (Ng,) bool (False for padding and rows outside the negative pool).
-    """
-    bq = q.shape[0]
-    nblocks = gallery.shape[0] // gallery_block
-    gal = gallery.reshape(nblocks, gallery_block, -1)
-    grp = g_group.reshape(nblocks, gallery_block)
-    ok = g_ok.reshape(nblocks, gallery_block)
-    offsets = jnp.arange(nblocks, dtype=jnp.int32) * gallery_block
-
-    def body(carry, xs):
-        best_v, best_i = carry
-        g, gg, gok, off = xs
-        sims = jnp.dot(q, g.T, preferred_element_type=jnp.float32)  # (Bq, Bg)
-        idx = off + jnp.arange(gallery_block, dtype=jnp.int32)
-        valid = gok[None, :] & (gg[None, :] != q_group[:, None]) & (idx[None, :] != q_idx[:, None])
-        sims = jnp.where(valid, sims, _NEG_INF)
-        v = jnp.concatenate([best_v, sims], axis=1)
-        i = jnp.concatenate([best_i, jnp.broadcast_to(idx, (bq, gallery_block))], axis=1)
-        top_v, pos = jax.lax.top_k(v, k)
-        return (top_v, jnp.take_along_axis(i, pos, axis=1)), None
-
-    init = (jnp.full((bq, k), _NEG_INF, jnp.float32), jnp.full((bq, k), -1, jnp.int32))
-    (vals, idxs), _ = jax.lax.scan(body, init, (gal, grp, ok, offsets))
-    return vals, idxs
 
 
 def nearest_non_group(
@@ -77,60 +42,30 @@ def nearest_non_group(
     *,
     pool: np.ndarray | None = None,
     query_block: int = 1024,
-    gallery_block: int = 32768,
-    dtype=jnp.float32,
+    gallery_block: int = 8192,
+    dtype="float32",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest rows of `signatures` for each query index, skipping its own group.
 
-    signatures: (n, D), rows assumed unit norm (cosine = dot). queries: (q,) row indices.
-    group: (n,) int group id; rows with equal ids are never each other's neighbours (give
-    ungrouped images distinct ids, e.g. `-1 - index`). pool: (n,) bool, rows allowed as
-    neighbours (default all). Returns (indices (q, k) int64, similarities (q, k) float32);
-    where fewer than k rows qualify, the index is -1 and the similarity -inf.
-    Ties are broken towards the lower index (top_k is stable), so results are deterministic.
+    signatures: (n, D) (float16/float32, a np.memmap is fine), compared by cosine similarity.
+    queries: (q,) row indices. group: (n,) int group id; rows with equal ids are never each other's
+    neighbours (give ungrouped images distinct ids, e.g. `-1 - index`). pool: (n,) bool, rows allowed as
+    neighbours (default all). Returns (indices (q, k) int64, similarities (q, k) float32, 1 - the float64
+    cosine distance); where fewer than k rows qualify, the index is -1 and the similarity -inf.
+    Ties are broken towards the lower index, so results are deterministic. A tile is query_block x
+    gallery_block rows; dtype: the device copy of the gallery ("float32", "bfloat16", "float16").
     """
-    sig = np.asarray(signatures)
-    n, _ = sig.shape
-    queries = np.asarray(queries, dtype=np.int64)
-    group = np.asarray(group, dtype=np.int64)
+    from data.knn import knn
+
+    group = np.asarray(group)
+    n = len(signatures)
     if group.shape != (n,):
         raise ValueError(f"group must have shape ({n},), got {group.shape}")
-    # Compact group ids to int32 without changing equality.
-    _, group32 = np.unique(group, return_inverse=True)
-    group32 = group32.astype(np.int32)
-    pool = np.ones(n, bool) if pool is None else np.asarray(pool, bool)
-    gallery_block = min(gallery_block, _round_up(n, 8))
-    ng = _round_up(n, gallery_block)
-    gal = np.zeros((ng, sig.shape[1]), sig.dtype)
-    gal[:n] = sig
-    g_group = np.full(ng, -1, np.int32)
-    g_group[:n] = group32
-    g_ok = np.zeros(ng, bool)
-    g_ok[:n] = pool
-    gal_d = jnp.asarray(gal, dtype=dtype)
-    g_group_d, g_ok_d = jnp.asarray(g_group), jnp.asarray(g_ok)
-    k_eff = min(k, ng)
-
-    nq = len(queries)
-    query_block = min(query_block, _round_up(max(nq, 1), 8))
-    out_i = np.full((nq, k), -1, np.int64)
-    out_v = np.full((nq, k), -np.inf, np.float32)
-    for s in range(0, nq, query_block):
-        qi = queries[s : s + query_block]
-        m = len(qi)
-        pad = np.zeros(query_block, np.int64)
-        pad[:m] = qi
-        qg = group32[pad]
-        qg[m:] = -2  # padding rows: match nothing special; results discarded
-        v, i = _knn_block(
-            gal_d[pad], jnp.asarray(pad, jnp.int32), jnp.asarray(qg), gal_d, g_group_d, g_ok_d,
-            k=k_eff, gallery_block=gallery_block,
-        )
-        v, i = np.asarray(v)[:m], np.asarray(i)[:m].astype(np.int64)
-        i[~np.isfinite(v)] = -1
-        out_i[s : s + m, :k_eff] = i
-        out_v[s : s + m, :k_eff] = v
-    return out_i, out_v
+    dist, idx = knn(signatures, k, metric="cosine", block=query_block, gallery_block=gallery_block,
+                    queries=np.asarray(queries, np.int64), exclude_groups=group, allowed=pool,
+                    dtype=np.dtype(dtype).name)
+    sims = np.where(idx >= 0, 1.0 - dist, -np.inf).astype(np.float32)
+    return idx, sims
 
 
 @dataclass(frozen=True)
@@ -206,7 +141,7 @@ def mine_triplets(
     *,
     num_negatives: int = 10,
     query_block: int = 1024,
-    gallery_block: int = 32768,
+    gallery_block: int = 8192,
 ) -> np.ndarray:
     """Triplets (anchor, positive, negative) as an (M, 3) int64 array of collection indices.
 

@@ -60,7 +60,8 @@ def test_optics_command_matches_sklearn_and_writes_everything(files):
     np.testing.assert_array_equal(t.core_distance, sk.core_distances_)
     params = json.loads(sidecar_path(out).read_text())
     assert params["method"] == "optics" and params["min_samples"] == 3 and params["max_eps"] == 0.3
-    assert params["engine"] == "graph" and len(params["signatures_sha256"]) == 64 and params["n"] == N
+    assert params["engine"] == "knn" and params["exact"] is True  # auto, finite max_eps: the exact kNN graph
+    assert len(params["signatures_sha256"]) == 64 and params["n"] == N
     with Image.open(tmp / "res" / "reachability.png") as im:
         im.load()
     assert "clusters" in r.output

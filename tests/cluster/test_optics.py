@@ -1,8 +1,9 @@
 """OPTICS parity with scikit-learn: ordering, reachability, core distances, predecessors and labels.
 
 The graph engine recomputes every distance that enters the result with scikit-learn's arithmetic, so
-the comparison is exact (array_equal), not approximate. The device engines use XLA's distances, which
-differ in the last ulps: they are checked where no near-ties exist (min_samples=2) with a tolerance.
+the comparison is exact (array_equal), not approximate. The dense and stream engines take XLA's
+distances with an error bound and recompute with sklearn's arithmetic wherever the bound leaves the outcome
+open: also exact. scikit-learn's own test-suite runs against all three in test_sklearn_optics_suite.py.
 """
 
 import warnings
@@ -117,17 +118,29 @@ def test_pairs_exactly_at_max_eps(min_samples):
 
 
 @pytest.mark.parametrize("engine", ["dense", "stream"])
-@pytest.mark.parametrize("name", ["blobs2", "cos32", "cos512"])
-def test_device_engines_match_sklearn_without_near_ties(engine, name):
+@pytest.mark.parametrize(("name", "min_samples", "finite", "xi", "method"), CASES)
+def test_device_engines_equal_sklearn_exactly(engine, name, min_samples, finite, xi, method):
+    """dense and stream, bit for bit, on ties too (duplicates, a lattice, min_samples 5): the device's distances
+    decide only comparisons their error bound settles; the values kept are sklearn's arithmetic."""
     x, metric = DATA[name]
-    sk = _sklearn(x, metric, 2, EPS[name], 0.05, "xi")
-    ours = optics(x, OpticsConfig(min_samples=2, max_eps=EPS[name], metric=metric, engine=engine))
+    max_eps = EPS[name] if finite else np.inf
+    eps = 0.8 * EPS[name] if method == "dbscan" else None
+    sk = _sklearn(x, metric, min_samples, max_eps, xi, method, eps)
+    cfg = OpticsConfig(min_samples=min_samples, max_eps=max_eps, metric=metric, xi=xi, cluster_method=method,
+                       eps=eps, engine=engine)  # fmt: skip
+    ours = optics(x, cfg)
     assert ours.engine == engine
-    np.testing.assert_array_equal(ours.ordering, sk.ordering_)
-    np.testing.assert_array_equal(ours.predecessor, sk.predecessor_)
-    np.testing.assert_array_equal(ours.labels, sk.labels_)
-    np.testing.assert_array_equal(ours.core_distances, sk.core_distances_)  # exact host recomputation
-    np.testing.assert_allclose(ours.reachability, sk.reachability_, rtol=0, atol=1e-12)
+    _assert_equal(ours, sk)
+
+
+@pytest.mark.parametrize("engine", ["graph", "dense", "stream"])
+def test_minkowski_is_sklearns_default_metric_exactly(engine):
+    """metric="minkowski" (p=2): reachability by coordinate differences (SciPy's cdist, as sklearn), core
+    distances by sklearn's euclidean neighbour query; the ELKI comparison of sklearn's suite needs it."""
+    x = np.concatenate([DATA["lattice"][0], DATA["blobs2"][0][:100]])
+    sk = _sklearn(x, "minkowski", 5, np.inf, 0.05, "xi")
+    ours = optics(x, OpticsConfig(min_samples=5, max_eps=np.inf, metric="minkowski", engine=engine))
+    _assert_equal(ours, sk)
 
 
 def _least_budget_mb(x, **kwargs):
@@ -136,9 +149,9 @@ def _least_budget_mb(x, **kwargs):
     return (plan.points + plan.per_point + plan.tile) / 2**20
 
 
-def test_auto_engine_picks_graph_for_finite_eps_and_device_for_inf():
+def test_auto_engine_picks_knn_for_finite_eps_and_device_for_inf():
     x, metric = DATA["cos32"]
-    assert optics(x, OpticsConfig(min_samples=2, max_eps=0.5, metric=metric)).engine == "graph"
+    assert optics(x, OpticsConfig(min_samples=2, max_eps=0.5, metric=metric)).engine == "knn"
     assert optics(x, OpticsConfig(min_samples=2, metric=metric)).engine == "dense"
     tiny = OpticsConfig(
         min_samples=2, metric=metric, memory_budget_mb=_least_budget_mb(x, min_samples=2) + 0.05
@@ -189,7 +202,7 @@ def test_float32_mode_finds_the_same_clusters_on_separated_data():
     assert adjusted_rand_score(sk.labels_, ours.labels) > 0.99
 
 
-@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("metric", ["cosine", "euclidean", "minkowski"])
 def test_host_distances_are_bitwise_sklearns(metric):
     """The claim the exact path stands on: our 1 x m distances are sklearn's pairwise_distances, bit for bit."""
     rng = np.random.default_rng(0)
@@ -203,8 +216,8 @@ def test_host_distances_are_bitwise_sklearns(metric):
     rows = np.arange(10, 30)
     cols = np.arange(0, 200, 3)
     np.testing.assert_array_equal(
-        pts.dist_block(rows, cols), pairwise_distances(x[rows], x[cols], metric=metric)
-    )
+        pts.dist_block(rows, cols), pairwise_distances(x[rows], x[cols], metric=pts.knn_metric)
+    )  # the neighbour query's arithmetic: sklearn's NearestNeighbors runs minkowski p=2 as euclidean
 
 
 @pytest.mark.parametrize(
@@ -311,3 +324,39 @@ def test_accelerator_pair_extraction_gives_the_same_graph(monkeypatch, precision
         np.testing.assert_array_equal(a.dists, b.dists)
     np.testing.assert_array_equal(na[0], nb[0])
     np.testing.assert_array_equal(na[1], nb[1])
+
+
+@pytest.mark.parametrize("engine", ["dense", "stream"])
+def test_cli_dense_and_stream_equal_sklearn_on_ties(tmp_path, engine):
+    """The user's command with max_eps inf and min_samples 5 on signatures with exact duplicates: before issue 13
+    these engines ordered tied reachabilities by XLA's distances and differed from scikit-learn."""
+    from click.testing import CliRunner
+
+    from cluster.__main__ import cli
+    from cluster.clusters_file import read_clusters
+    from data.signatures import Signatures, save_signatures
+
+    x = DATA["dup_cos"][0].astype(np.float32)
+    uids = [f"img{i}" for i in range(len(x))]
+    save_signatures(tmp_path / "sig.npz", Signatures(uids=uids, vectors=x))
+    out = tmp_path / "clusters.csv"
+    r = CliRunner().invoke(cli, ["optics", str(tmp_path / "sig.npz"), "--out", str(out), "--max-eps", "inf",
+                                 "--min-samples", "5", "--engine", engine])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    t = read_clusters(out)
+    sk = _sklearn(x, "cosine", 5, np.inf, 0.05, "xi")
+    np.testing.assert_array_equal(np.argsort(t.order), sk.ordering_)
+    np.testing.assert_array_equal(t.reachability, sk.reachability_)
+    np.testing.assert_array_equal(t.core_distance, sk.core_distances_)
+    np.testing.assert_array_equal(t.labels, sk.labels_)
+
+
+def test_dense_rows_fetched_from_an_accelerator_give_the_same_result(monkeypatch):
+    """On an accelerator the dense engine fetches one matrix row per processed point (`_matrix_row`) instead of
+    reading XLA's buffer in place: run that path on the CPU."""
+    import cluster.optics as co
+
+    monkeypatch.setattr(co.jax, "default_backend", lambda: "gpu")
+    x, metric = DATA["lattice"]
+    sk = _sklearn(x, metric, 5, np.inf, 0.05, "xi")
+    _assert_equal(optics(x, OpticsConfig(min_samples=5, max_eps=np.inf, metric=metric, engine="dense")), sk)

@@ -10,13 +10,13 @@ from cluster import plots
 
 def test_large_orderings_share_bars_and_keep_valleys(tmp_path, monkeypatch):
     drawn = []
-    real_bar = plots.plt.Axes.bar
+    real_bars = plots._bars
 
-    def counting_bar(self, x, height, *a, **k):
+    def counting_bars(ax, x, heights, *a, **k):
         drawn.append(len(np.atleast_1d(x)))
-        return real_bar(self, x, height, *a, **k)
+        return real_bars(ax, x, heights, *a, **k)
 
-    monkeypatch.setattr(plots.plt.Axes, "bar", counting_bar)
+    monkeypatch.setattr(plots, "_bars", counting_bars)
     n = plots.MAX_BARS * 5 + 3
     reach = np.full(n, 0.9)
     reach[1000:2000] = 0.1  # one valley, a cluster of 1,000 points

@@ -205,6 +205,21 @@ def nothing(ws: Workspace) -> None:
     pass
 
 
+def parts_of_other_settings(ws: Workspace) -> None:
+    """What a killed `model embed --arch resnet50 ... --out out.npz` leaves beside the output."""
+    parts = ws.root / "out.npz.parts"
+    parts.mkdir()
+    (parts / "manifest.json").write_text(json.dumps({"format": "visual-signatures-parts", "rows": 28,
+                                                     "chunk_rows": 4096, "dim": 2048,
+                                                     "fingerprint": {"arch": "resnet50"}}))
+
+
+def parts_manifest_damaged(ws: Workspace) -> None:
+    parts = ws.root / "out.npz.parts"
+    parts.mkdir()
+    (parts / "manifest.json").write_text('{"format": "visual-sig')
+
+
 # -- commands -----------------------------------------------------------------------------------------------
 
 def check(ws):
@@ -277,6 +292,11 @@ FAULTS = [
     Fault("model embed", "damaged weights array", weights_array_damaged, lambda ws: embed(ws, str(ws.root / "w")),
           lambda ws: [str(ws.root / "w")], outputs=lambda ws: [ws.root / "out.npz"]),
     Fault("model embed", "excel cp1252 images.csv", images_cp1252, embed, csv_name("images.csv"), exit=EITHER),
+    Fault("model embed", "unfinished store of other settings", parts_of_other_settings, embed,
+          lambda ws: ["out.npz.parts", "arch: 'resnet50' then, 'resnet18' now", "delete the folder"],
+          outputs=lambda ws: [ws.root / "out.npz"]),
+    Fault("model embed", "damaged manifest of an unfinished store", parts_manifest_damaged, embed,
+          lambda ws: ["manifest.json", "delete the folder"], outputs=lambda ws: [ws.root / "out.npz"]),
     # train
     Fault("train", "collection that check rejects", connection_to_unknown_uid, train,
           lambda ws: ["connections.csv", "ghost_999"], outputs=lambda ws: [ws.root / "newrun" / "checkpoints"]),

@@ -85,6 +85,9 @@ CASES = [
     Case("model embed", ["model", "embed", "--weights", "random", "--arch", "resnet18", "--collection", "coll",
                          "--resolution", "32", "--batch-size", "8", "--out", "emb.npz", "--no-progress"],
          ["emb.npz"], max_points=5),
+    Case("model embed in chunks", ["model", "embed", "--weights", "random", "--arch", "resnet18", "--collection", "coll",
+                                   "--resolution", "32", "--batch-size", "4", "--chunk-images", "8", "--out",
+                                   "emb.npz", "--no-progress", "--store-dtype", "float16"], ["emb.npz"], max_points=6),
     Case("cluster map", ["cluster", "map", "sig.npz", "--collection", "coll", "--clusters", "clusters.csv", "--out",
                          "newmap", "--n-neighbors", "4", "--thumb-size", "16"], ["newmap"], max_points=3),
     # over an older output (few points: the renames that swap the new files in are what matter here)
@@ -320,3 +323,36 @@ def test_training_killed_in_a_checkpoint_and_in_the_export_resumes_bit_identical
     left = [p.name for p in (ws.root / "run").iterdir() if "tmp" in p.name or ".old" in p.name]
     assert not left, f"the resumed run left {left}"
 
+
+
+EMBED = ["model", "embed", "--weights", "random", "--arch", "resnet18", "--collection", "coll", "--resolution", "32",
+         "--batch-size", "4", "--chunk-images", "6", "--out", "emb.npz", "--no-progress"]
+
+
+def test_embed_killed_mid_run_resumes_at_the_first_missing_chunk_byte_identical(_pristine, tmp_path):
+    """`model embed` killed while writing its 3rd chunk: the rerun says it resumes, writes only the missing
+    chunks (never chunk 0 or 1 again), and ends with a store byte-identical to an uninterrupted run's."""
+    ws = _pristine.copy(tmp_path / "ws")  # both runs in one folder: the store records the collection's path
+    done = run(EMBED, ws.root)
+    assert done.returncode == 0, done.stderr
+    reference = (ws.root / "emb.npz").read_bytes()
+    (ws.root / "emb.npz").unlink()
+    env = _env(ws.root, at=1)
+    env["VS_CRASH_MATCH"] = "chunk-000002"
+    killed = subprocess.run([sys.executable, "-m", *EMBED], cwd=ws.root, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -9, killed.stderr
+    parts = ws.root / "emb.npz.parts"
+    assert sorted(p.name for p in parts.glob("chunk-*")) == ["chunk-000000.npz", "chunk-000001.npz"]
+    assert not (ws.root / "emb.npz").exists()
+    log = tmp_path / "again.log"
+    again = run(EMBED, ws.root, log=log)
+    assert again.returncode == 0, again.stderr
+    assert "resuming: 2 of 5 chunks already done" in again.stderr
+    old_chunks = [(kind, path) for _, kind, path in steps(log) if "chunk-000000" in path or "chunk-000001" in path]
+    assert all(kind in ("unlink", "remove") for kind, _ in old_chunks), \
+        f"the rerun wrote finished chunks again (it should only delete them after the merge): {old_chunks}"
+    written = [Path(path).name for _, kind, path in steps(log) if kind in ("replace", "rename")]
+    assert [w for w in written if w.startswith("chunk-")] == [f"chunk-00000{k}.npz" for k in (2, 3, 4)], written
+    assert not parts.exists(), "the chunk folder is removed once the store is written"
+    assert (ws.root / "emb.npz").read_bytes() == reference, "the resumed store differs from an uninterrupted run's"

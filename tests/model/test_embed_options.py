@@ -30,17 +30,17 @@ def _conv_impls(model) -> set[str]:
 
 @pytest.fixture
 def lowering_seen(monkeypatch):
-    """The per-layer lowerings of the network `model embed` hands to `embed_collection`, per call."""
+    """The per-layer lowerings of the network `model embed` hands to `embed_to_store`, per call."""
     import model.embed
 
     seen: list[set[str]] = []
-    real = model.embed.embed_collection
+    real = model.embed.embed_to_store
 
-    def recording(collection, net, **kw):
+    def recording(collection, net, out, **kw):
         seen.append(_conv_impls(net))
-        return real(collection, net, **kw)
+        return real(collection, net, out, **kw)
 
-    monkeypatch.setattr(model.embed, "embed_collection", recording)
+    monkeypatch.setattr(model.embed, "embed_to_store", recording)
     return seen
 
 

@@ -72,3 +72,70 @@ def test_evaluate_split_against_brute_force():
         ranks = np.sort([int(np.where(order == j)[0][0]) + 1 for j in parts])
         aps.append(np.mean(np.arange(1, len(ranks) + 1) / ranks))
     assert m["mAP"] == pytest.approx(np.mean(aps), rel=1e-6)
+
+
+@pytest.mark.parametrize("tile_elements", [1 << 24, 8 * 8 * 8])
+def test_blocked_ranks_equal_the_full_ranking_with_exact_ties(tmp_path, monkeypatch, tile_elements):
+    """Small integer rows: every product is exact in float32, so ties are real ties in any summation order."""
+    import train.metrics as metrics
+
+    monkeypatch.setattr(metrics, "_TILE_ELEMENTS", tile_elements)  # 8 gallery rows per tile: many tiles
+    rng = np.random.default_rng(2)
+    n = 70
+    sig = rng.integers(-3, 4, size=(n, 6)).astype(np.float16)
+    sig[10:14] = sig[2]  # duplicates: ties among partners and non-partners
+    path = tmp_path / "sig.f16"
+    sig.tofile(path)
+    mm = np.memmap(path, dtype=np.float16, mode="r", shape=sig.shape)
+    ok = rng.random(n) > 0.1
+    queries = np.array([0, 2, 11, 69, 5])
+    partners = [[2, 10, 13], [10, 11, 12, 13, 40], [2], list(range(30, 45)), [1]]
+    got = metrics.partner_ranks(mm, queries, partners, gallery_ok=ok, block=8)
+    s64 = sig.astype(np.int64)
+    for q, parts, r in zip(queries, partners, got, strict=True):
+        sims = s64 @ s64[q]
+        valid = ok & (np.arange(n) != q)
+        psims = np.where(valid[parts], sims[parts], np.iinfo(np.int64).min)
+        want = np.sort([1 + int(np.sum(valid & (sims > v))) for v in psims])
+        for i in range(1, len(want)):
+            want[i] = max(want[i], want[i - 1] + 1)
+        np.testing.assert_array_equal(r, want)
+
+
+def test_evaluate_command_ranks_a_float16_store_in_tiles(tmp_path, monkeypatch):
+    """`python -m train evaluate` on a memory-mapped float16 store, ranked tile by tile (many gallery tiles),
+    gives the figures of a float64 brute-force ranking."""
+    import json
+
+    from click.testing import CliRunner
+
+    import train.metrics as metrics
+    from data.collection import Connection, ImageRecord, write_connections, write_images
+    from data.signatures import Signatures, save_signatures
+    from train.__main__ import cli
+
+    monkeypatch.setattr(metrics, "_TILE_ELEMENTS", 8 * 8 * 16)
+    rng = np.random.default_rng(3)
+    n = 120
+    uids = [f"u{i}" for i in range(n)]
+    centres = rng.normal(size=(10, 8))
+    vec = rng.normal(size=(n, 8))
+    vec[:40] = centres[np.arange(40) // 4] + 0.5 * rng.normal(size=(40, 8))  # ten groups of four
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    conns = [Connection(f"u{4 * g + i}", f"u{4 * g + i + 1}", "POSITIVE", split="test" if g < 5 else "train")
+             for g in range(10) for i in range(3)]
+    write_images(tmp_path / "images.csv", [ImageRecord(u, f"{u}.jpg", None, {}, 0) for u in uids])
+    write_connections(tmp_path / "connections.csv", conns)
+    save_signatures(tmp_path / "sig.npz", Signatures(uids, vec.astype(np.float32)), dtype="float16")
+    res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "sig.npz"), "--collection", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    v = np.load(tmp_path / "sig.npz")["vectors"].astype(np.float64)
+    ranks = []
+    for q in range(20):
+        sims = v @ v[q]
+        sims[q] = -np.inf
+        parts = [j for j in range(4 * (q // 4), 4 * (q // 4) + 4) if j != q]
+        ranks.append(np.sort([1 + int(np.sum(sims > sims[j])) for j in parts]))
+    assert out["num_queries"] == 20
+    assert out["mAP"] == pytest.approx(summarize_ranks(ranks)["mAP"], rel=1e-12)

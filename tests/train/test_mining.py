@@ -87,3 +87,35 @@ def test_no_positives_is_an_error():
     inp = MiningInputs(np.zeros((0, 2), np.int64), -1 - np.arange(3), np.zeros((0, 2), np.int64), np.ones(3, bool))
     with pytest.raises(ValueError, match="POSITIVE"):
         mine_triplets(np.eye(3, dtype=np.float32), inp)
+
+
+def _exact_brute(sig, q, group, k, pool):
+    """float64 cosine, ties to the smaller index: the definition mining follows (data.knn)."""
+    from data.knn import exact_distances
+
+    n = len(sig)
+    d = exact_distances(sig, np.full(n, q), np.arange(n))
+    ok = (np.arange(n) != q) & (group != group[q]) & pool
+    cols = np.nonzero(ok)[0]
+    return cols[np.lexsort((cols, d[cols]))][:k]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_mining_is_the_float64_brute_force_with_ties_on_a_float16_memmap(tmp_path, dtype):
+    rng = np.random.default_rng(1)
+    n, k = 96, 6
+    base = rng.normal(size=(n, 16))
+    base[40:52] = base[7]  # twelve duplicates of row 7: ties beyond k + margin
+    base[60:64] = base[8] + 1e-5 * rng.normal(size=(4, 16))  # near-ties below float32's resolution of a distance
+    sig = _unit(base).astype(np.float16)
+    path = tmp_path / "sig.f16"
+    sig.tofile(path)
+    mm = np.memmap(path, dtype=np.float16, mode="r", shape=sig.shape)
+    group = np.where(np.arange(n) < 20, np.arange(n) // 4, -1 - np.arange(n))
+    pool = rng.random(n) > 0.1
+    queries = np.array([7, 8, 41, 0, 95, 60])
+    idx, sims = nearest_non_group(mm, queries, group, k, pool=pool, query_block=16, gallery_block=32,
+                                  dtype=dtype)
+    for row, q in enumerate(queries):
+        np.testing.assert_array_equal(idx[row], _exact_brute(sig, q, group, k, pool))
+    assert np.all(np.diff(sims, axis=1) <= 0)
