@@ -71,6 +71,8 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
     """
     from cluster.clustering import cluster_signatures, write_clustering
 
+    for note in _no_effect(method, engine, approximate):
+        click.echo(f"warning: {note}", err=True)
     cfg = OpticsConfig(min_samples=min_samples, max_eps=max_eps, metric=metric, cluster_method=cluster_method, xi=xi,
                        eps=eps, engine=engine, precision=precision, block_size=block_size,
                        memory_budget_mb=memory_budget_mb, knn_k=knn_k, approximate=approximate)  # fmt: skip
@@ -88,6 +90,19 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
     if "engine" in table.params:  # which engine ran, exact or approximate, and why
         reason = table.params.get("reason")
         click.echo(f"engine {table.params['engine']}" + (f": {reason}" if reason else ""))
+
+
+def _no_effect(method: str, engine: str, approximate: bool) -> list[str]:
+    """Options the chosen method does not use: said on stderr, so that nobody reads a result as, e.g., approximate
+    OPTICS on truncated lists when --approximate did nothing."""
+    notes = []
+    if approximate and (method != "optics" or engine not in ("knn", "auto")):
+        used = f"--engine {engine}" if method == "optics" else f"--method {method}"
+        notes.append(f"--approximate has no effect with {used}; it is for OPTICS on the knn engine (knn or auto).")
+    if (method == "dbscan" and engine != "auto") or (method == "hdbscan" and engine in ("graph", "stream")):
+        notes.append(f"--engine {engine} has no effect with --method {method}; "
+                     f"{'DBSCAN runs scikit-learn' if method == 'dbscan' else 'HDBSCAN takes knn, dense or auto'}.")
+    return notes
 
 
 @cli.command("evaluate")

@@ -12,6 +12,10 @@ the repeated, sharded sequence) -> batch. So every element's images and augmenta
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +162,36 @@ def _stack_triplets(output: str):
     return fn
 
 
+def _worker_init(worker_index: int, worker_count: int) -> None:
+    """grain's `worker_init_fn`. Ctrl-C at a terminal signals the whole process group, and a worker that took
+    it would print its own KeyboardInterrupt traceback: the main process alone handles it and stops them.
+    A main process killed outright (kill -9, SIGTERM, a lost job) stops nobody: each worker watches its
+    parent and exits when it is gone, instead of staying behind forever."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+# Python < 3.13's resource tracker counts a shared-memory block that a worker created and the main process
+# attached to twice, and grain's blocks still queued when a pipeline stops are removed by the tracker itself:
+# either way it warns at exit ("There appear to be N leaked shared_memory objects") although nothing is
+# left behind. The tracker is a process of its own started with the first worker, so the filter goes through
+# the environment it inherits.
+_TRACKER_WARNING = "ignore:resource_tracker:UserWarning"
+
+
+def _quiet_resource_tracker() -> None:
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if _TRACKER_WARNING not in current.split(","):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [current, _TRACKER_WARNING]))
+
+
 def _multiprocess(it_ds: grain.IterDataset, workers: int) -> grain.IterDataset:
     """`mp_prefetch` over `workers` processes (0: stay in this process)."""
     if workers <= 0:
@@ -168,7 +202,8 @@ def _multiprocess(it_ds: grain.IterDataset, workers: int) -> grain.IterDataset:
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
-    return it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    _quiet_resource_tracker()
+    return it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers), worker_init_fn=_worker_init)
 
 
 def _read_options(threads: int) -> grain.ReadOptions:

@@ -359,6 +359,39 @@ class PartsMismatchError(ValueError):
     """An unfinished store beside the output was started with other settings; the message says which."""
 
 
+class PartsBusyError(ValueError):
+    """Another run is writing the same store now (it holds the lock on `OUT.parts/`)."""
+
+
+def lock_parts(parts: StoreParts, out: str | Path) -> int | None:
+    """Hold `OUT.parts/` for this run (an exclusive `flock` on the folder, released when the process ends or
+    `unlock_parts` is called): two runs into one output would each compute every chunk, and one would merge
+    and remove the folder under the other. A file system without locks (some network mounts) is not
+    locked. Only the process that merges (process 0) takes it; the other hosts' processes share the folder."""
+    import fcntl
+    import os
+
+    parts.folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(parts.folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise PartsBusyError(f"{parts.folder}: another `model embed` is writing {out} right now; wait for it to "
+                             f"finish, or give this run another --out.") from None
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def unlock_parts(fd: int | None) -> None:
+    import os
+
+    if fd is not None:
+        os.close(fd)
+
+
 def _differences(old: dict, new: dict) -> list[str]:
     keys = sorted(set(old) | set(new))
     return [f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]

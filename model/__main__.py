@@ -178,10 +178,23 @@ def embed(
                              progress=not no_progress)
     except (WeightsError, CollectionError, ValueError) as e:
         raise _fail(e) from e
+    except KeyboardInterrupt as e:
+        raise _interrupted(out) from e
     if res.written:
         click.echo(f"{res.count} signatures ({res.dim}-d), {res.skipped} skipped -> {out}")
     else:
         click.echo(f"computed {res.computed} chunks; process 0 merged them into {out}")
+
+
+def _interrupted(out: str) -> click.ClickException:
+    """Ctrl-C (or SIGINT from a scheduler): click's bare "Aborted!" would not say that the work is kept."""
+    from data.signatures import StoreParts
+
+    parts = StoreParts.beside(out)
+    kept = f"the chunks finished so far are kept in {parts.folder}; " if parts.done() else ""
+    err = click.ClickException(f"interrupted: {kept}run the same command again to resume.")
+    err.exit_code = 130  # the shell's code for a process stopped by SIGINT
+    return err
 
 
 def _workers(workers: int | None) -> int:

@@ -42,7 +42,16 @@ from tqdm import tqdm
 from data.collection import Collection, ImageRecord, load_collection
 from data.image import note_lines
 from data.preprocess import normalize
-from data.signatures import Chunk, ChunkPlan, Signatures, StoreParts, assemble, store_dtype
+from data.signatures import (
+    Chunk,
+    ChunkPlan,
+    Signatures,
+    StoreParts,
+    assemble,
+    lock_parts,
+    store_dtype,
+    unlock_parts,
+)
 from model.inputs import check_resolution
 from model.registry import get_spec
 from model.signature import SignatureNet, set_mode
@@ -366,11 +375,12 @@ def _all_ok(ok: bool) -> bool:
     return bool(int(multihost_utils.broadcast_one_to_all(np.int32(ok))))
 
 
-def _start_parts(parts: StoreParts, fp: dict, plan: ChunkPlan, dim: int) -> ChunkPlan:
-    """Process 0 creates (or checks) the manifest before any other process looks at the folder; its refusal
-    (a folder of other settings) stops every process."""
+def _start_parts(parts: StoreParts, out, fp: dict, plan: ChunkPlan, dim: int, lock: list) -> ChunkPlan:
+    """Process 0 locks the folder (`lock` receives the lock) and creates (or checks) the manifest before any
+    other process looks at the folder; its refusal (a folder of other settings, or in use) stops every process."""
     if _process()[0] == 0:
         try:
+            lock.append(lock_parts(parts, out))
             plan = parts.start(fp, plan, dim)
         except ValueError:
             _all_ok(False)
@@ -408,24 +418,28 @@ def embed_to_store(
     store_dtype(dtype)
     meta = {**_meta(model, resolution, coll), **(meta or {})}
     n = len(coll.images)
-    parts = StoreParts.beside(out)
-    plan = _start_parts(parts, fingerprint(model, coll, meta, dtype), ChunkPlan(n, max(1, chunk_images)), dim)
-    done = parts.done()
-    mine = [k for k in plan.mine(*_process()) if k not in done]
-    if done:
-        print(f"resuming: {len(done & set(range(plan.count)))} of {plan.count} chunks already done in "
-              f"{parts.folder}; computing the other {len(mine)}", file=sys.stderr)
-    todo = sum(b - a for a, b in map(plan.span, mine))
-    started = time.perf_counter()
-    with _bar(todo, model.arch, progress) as bar:
-        rep = _Reporter(coll.images, paths, bar, quiet=False)
-        for k, chunk in embed_chunks(coll, embed, plan, mine, resolution=resolution, dim=dim, rep=rep,
-                                     workers=workers):
-            parts.write(k, chunk, dtype)
-    if rep.read:
-        print(_rate_line(rep.read, time.perf_counter() - started, embed), file=sys.stderr)
-    _sync("embed: chunks")
-    return _merge(parts, plan, out, meta, dtype, dim, coll, set(mine), len(done))
+    parts, lock = StoreParts.beside(out), []
+    try:
+        fp = fingerprint(model, coll, meta, dtype)
+        plan = _start_parts(parts, out, fp, ChunkPlan(n, max(1, chunk_images)), dim, lock)
+        done = parts.done()
+        mine = [k for k in plan.mine(*_process()) if k not in done]
+        if done:
+            print(f"resuming: {len(done & set(range(plan.count)))} of {plan.count} chunks already done in "
+                  f"{parts.folder}; computing the other {len(mine)}", file=sys.stderr)
+        todo = sum(b - a for a, b in map(plan.span, mine))
+        started = time.perf_counter()
+        with _bar(todo, model.arch, progress) as bar:
+            rep = _Reporter(coll.images, paths, bar, quiet=False)
+            for k, chunk in embed_chunks(coll, embed, plan, mine, resolution=resolution, dim=dim, rep=rep,
+                                         workers=workers):
+                parts.write(k, chunk, dtype)
+        if rep.read:
+            print(_rate_line(rep.read, time.perf_counter() - started, embed), file=sys.stderr)
+        _sync("embed: chunks")
+        return _merge(parts, plan, out, meta, dtype, dim, coll, set(mine), len(done))
+    finally:
+        unlock_parts(lock[0] if lock else None)
 
 
 MERGE_WAIT_S = 120.0  # how long process 0 waits for chunks of other hosts to show in a network file system

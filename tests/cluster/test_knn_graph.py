@@ -340,6 +340,25 @@ def test_cli_exact_knn_says_so(calls, sig_file, tmp_path):
     assert "engine knn: exact" in r.output
 
 
+
+@pytest.mark.parametrize(("extra", "warning"), [
+    (["--engine", "dense", "--approximate"], "warning: --approximate has no effect with --engine dense"),
+    (["--method", "hdbscan", "--approximate"], "warning: --approximate has no effect with --method hdbscan"),
+    (["--method", "dbscan", "--engine", "knn"], "warning: --engine knn has no effect with --method dbscan"),
+    (["--method", "hdbscan", "--engine", "stream"], "warning: --engine stream has no effect with --method hdbscan"),
+])  # fmt: skip
+def test_cli_says_when_an_option_has_no_effect(sig_file, tmp_path, extra, warning):
+    """A user who asks for --approximate or an engine that the chosen method does not use is told so on stderr,
+    instead of reading a result that silently ignored the option."""
+    r = CliRunner().invoke(cli, ["optics", str(sig_file), "--out", str(tmp_path / "c.csv"), "--max-eps", "0.02",
+                                 "--min-samples", "3", *extra])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert warning in r.stderr and "Traceback" not in r.output
+    plain = CliRunner().invoke(cli, ["optics", str(sig_file), "--out", str(tmp_path / "d.csv"), "--max-eps", "0.02",
+                                     "--min-samples", "3", "--engine", "knn", "--approximate"])  # fmt: skip
+    assert plain.exit_code == 0 and "no effect" not in plain.stderr
+
+
 # -- HDBSCAN on the kNN graph (cluster/knn_hdbscan.py) ----------------------------------------------------
 
 

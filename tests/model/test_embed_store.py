@@ -125,3 +125,170 @@ def test_two_processes_under_jax_distributed_write_the_single_process_store(tiny
     assert "computed 2 chunks; process 0 merged them" in outs[1][0]  # chunks 1 and 3 of 0..4
     assert "skipped uid bad" in outs[0][1]  # row 2 = chunk 2, process 0's; "gone" is chunk 4, also process 0's
     assert (tmp_path / "two.npz").read_bytes() == (tmp_path / "one.npz").read_bytes()
+
+
+_SIGINT_AT_CHUNK = '''
+import os, signal
+_replace = os.replace
+def _replace_then_ctrl_c(src, dst, *a, **k):
+    _replace(src, dst, *a, **k)
+    if os.fspath(dst).endswith("chunk-000001.npz"):
+        os.killpg(os.getpgid(0), signal.SIGINT)  # what Ctrl-C at a terminal does: the whole process group
+os.replace = _replace_then_ctrl_c
+'''
+
+
+def _many_rows(tmp_path, n: int):
+    """A collection of n rows over a few image files: long enough that the decoding workers are still busy."""
+    from PIL import Image
+
+    root = tmp_path / "coll"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    rows = "".join(f"u{k},{k % 3}.png\n" for k in range(n))
+    (root / "images.csv").write_text("uid,path\n" + rows)
+    return root
+
+
+def _embed_process(coll, out, env):
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "model", "embed", "--collection", str(coll), "--resolution", str(R), "--arch",
+            "resnet18", "--weights", "random", "--batch-size", "2", "--chunk-images", "4", "--workers", "1",
+            "--no-progress", "--no-compile-cache", "--out", str(out)]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_decoding_workers_is_one_line_and_the_rerun_resumes(tmp_path):
+    """Ctrl-C reaches the decoding worker processes too: neither they nor the main process print a traceback
+    (nor multiprocessing's 'leaked shared_memory' warning), the message says how to resume, and the same
+    command then resumes and writes the uninterrupted run's store."""
+    import os
+    from pathlib import Path
+
+    coll, repo = _many_rows(tmp_path, 120), Path(__file__).resolve().parents[2]
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_SIGINT_AT_CHUNK)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    whole = _embed_process(coll, tmp_path / "whole.npz", env)
+    assert whole.returncode == 0, whole.stderr
+    assert "leaked" not in whole.stderr and "Traceback" not in whole.stderr
+    cut = _embed_process(coll, tmp_path / "cut.npz", {**env, "PYTHONPATH": f"{hook}{os.pathsep}{env['PYTHONPATH']}"})
+    assert cut.returncode != 0 and not (tmp_path / "cut.npz").exists()
+    assert "Traceback" not in cut.stderr and "KeyboardInterrupt" not in cut.stderr, cut.stderr
+    assert "leaked" not in cut.stderr, cut.stderr
+    assert "run the same command again to resume" in cut.stderr, cut.stderr
+    again = _embed_process(coll, tmp_path / "cut.npz", env)
+    assert again.returncode == 0 and "resuming: " in again.stderr, again.stderr
+    assert (tmp_path / "cut.npz").read_bytes() == (tmp_path / "whole.npz").read_bytes()
+
+
+_PAUSE_AT_CHUNK = '''
+import os, time
+_replace = os.replace
+def _replace_then_wait(src, dst, *a, **k):
+    _replace(src, dst, *a, **k)
+    if os.fspath(dst).endswith("chunk-000001.npz"):
+        while not os.path.exists(os.environ["VS_TEST_RELEASE"]):
+            time.sleep(0.05)
+os.replace = _replace_then_wait
+'''
+
+
+def test_a_second_embed_into_the_same_out_while_one_runs_is_refused_in_one_line(tmp_path):
+    """Two runs into one --out at once would both compute every chunk and the second would fail at its merge
+    with 'chunks missing (another process failed?)': the second is refused up front; the first is unharmed."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    coll, repo = _many_rows(tmp_path, 12), Path(__file__).resolve().parents[2]
+    hook, release, out = tmp_path / "hook", tmp_path / "release", tmp_path / "s.npz"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_PAUSE_AT_CHUNK)
+    env = {**os.environ, "VS_TEST_RELEASE": str(release),
+           "PYTHONPATH": os.pathsep.join([str(hook), str(repo), os.environ.get("PYTHONPATH", "")])}
+    args = [sys.executable, "-m", "model", "embed", "--collection", str(coll), "--resolution", str(R), "--arch",
+            "resnet18", "--weights", "random", "--batch-size", "2", "--chunk-images", "4", "--workers", "0",
+            "--no-progress", "--no-compile-cache", "--out", str(out)]
+    first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "s.npz.parts" / "chunk-000001.npz").exists() and time.monotonic() < deadline:
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.1)
+        second = CliRunner().invoke(cli, ["embed", "--collection", str(coll), "--resolution", str(R), "--arch",
+                                          "resnet18", "--weights", "random", "--batch-size", "2", "--chunk-images",
+                                          "4", "--workers", "0", "--no-progress", "--out", str(out)])
+    finally:
+        release.touch()
+        _, err = first.communicate(timeout=120)
+    assert second.exit_code == 1 and "Traceback" not in second.output
+    assert "another `model embed` is writing" in second.output and "s.npz.parts" in second.output, second.output
+    assert first.returncode == 0, err
+    assert load_signatures(out).uids == [f"u{k}" for k in range(12)]
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc"), reason="reads the process table from /proc")
+def test_decoding_workers_stop_when_the_embed_process_is_killed(tmp_path):
+    """kill -9 (or SIGTERM, or a lost job) of `model embed` runs no clean-up: its decoding worker processes must
+    notice on their own and exit, not stay behind forever holding memory."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    coll, repo = _many_rows(tmp_path, 200), Path(__file__).resolve().parents[2]
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_PAUSE_AT_CHUNK)
+    env = {**os.environ, "VS_TEST_RELEASE": str(tmp_path / "never"),
+           "PYTHONPATH": os.pathsep.join([str(hook), str(repo), os.environ.get("PYTHONPATH", "")])}
+    args = [sys.executable, "-m", "model", "embed", "--collection", str(coll), "--resolution", str(R), "--arch",
+            "resnet18", "--weights", "random", "--batch-size", "2", "--chunk-images", "4", "--workers", "2",
+            "--no-progress", "--no-compile-cache", "--out", str(tmp_path / "s.npz")]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "s.npz.parts" / "chunk-000001.npz").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        workers = [c for c in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(workers) == 2
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [w for w in workers if Path(f"/proc/{w}").exists()], "worker processes outlived their parent"
+    finally:
+        proc.kill()
+        for w in workers:
+            try:
+                os.kill(w, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
