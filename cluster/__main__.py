@@ -77,7 +77,8 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
                        eps=eps, engine=engine, precision=precision, block_size=block_size,
                        memory_budget_mb=memory_budget_mb, knn_k=knn_k, approximate=approximate)  # fmt: skip
     try:
-        table, res = cluster_signatures(str(signatures), cfg, method=method, pca=pca)
+        table, res = cluster_signatures(str(signatures), cfg, method=method, pca=pca,
+                                        notify=lambda text: click.echo(f"note: {text}", err=True))
     except (ValueError, MemoryError) as e:
         raise click.ClickException(str(e)) from e
     plot = write_clustering(out, table, res, max_eps=max_eps, plot=plot)

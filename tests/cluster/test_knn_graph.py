@@ -359,6 +359,26 @@ def test_cli_says_when_an_option_has_no_effect(sig_file, tmp_path, extra, warnin
     assert plain.exit_code == 0 and "no effect" not in plain.stderr
 
 
+def test_cli_warns_before_a_long_run_with_max_eps_inf(sig_file, tmp_path, monkeypatch):
+    """A user who left max_eps at inf on an archive waited minutes in silence (a new user's trial: 50,000
+    signatures, nothing printed for over a minute). The command now says so before the work starts, with the
+    faster choices; a finite max_eps or a small collection prints nothing of the kind."""
+    import cluster.clustering as clustering
+
+    monkeypatch.setattr(clustering, "LONG_RUN_N", 10)
+    r = CliRunner().invoke(cli, ["optics", str(sig_file), "--out", str(tmp_path / "c.csv"), "--max-eps", "inf",
+                                 "--min-samples", "3"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "note: max_eps is inf" in r.stderr and "--max-eps" in r.stderr and "--method hdbscan" in r.stderr
+    finite = CliRunner().invoke(cli, ["optics", str(sig_file), "--out", str(tmp_path / "d.csv"), "--max-eps", "0.02",
+                                      "--min-samples", "3"])  # fmt: skip
+    assert finite.exit_code == 0 and "note: max_eps is inf" not in finite.stderr
+    monkeypatch.setattr(clustering, "LONG_RUN_N", 10**6)
+    small = CliRunner().invoke(cli, ["optics", str(sig_file), "--out", str(tmp_path / "e.csv"), "--max-eps", "inf",
+                                     "--min-samples", "3"])  # fmt: skip
+    assert small.exit_code == 0 and "note:" not in small.stderr
+
+
 # -- HDBSCAN on the kNN graph (cluster/knn_hdbscan.py) ----------------------------------------------------
 
 
