@@ -56,7 +56,8 @@ from model.inputs import check_resolution
 from model.registry import get_spec
 from model.signature import SignatureNet, set_mode
 
-AXIS = "batch"
+AXIS = "data"  # the axis name of training's meshes too: `local_mesh()` then equals the mesh training embeds on, so
+# `make_embed_fn` (cached per graphdef and mesh) compiles the forward once per run, not once per caller
 CHUNK_IMAGES = 4096  # rows of images.csv per chunk: ~32 MB of float32 signatures at 2048-d
 
 

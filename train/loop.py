@@ -55,7 +55,7 @@ from data.pipeline import PreparedSource, open_prepared, triplet_dataset
 from data.signatures import Signatures, load_signatures, save_signatures
 from data.splits import SPLITS_FILE, assign_splits, load_previous, save_splits
 from data.validate import validate
-from model.embed import embed_collection, make_embed_fn
+from model.embed import embed_collection, local_mesh, make_embed_fn
 from model.registry import build_abstract
 from model.signature import set_mode
 from model.weights import load_or_init, restore_error_text, save_weights, silence_restore_echoes
@@ -204,7 +204,7 @@ def _prepare(collection: Collection, cfg: TrainConfig, folder: RunFolder, model,
     set_mode(train_model, training=True, freeze_bn=cfg.freeze_bn)
     train_graphdef = nnx.split(train_model, nnx.Param, ...)[0]
     mesh = make_mesh()
-    eval_mesh = make_mesh(jax.local_devices())
+    eval_mesh = local_mesh()  # the mesh `model.embed` uses for the export too: one compiled forward
     if cfg.batch_size % mesh.devices.size:
         raise RunError(f"batch_size {cfg.batch_size} must be a multiple of the {mesh.devices.size} devices "
                        f"(--set batch_size=...).")

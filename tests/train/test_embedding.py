@@ -69,3 +69,22 @@ def test_training_refuses_a_resolution_the_networks_cannot_embed(tmp_path):
     assert "resolution 16 is too small: the networks downsample by 32; use a resolution of at least 32." \
         in res.output
     assert not (tmp_path / "run").exists()
+
+
+def test_training_embeds_on_the_mesh_model_embed_uses_so_the_forward_compiles_once():
+    """Training's per-epoch embedding (`make_embed_fn(graphdef, eval_mesh)`) and its export through
+    `model.embed.embed_collection` (`Embedder`, on `local_mesh()`) share one cached, compiled forward only if
+    the two meshes are equal: with different axis names the forward of the network compiled twice per run."""
+    import jax
+    from flax import nnx
+
+    from model.embed import Embedder, local_mesh, make_embed_fn
+    from model.registry import build
+    from train.step import make_mesh, split_model
+
+    assert make_mesh(jax.local_devices()) == local_mesh()
+    model = build("resnet18", seed=0)
+    graphdef, params, rest = split_model(model)
+    per_epoch = make_embed_fn(graphdef, make_mesh(jax.local_devices()))
+    again = nnx.merge(graphdef, jax.device_get(params), jax.device_get(rest))  # what the export embeds with
+    assert Embedder.of(again, 4).fn is per_epoch
