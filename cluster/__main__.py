@@ -200,7 +200,7 @@ def report_cmd(collection_dir: Path, clusters_path: Path, run_dir: Path | None, 
     from data.collection import CollectionError
 
     if reachability is None:  # the plot clusters.json names (older files: reachability.png beside it)
-        _, plot = recorded_plot(clusters_path)
+        plot = recorded_plot(clusters_path)
         reachability = plot if plot is not None and plot.is_file() else None
     inputs = ReportInputs(collection=collection_dir, clusters=clusters_path, run_dir=run_dir, quality=quality,
                           map_dir=map_dir, reachability=reachability, top_clusters=top)  # fmt: skip

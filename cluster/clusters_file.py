@@ -136,11 +136,11 @@ def write_clusters(path: str | Path, table: ClusterTable) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def recorded_plot(path: str | Path) -> tuple[bool, Path | None]:
-    """(recorded, plot): the reachability plot that clusters.json next to `path` names.
+def recorded_plot(path: str | Path) -> Path | None:
+    """The reachability plot that clusters.json next to `path` names (None: none was drawn).
 
-    `recorded` is False when there is no readable clusters.json or it predates the record (an older version
-    always drew `reachability.png` beside clusters.csv, so that is the plot then).
+    Without a readable clusters.json, or one that predates the record, it is `reachability.png` beside
+    clusters.csv: an older version always drew it there.
     """
     path = Path(path)
     try:
@@ -148,9 +148,9 @@ def recorded_plot(path: str | Path) -> tuple[bool, Path | None]:
     except (OSError, ValueError):
         params = None
     if not isinstance(params, dict) or "plot" not in params:
-        return False, path.with_name("reachability.png")
+        return path.with_name("reachability.png")
     plot = params["plot"]
-    return True, (path.parent / plot if isinstance(plot, str) and plot else None)
+    return path.parent / plot if isinstance(plot, str) and plot else None
 
 
 def remove_previous(path: str | Path, *also: Path) -> list[Path]:
@@ -158,7 +158,7 @@ def remove_previous(path: str | Path, *also: Path) -> list[Path]:
     beside a clusters.csv of another run), then its clusters.json and plot, then `also` (the files the new run
     is about to write). Returns what was removed."""
     path = Path(path)
-    _, old_plot = recorded_plot(path)
+    old_plot = recorded_plot(path)
     removed = []
     for p in dict.fromkeys([path, sidecar_path(path), *([old_plot] if old_plot else []), *also]):
         try:

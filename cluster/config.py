@@ -24,6 +24,13 @@ METHODS = ("optics", "hdbscan", "dbscan")  # OPTICS, or scikit-learn's HDBSCAN /
 DBSCAN_EPS = 0.08  # `--method dbscan`'s eps when none is given (a cosine distance, below the max_eps below)
 
 
+def knn_metric(metric: str) -> str:
+    """The metric of nearest-neighbour queries for an OPTICS metric: minkowski with p=2 (scikit-learn's default,
+    which the library takes) is euclidean, as scikit-learn's NearestNeighbors and data.knn compute it (by
+    coordinate differences); cosine and euclidean are themselves."""
+    return "euclidean" if metric == "minkowski" else metric
+
+
 @dataclass(frozen=True)
 class OpticsConfig:
     """OPTICS parameters (scikit-learn's names and defaults) plus how to run it."""

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from cluster.config import OpticsConfig
+from cluster.config import OpticsConfig, knn_metric
 from cluster.optics import (
     POINT_BYTES,
     OpticsMemoryError,
@@ -43,6 +43,7 @@ from cluster.optics import (
     order_graph,
     prepare,
 )
+from data.knn import radius_within
 
 TOL = 1e-9  # relative margin on max_eps: data.knn's float64 distances vs scikit-learn's (ulps apart)
 # Bytes per kNN list entry over the run: the query's float64 distance and int64 index, the edge key (int64)
@@ -195,7 +196,7 @@ class _Search:
 
     @classmethod
     def plan(cls, cfg: OpticsConfig, d: int) -> _Search:
-        metric = _knn_metric(cfg)
+        metric = knn_metric(cfg.metric)
         if cfg.precision == "float64" and metric == "cosine":
             return cls(metric=metric, exact_lists=False, slack=_device_bound(d))
         return cls(metric=metric, exact_lists=cfg.precision == "float64", slack=0.0)
@@ -264,25 +265,12 @@ def _grow(x, search: _Search, plan: KnnPlan, lists: _Lists, todo: np.ndarray, k:
 
 
 def _incomplete(dist: np.ndarray, idx: np.ndarray, radius: float, n: int) -> np.ndarray:
-    """Rows whose k-th neighbour exists and lies within the radius: there may be more than k within it.
-    A list of k = n - 1 holds every other row: complete whatever the radius (max_eps = inf included)."""
+    """Rows whose k-th neighbour exists and lies within the radius: there may be more than k within it
+    (`data.knn.radius_within`). A list of k = n - 1 holds every other row: complete whatever the radius
+    (max_eps = inf included)."""
     if idx.shape[1] >= n - 1:
         return np.zeros(idx.shape[0], dtype=bool)
-    return (idx[:, -1] >= 0) & (dist[:, -1] <= radius)
-
-
-def _knn_metric(cfg: OpticsConfig) -> str:
-    """data.knn's metric: minkowski (p=2, the library's scikit-learn default) is its euclidean, whose exact
-    distance is by coordinate differences too."""
-    return "euclidean" if cfg.metric == "minkowski" else cfg.metric
-
-
-def _check_finite(x) -> None:
-    """float32 mode has no float64 copy (which checks the rows): check them here, in chunks."""
-    for s in range(0, x.shape[0], 65536):
-        bad = ~np.all(np.isfinite(x[s : s + 65536]), axis=1)
-        if bad.any():
-            raise ValueError(f"row {s + int(np.flatnonzero(bad)[0])} has a NaN or infinite value; fix the signatures.")
+    return ~radius_within(dist, radius)[1]
 
 
 CORE_MARGIN = 6  # spare candidates for the core distance when the lists' distances carry a slack
@@ -324,9 +312,7 @@ def knn_optics_graph(x, cfg: OpticsConfig) -> tuple[np.ndarray, np.ndarray, np.n
     n, d = (int(s) for s in np.shape(x))
     plan = knn_plan(n, d, cfg)
     exact = cfg.precision == "float64"
-    pts = prepare(x, cfg.metric, cfg.min_samples) if exact else None
-    if pts is None:
-        _check_finite(x)
+    pts = prepare(x, cfg.metric, cfg.min_samples) if exact else None  # without it, data.knn checks the rows
     search = _Search.plan(cfg, d)
     tol = TOL * max(1.0, cfg.max_eps) + search.slack if exact and math.isfinite(cfg.max_eps) else 0.0
     radius = cfg.max_eps + tol

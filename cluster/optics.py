@@ -83,7 +83,7 @@ from sklearn.metrics._pairwise_distances_reduction import ArgKmin
 from sklearn.preprocessing import normalize
 from sklearn.utils.extmath import row_norms
 
-from cluster.config import OpticsConfig
+from cluster.config import OpticsConfig, knn_metric
 
 DECIMALS = 15  # np.finfo(np.float64).precision: scikit-learn's rounding of core and reachability distances
 
@@ -113,12 +113,6 @@ def _round(x: np.ndarray) -> np.ndarray:
     return np.around(x, decimals=DECIMALS)
 
 
-def _round_jax(x: jax.Array) -> jax.Array:
-    # numpy's around(x, 15) on float64 is rint(x * 1e15) / 1e15: the same IEEE operations here.
-    f = 10.0**DECIMALS
-    return jnp.rint(x * f) / f
-
-
 @dataclass
 class _Points:
     """The data as scikit-learn's distance functions see it, precomputed once.
@@ -144,8 +138,8 @@ class _Points:
 
     @property
     def knn_metric(self) -> str:
-        """The metric of sklearn's neighbour queries: NearestNeighbors turns minkowski with p=2 into euclidean."""
-        return "euclidean" if self.metric == "minkowski" else self.metric
+        """The metric of sklearn's neighbour queries (`cluster.config.knn_metric`)."""
+        return knn_metric(self.metric)
 
     def dist_1xm(self, p: int, cols: np.ndarray) -> np.ndarray:
         """Distances of row p to `cols`, bitwise as sklearn's pairwise_distances(X[[p]], X[cols]).

@@ -133,9 +133,11 @@ def _known_pairs(collection: Collection) -> dict[tuple[str, str], str]:
     return {c.pair: c.type for c in collection.connections if c.a != c.b}
 
 
-def cluster_gallery(inputs: ReportInputs, collection: Collection) -> tuple[str, list[dict]]:
-    """HTML of the top proposed clusters, and a summary row per cluster (for tests and JSON)."""
-    table = read_clusters(inputs.clusters)
+def cluster_gallery(inputs: ReportInputs, collection: Collection,
+                    table: ClusterTable | None = None) -> tuple[str, list[dict]]:
+    """HTML of the top proposed clusters, and a summary row per cluster (for tests and JSON). `table`: the
+    clusters file already read (`build_report` reads it once for its checks), else it is read here."""
+    table = table if table is not None else read_clusters(inputs.clusters)
     clusters = table.clusters()
     known = _known_pairs(collection)
     ids = order_clusters(clusters, set(known))[: inputs.top_clusters]
@@ -325,7 +327,7 @@ def build_report(inputs: ReportInputs, warn: Callable[[str], None] | None = None
     if quality is not None:
         parts.append("<h2>Clusters against the known connections</h2>")
         parts.append(quality_table(quality))
-    gallery, _ = cluster_gallery(inputs, collection)
+    gallery, _ = cluster_gallery(inputs, collection, table)
     parts.append(f"<h2>Top proposed clusters</h2><p>Largest-new-first: the clusters with the most pairs that "
                  f"nobody has connected yet come first, as in the annotation app.</p>{gallery}")
     parts.append(

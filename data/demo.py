@@ -349,8 +349,9 @@ def build_demo(out: str | Path, *, seed: int = 0, max_side: int = 384, num_sourc
             d = derivative(src, "rephoto", _derive("rephoto", original(i), rng), "photo2")
             connect(src, d, roles.split, "DUPLICATE")
 
-    grouped = _grouped_uids(connections)
-    connections += _negatives(connections, num_sources // NEGATIVE_EVERY, rng)
+    groups = _pattern_groups(connections)
+    grouped = {m for members in groups.values() for m in members}
+    connections += _negatives(groups, num_sources // NEGATIVE_EVERY, rng)
     _write_collection(out, pixels, records, connections)
     pos_groups = components([(c.a, c.b) for c in connections if c.type == "POSITIVE"])
     res = DemoResult(
@@ -372,13 +373,9 @@ def _pattern_groups(connections: list[Connection]) -> dict[str, list[str]]:
     return components([(c.a, c.b) for c in connections if c.type in ("POSITIVE", "DUPLICATE")])
 
 
-def _grouped_uids(connections: list[Connection]) -> set[str]:
-    return {m for members in _pattern_groups(connections).values() for m in members}
-
-
-def _negatives(connections: list[Connection], count: int, rng: np.random.Generator) -> list[Connection]:
-    """`count` NEGATIVE edges, each between members of two different pattern groups (none without two groups)."""
-    groups = _pattern_groups(connections)
+def _negatives(groups: dict[str, list[str]], count: int, rng: np.random.Generator) -> list[Connection]:
+    """`count` NEGATIVE edges, each between members of two different pattern groups (`_pattern_groups`; none
+    without two groups)."""
     group_of = {m: name for name, members in groups.items() for m in members}
     group_names = sorted(groups)
     negatives: set[tuple[str, str]] = set()

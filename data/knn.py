@@ -277,7 +277,7 @@ def _device_rows(x, plan: _Plan):
     dt = jnp.dtype(plan.dtype)
     width = _dev_width(plan.d)
     rows = jnp.zeros((plan.nb * plan.gblock, width), dt).at[:, -1].set(-_BIAS)
-    put = _row_setter()
+    put = row_setter()
     for s in range(0, plan.n, plan.block):
         chunk = np.zeros((plan.block, width), np.float32)
         chunk[:, -1] = -_BIAS
@@ -289,7 +289,9 @@ def _device_rows(x, plan: _Plan):
 
 
 @cache
-def _row_setter():
+def row_setter():
+    """jit (rows, chunk, start) -> rows with `chunk` written at row `start`, the rows' buffer donated: a
+    device array filled block by block without a second copy (here and in `train.metrics`)."""
     import jax
 
     return jax.jit(lambda rows, chunk, start: jax.lax.dynamic_update_slice(rows, chunk, (start, 0)),
@@ -334,7 +336,7 @@ def _merge(best_v, best_i, vals, cols, kk: int, fold: int):
     return top, jnp.take_along_axis(jnp.concatenate([best_i, idx], axis=1), pos, axis=1)
 
 
-def _tile(q, q_sq, g, g_sq, metric: str):
+def similarity_tile(q, q_sq, g, g_sq, metric: str):
     """Similarities to MAXIMISE of one tile: cosine u.v, euclidean -(|y|^2 + |z|^2 - 2 y.z); float32, exact
     products (HIGHEST: no TF32 on GPUs, the error bound assumes float32 arithmetic)."""
     import jax.numpy as jnp
@@ -381,7 +383,7 @@ def _search_fn(kk: int, block: int, metric: str, grouped: bool):
         def body(carry, xs):
             g, g_sq, gg, off = xs
             idx = off + jnp.arange(block, dtype=jnp.int32)
-            v = _tile(q, q_sq, g, g_sq, metric)
+            v = similarity_tile(q, q_sq, g, g_sq, metric)
             if grouped:
                 v = jnp.where(gg[None, :] != q_grp[:, None], v, -jnp.inf)
             return _merge(*carry, v, idx, kk, fold), None

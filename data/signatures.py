@@ -283,14 +283,14 @@ def _read_store(path: Path) -> Signatures:
     return Signatures(uids=uids, vectors=vectors, skipped=skipped, meta=meta, source=source)
 
 
-def _refuse_non_finite(path: Path, sig: Signatures, bad: np.ndarray, count: int) -> None:
+def _refuse_non_finite(path: Path, sig: Signatures, first: int, count: int) -> None:
     """NaN/inf rows would flow on as a wrong mAP or a clustering crash far from their cause: stop here.
 
     (The unit-norm check cannot catch them: every comparison with NaN is False.)
     """
     raise ValueError(
         f"{path}: {count} of {len(sig)} signature rows are not finite (NaN or inf; first: uid "
-        f"{sig.uids[bad[0]]!r}). The network that wrote them was broken (a run whose loss became NaN?): "
+        f"{sig.uids[first]!r}). The network that wrote them was broken (a run whose loss became NaN?): "
         f"recompute them with `python -m model embed` or from a good run's weights."
     )
 
@@ -325,7 +325,7 @@ def check_rows(path: Path, sig: Signatures, *, check_norm: bool = True) -> None:
             if off.size and first_norm is None:
                 first_norm = (start + off[0], float(norms[off[0]]))
     if non_finite:
-        _refuse_non_finite(path, sig, np.asarray([first_bad]), non_finite)
+        _refuse_non_finite(path, sig, int(first_bad), non_finite)
     if not_unit:
         _refuse_not_unit(path, sig, first_norm[0], first_norm[1], not_unit)
 

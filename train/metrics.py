@@ -33,11 +33,13 @@ never block x n, so a million-image gallery is scored in the memory of a few til
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import cache, partial
+from functools import cache
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from data.knn import row_setter, similarity_tile
 
 RECALL_KS = (1, 5, 10, 20, 50, 100)
 THESIS_KS = (20, 50, 100, 200, 400)
@@ -57,13 +59,10 @@ def _rank_fns(gblock: int):
         return (gallery.reshape(nb, gblock, -1), g_ok.reshape(nb, gblock),
                 jnp.arange(nb, dtype=jnp.int32) * gblock)
 
-    def tile(q, g):
-        return jax.lax.dot_general(q, g, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST,
-                                   preferred_element_type=jnp.float32)
-
     def masked(q, q_idx, g, gok, off):
         cols = off + jnp.arange(gblock, dtype=jnp.int32)
-        return jnp.where(gok[None, :] & (cols[None, :] != q_idx[:, None]), tile(q, g), -jnp.inf)
+        sims = similarity_tile(q, None, g, None, "cosine")
+        return jnp.where(gok[None, :] & (cols[None, :] != q_idx[:, None]), sims, -jnp.inf)
 
     @jax.jit
     def partner_sims(q, q_idx, partners, gallery, g_ok):
@@ -99,21 +98,17 @@ def _gallery_block(block: int, width: int, n: int) -> int:
     return -(-per_tile // 8) * 8
 
 
-@partial(jax.jit, donate_argnums=0)
-def _put_rows(gallery, chunk, start):
-    return jax.lax.dynamic_update_slice(gallery, chunk, (start, 0))
-
-
 def _device_gallery(signatures, rows: int):
     """The signatures on the device as float32, zero padded to whole gallery blocks, copied one tile of rows
     at a time into a donated buffer (host memory O(tile), device memory the gallery once)."""
     n, d = signatures.shape
     n_pad = -(-max(n, 1) // rows) * rows
     gallery = jnp.zeros((n_pad, d), jnp.float32)
+    put = row_setter()
     for s in range(0, n, rows):
         chunk = np.zeros((rows, d), np.float32)
         chunk[: min(n, s + rows) - s] = signatures[s : s + rows]
-        gallery = _put_rows(gallery, jnp.asarray(chunk), s)
+        gallery = put(gallery, jnp.asarray(chunk), s)
     return gallery
 
 
