@@ -55,7 +55,8 @@ demo: $(STAMP) $(DEMO)/report.html
 	@echo
 	@echo "Report: $(abspath $(DEMO)/report.html)"
 	@echo "Judge the proposed clusters in your browser:"
-	@echo "  $(PY) -m cluster annotate --collection $(COLL) --clusters $(DEMO)/clusters.csv"
+	@echo "  $(PY) -m cluster annotate --collection $(COLL) --clusters $(DEMO)/clusters.csv --map $(DEMO)/map"
+	@echo "  (or open $(abspath $(DEMO)/map/map.html) from the folder)"
 
 # The annotation app is tested in a real headless Chromium (Debian's; no browser download).
 browser:

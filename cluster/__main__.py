@@ -158,22 +158,34 @@ def evaluate_cmd(clusters: Path, collection_dir: Path, json_out: Path | None, ig
 @click.option("--out", "out_dir", required=True, type=UserPath(file_okay=False))
 @click.option("--seed", default=0, show_default=True)
 @click.option("--n-neighbors", default=15, show_default=True, type=click.IntRange(min=2))
-@click.option("--thumb-size", default=128, show_default=True, type=click.IntRange(min=16))
+@click.option("--thumb-size", default=256, show_default=True, type=click.IntRange(min=16),
+              help="Size of the collection's thumbnail cache the map shows (made where missing).")
+@click.option("--thumb-cache", type=UserPath(file_okay=False), default=None,
+              help="Keep the thumbnail cache in this folder [default: COLLECTION/.cache].")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes making thumbnails [default: one per core].")
+@click.option("--neighbours", type=UserPath(exists=True, dir_okay=False), default=None,
+              help="Neighbour lists to lay out from [default: clusters.knn.npz beside --clusters, if it fits].")
 def map_cmd(signatures: Path, collection_dir: Path, clusters_path: Path | None, out_dir: Path, seed: int,
-            n_neighbors: int, thumb_size: int) -> None:  # fmt: skip
-    """UMAP of SIGNATURES to 2-D: coords.csv, map.png, an offline interactive map.html, thumbs/."""
+            n_neighbors: int, thumb_size: int, thumb_cache: Path | None, workers: int | None,
+            neighbours: Path | None) -> None:  # fmt: skip
+    """UMAP of SIGNATURES to 2-D: coords.csv, map.png and an interactive map.html (offline, WebGL)."""
     from cluster.clusters_file import ClustersFileError
     from cluster.mapping import MapConfig, make_map
     from data.collection import CollectionError
+    from data.parallel import WorkerDiedError
 
-    cfg = MapConfig(seed=seed, n_neighbors=n_neighbors, thumb_size=thumb_size)
+    cfg = MapConfig(seed=seed, n_neighbors=n_neighbors, thumb_size=thumb_size, thumb_cache=thumb_cache,
+                    workers=workers, neighbours=neighbours)  # fmt: skip
     try:
         result = make_map(signatures, collection_dir, out_dir, clusters_path=clusters_path, cfg=cfg)
-    except (ValueError, ClustersFileError, CollectionError) as e:
+    except (ValueError, ClustersFileError, CollectionError, WorkerDiedError) as e:
         raise click.ClickException(str(e)) from e
     for uid, why in result.unreadable:
         click.echo(f"warning: image {uid}: {why}; shown without thumbnail", err=True)
-    click.echo(f"{out_dir}: map.html, map.png, coords.csv, {result.n_thumbs} thumbnails")
+    click.echo(f"layout: {result.neighbours}", err=True)
+    click.echo("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()), err=True)
+    click.echo(f"{out_dir}: map.html, map.png, coords.csv; {result.n_thumbs} thumbnails in the collection's cache")
 
 
 @cli.command("report")

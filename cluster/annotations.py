@@ -30,6 +30,7 @@ import json
 import re
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +39,10 @@ from data.collection import CONNECTION_TYPES
 
 DECISION = "decision"
 UNDO = "undo"
+PROPOSAL = "proposal"
+PROPOSALS_FILE = "proposals.jsonl"
+
+RecordCheck = Callable[[object, Path, int], dict]
 
 
 class AnnotationError(ValueError):
@@ -105,7 +110,7 @@ def _check_record(rec: object, path: Path, line: int) -> dict:
     return rec
 
 
-def _parse_line(raw: bytes, path: Path, line: int) -> dict:
+def _parse_line(raw: bytes, path: Path, line: int, check: RecordCheck) -> dict:
     try:
         rec = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -113,10 +118,10 @@ def _parse_line(raw: bytes, path: Path, line: int) -> dict:
             f"{path}:{line}: not a JSON line ({e}). The log is append-only; only the last line can be torn by a "
             "crash, so this line was edited or damaged: restore it from a backup or remove it by hand."
         ) from None
-    return _check_record(rec, path, line)
+    return check(rec, path, line)
 
 
-def _tail_record(tail: bytes, path: Path, line: int) -> dict | None:
+def _tail_record(tail: bytes, path: Path, line: int, check: RecordCheck) -> dict | None:
     """The last line, which has no newline: a whole record (returned), or torn bytes (None).
 
     A prefix of a JSON object is never itself a JSON object, so bytes that parse were written whole;
@@ -126,22 +131,26 @@ def _tail_record(tail: bytes, path: Path, line: int) -> dict | None:
         rec = json.loads(tail.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return _check_record(rec, path, line)
+    return check(rec, path, line)
 
 
-def parse_log(data: bytes, path: str | Path) -> AnnotationLog:
-    """Parse the bytes of annotations.jsonl (`path` only names the file in messages); see `read_log`."""
+def parse_log(data: bytes, path: str | Path, check: RecordCheck | None = None) -> AnnotationLog:
+    """Parse the bytes of annotations.jsonl (`path` only names the file in messages); see `read_log`.
+
+    `check` validates one record (default: a decision or undo record; `read_proposals` passes its own).
+    """
     path = Path(path)
+    check = check or _check_record
     log = AnnotationLog(records=[])
     # Everything after the last newline is a line that has no newline (torn, or saved without one).
     cut = data.rfind(b"\n") + 1
     body, tail = data[:cut], data[cut:]
     n_lines = body.count(b"\n")
     raws = [(i, raw) for i, raw in enumerate(body.split(b"\n")[:-1], start=1) if raw.strip()]
-    log.records = [_parse_line(raw, path, i) for i, raw in raws]
+    log.records = [_parse_line(raw, path, i, check) for i, raw in raws]
     log.good_size = cut
     if tail:
-        rec = _tail_record(tail, path, n_lines + 1)
+        rec = _tail_record(tail, path, n_lines + 1, check)
         if rec is None:
             log.torn_tail = tail
             msg = f"{path}:{n_lines + 1}: {torn_line_message(tail)}; ignoring it."
@@ -177,7 +186,7 @@ def torn_line_message(tail: bytes) -> str:
             "make it again in `python -m cluster annotate`")
 
 
-def read_log(path: str | Path) -> AnnotationLog:
+def read_log(path: str | Path, check: RecordCheck | None = None) -> AnnotationLog:
     """Parse annotations.jsonl (a missing file is an empty log).
 
     A torn last line is reported with a `TornLineWarning` and ignored; a last line that is a whole
@@ -188,7 +197,7 @@ def read_log(path: str | Path) -> AnnotationLog:
         data = path.read_bytes()
     except FileNotFoundError:
         return AnnotationLog(records=[])
-    return parse_log(data, path)
+    return parse_log(data, path, check)
 
 
 def record_line(record: dict) -> bytes:
@@ -217,3 +226,44 @@ def decision_record(*, cluster: int, decision: str, members: list[str], ticked: 
 def undo_record(decision_id: str, annotator: str) -> dict:
     """A new record that cancels the decision `decision_id`."""
     return {"kind": UNDO, "id": new_id(), "time": now_iso(), "annotator": annotator, "undoes": decision_id}
+
+
+# -- proposals.jsonl: selections made on the map, judged like clusters ---------------------------------------------
+#
+# `{"kind": "proposal", "id", "time", "annotator", "cluster": <int <= -2>, "note", "uids": [...]}`, one line
+# each, beside annotations.jsonl and written the same way (append-only, flock, fsync before the reply). A
+# proposal's `cluster` id is negative: clusters.csv's labels are >= -1 (-1 = noise), so the two never clash,
+# whatever clusters file the server is started with. Each new one takes the lowest id so far minus one.
+
+
+def _check_proposal(rec: object, path: Path, line: int) -> dict:
+    where = f"{path}:{line}"
+    if not isinstance(rec, dict) or rec.get("kind") != PROPOSAL:
+        raise AnnotationError(f"{where}: not a proposal record (a JSON object with kind 'proposal'); fix or remove "
+                              "that line.")
+    cid, uids = rec.get("cluster"), rec.get("uids")
+    if not isinstance(rec.get("id"), str) or not rec["id"]:
+        raise AnnotationError(f"{where}: proposal without a string 'id'.")
+    if not isinstance(cid, int) or isinstance(cid, bool) or cid > -2:
+        raise AnnotationError(f"{where}: proposal 'cluster' must be an integer <= -2, got {cid!r}.")
+    if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
+        raise AnnotationError(f"{where}: proposal without a list of uid strings 'uids'.")
+    return rec
+
+
+def read_proposals(path: str | Path) -> AnnotationLog:
+    """Parse proposals.jsonl like annotations.jsonl (torn last line ignored with a warning; a missing file is
+    empty); a cluster id used twice is an error naming the line."""
+    log = read_log(path, _check_proposal)
+    seen: set[int] = set()
+    for rec in log.records:
+        if rec["cluster"] in seen:
+            raise AnnotationError(f"{path}: proposal cluster id {rec['cluster']} appears twice; remove one line.")
+        seen.add(rec["cluster"])
+    return log
+
+
+def proposal_record(*, cluster: int, uids: list[str], note: str, annotator: str) -> dict:
+    """A new proposal record (fresh id, the time now)."""
+    return {"kind": PROPOSAL, "id": new_id(), "time": now_iso(), "annotator": annotator, "cluster": cluster,
+            "note": note, "uids": list(uids)}

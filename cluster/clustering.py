@@ -17,6 +17,7 @@ import numpy as np
 
 from cluster.clusters_file import ClusterTable, file_sha256, remove_previous, write_clusters
 from cluster.config import DBSCAN_EPS, METHODS, OpticsConfig
+from cluster.neighbours_file import neighbours_path, write_neighbours
 from cluster.optics import OpticsResult, optics
 from cluster.plots import reachability_plot
 from data.signatures import Signatures, load_signatures
@@ -142,13 +143,19 @@ def write_clustering(
 ) -> Path | None:
     """Write clusters.csv + clusters.json and, for OPTICS, the reachability plot; returns the plot's path.
 
+    The knn engine's neighbour lists go to clusters.knn.npz beside them (`cluster.neighbours_file`).
+
     The plot goes to `plot`, by default reachability.png beside `out`, and clusters.json names it. The files
     of an older run there are removed first (`remove_previous`), so no file of it sits beside the new ones.
     """
     plot = (plot or out.with_name("reachability.png")) if res is not None else None
     table.params["plot"] = os.path.relpath(plot.resolve(), out.resolve().parent) if plot else None
-    remove_previous(out, *([plot] if plot else []))
+    knn_file = neighbours_path(out)
+    remove_previous(out, *([plot] if plot else []), knn_file)
     write_clusters(out, table)
+    if res is not None and res.neighbours is not None:  # the knn engine's lists, for `cluster map`
+        write_neighbours(knn_file, *res.neighbours, signatures_sha256=table.params.get("signatures_sha256", ""),
+                         metric=str(table.params.get("metric", "")))  # fmt: skip
     if plot is not None:
         reachability_plot(plot, res.ordering, res.reachability, res.labels,
                           max_eps=max_eps if math.isfinite(max_eps) else None)  # fmt: skip

@@ -304,10 +304,14 @@ def _core(x, pts, cfg: OpticsConfig, search: _Search, plan: KnnPlan, dist: np.nd
     return _round(core)
 
 
-def knn_optics_graph(x, cfg: OpticsConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, KnnInfo]:
+def knn_optics_graph(
+    x, cfg: OpticsConfig, keep: dict | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, KnnInfo]:
     """ordering, core distances, reachability, predecessor (scikit-learn's meaning) on the kNN graph, and KnnInfo.
 
-    Raises KnnIncompleteError when rows stay incomplete within the budget and cfg.approximate is off.
+    `keep`, if given, receives `neighbours`: the first query's lists (int32 indices, float32 distances, each
+    row's nearest first, without the row itself), which `cluster map` reuses so that the neighbour search is
+    done once. Raises KnnIncompleteError when rows stay incomplete within the budget and cfg.approximate is off.
     """
     n, d = (int(s) for s in np.shape(x))
     plan = knn_plan(n, d, cfg)
@@ -321,6 +325,8 @@ def knn_optics_graph(x, cfg: OpticsConfig) -> tuple[np.ndarray, np.ndarray, np.n
     core = _core(x, pts, cfg, search, plan, dist, idx)
     lists.add(np.arange(n), dist, idx, radius)
     todo = np.flatnonzero(_incomplete(dist, idx, radius, n))
+    if keep is not None:
+        keep["neighbours"] = (idx.astype(np.int32), dist.astype(np.float32))
     del dist, idx
     todo, k, grown = _grow(x, search, plan, lists, todo, plan.k0, radius)
     info = _info(cfg, plan, todo.size, k, grown)

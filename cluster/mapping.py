@@ -1,44 +1,57 @@
-"""The 2-D map of a collection: UMAP of the signatures, a static PNG and an offline interactive page.
+"""The map of a collection: a UMAP layout of the signatures, a static PNG and an interactive viewer.
 
 `make_map` writes into MAP_DIR:
 - `coords.csv`: uid,x,y,cluster,group (group = pattern group name or empty);
-- `thumbs/<uid>.jpg`: thumbnails (longest side `thumb_size`), referenced relatively by the page;
 - `map.png`: points coloured by cluster (noise grey), images of known pattern groups outlined in black
   and their POSITIVE links drawn as thin lines;
-- `map.html`: one self-contained file (data, script and style inline; no network): drag to pan, wheel
-  to zoom, hover for the thumbnail and metadata, click for the whole cluster with its members.
+- `map.html` with `lib/` (the viewer: cluster/viewer/, and regl-scatterplot, a WebGL scatter-plot library
+  vendored in cluster/viewer/vendor/) and `data/` (the points and the metadata columns, `cluster.map_data`).
+  It opens from the folder with no server and no network, and is also served by the annotation app
+  (`cluster annotate --map MAP_DIR`), which replaces `lib/app.js` with its own routes.
+
+Thumbnails are not copied into the map: the viewer loads them from the collection's thumbnail cache
+(`data.thumbs`, made here in parallel where missing or stale), by a path relative to the map folder.
+
+The layout is UMAP on nearest-neighbour lists (`cluster.layout`): those `cluster optics` kept beside
+clusters.csv (clusters.knn.npz) when they belong to these signatures, else an exact search on the device.
 
 An image that cannot be read is reported by uid (returned in `MapResult.unreadable`) and shown without a
 thumbnail; it is never replaced by a blank picture. Signatures of another collection (uids that are not in
 images.csv) are refused before any work, like `cluster evaluate` refuses such clusters.
 
 The folder is written whole (`data.atomic.atomic_dir`): built in a scratch folder beside it and swapped in,
-so a map killed while it overwrites an older one leaves the older map or the new one, never coords of one
-run beside the picture of another, and a map that fails leaves no folder. Because the whole folder is
-replaced, an existing MAP_DIR must hold nothing but a map's files (`MAP_FILES`).
+so a map killed while it overwrites an older one leaves the older map or the new one, and a map that fails
+leaves no folder. Because the whole folder is replaced, an existing MAP_DIR must hold nothing but a map's
+files (`MAP_FILES`; `thumbs` is what maps made before the cache held).
 """
 
 from __future__ import annotations
 
 import csv
 import html
-import json
-import warnings
+import shutil
+import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from cluster.clusters_file import read_clusters
-from cluster.plots import cluster_colours, map_plot
-from data.atomic import atomic_dir, atomic_write, atomic_write_bytes, atomic_write_text
-from data.collection import POSITIVE, Collection, load_collection, safe_file_stem
+from cluster.clusters_file import file_sha256, read_clusters
+from cluster.layout import LayoutConfig, embed_2d
+from cluster.map_data import MapPoints, write_map_data
+from cluster.neighbours_file import neighbours_path, read_neighbours
+from cluster.plots import map_plot
+from data.atomic import atomic_dir, atomic_write, atomic_write_text
+from data.collection import IMAGE_COLUMNS, POSITIVE, Collection, load_collection
 from data.graph import pattern_groups
-from data.image import ImageReadError, jpeg_thumbnail
-from data.signatures import load_signatures
+from data.signatures import Signatures, load_signatures
+from data.thumbs import DEFAULT_SIZE, ThumbCache, thumb_name
 
-META_FIELDS = ("title", "author", "date", "place")
-MAP_FILES = frozenset({"coords.csv", "map.png", "map.html", "thumbs"})  # all that a map folder holds
+MAP_FILES = frozenset({"coords.csv", "map.png", "map.html", "lib", "data", "thumbs"})  # all that a map folder holds
+VIEWER_FILES = ("mapdata.js", "map.js", "map.css")  # cluster/viewer/ -> MAP_DIR/lib/
+LIBRARY = "vendor/regl-scatterplot.min.js"
+LIBRARY_LICENSES = "vendor/LICENSES.txt"
 _SYSTEM_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})  # what file browsers leave in a folder
 
 
@@ -48,12 +61,17 @@ def _ours(name: str) -> bool:
 
 
 @dataclass(frozen=True)
-class MapConfig:
-    seed: int = 0
-    n_neighbors: int = 15
-    min_dist: float = 0.1
-    metric: str = "cosine"
-    thumb_size: int = 128
+class MapConfig(LayoutConfig):
+    """The layout's settings (`LayoutConfig`: seed, n_neighbors, min_dist, metric) and the map's own."""
+
+    thumb_size: int = DEFAULT_SIZE  # the collection's thumbnail cache at this size (data.thumbs)
+    thumb_cache: Path | None = None  # another folder for the cache (a read-only collection)
+    workers: int | None = None  # thumbnail worker processes (default: data.parallel's)
+    neighbours: Path | None = None  # a clusters.knn.npz to lay out from (default: the one beside --clusters)
+    progress: bool = True
+
+    def layout(self) -> LayoutConfig:
+        return LayoutConfig(seed=self.seed, n_neighbors=self.n_neighbors, min_dist=self.min_dist, metric=self.metric)
 
 
 @dataclass
@@ -63,71 +81,8 @@ class MapResult:
     labels: np.ndarray
     n_thumbs: int
     unreadable: list[tuple[str, str]] = field(default_factory=list)
-
-
-def embed_2d(vectors: np.ndarray, cfg: MapConfig) -> np.ndarray:
-    """UMAP to 2-D, seeded (umap-learn is deterministic with a random_state, at the cost of threads).
-
-    Fewer than 4 points cannot be given a UMAP graph; they get their first two PCA coordinates.
-    """
-    x = np.asarray(vectors, dtype=np.float32)
-    n = x.shape[0]
-    if n < 4:
-        xc = x - x.mean(axis=0)
-        u, s, _ = np.linalg.svd(xc, full_matrices=False)
-        out = np.zeros((n, 2))
-        k = min(2, u.shape[1])
-        out[:, :k] = u[:, :k] * s[:k]
-        return out
-    import umap
-
-    reducer = umap.UMAP(
-        n_components=2,
-        n_neighbors=min(cfg.n_neighbors, n - 1),
-        min_dist=cfg.min_dist,
-        metric=cfg.metric,
-        random_state=cfg.seed,
-        init="spectral" if n > 10 else "random",
-    )
-    with warnings.catch_warnings():
-        # the seed is what makes the map reproducible; umap-learn warns that it costs its threads, which says
-        # nothing a user can act on
-        warnings.filterwarnings("ignore", message=r"n_jobs value .* overridden", category=UserWarning)
-        return np.asarray(reducer.fit_transform(x), dtype=np.float64)
-
-
-def thumb_name(uid: str) -> str:
-    """A file name for a uid: readable when the uid is plain and short, with a hash when characters were
-    replaced or it is long (a 256-character uid is allowed; a file name is not), safe in a relative URL."""
-    return f"{safe_file_stem(uid, keep='-_')}.jpg"
-
-
-def make_thumbnails(
-    collection: Collection, uids: list[str], out_dir: Path, size: int
-) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """JPEG thumbnails; returns ({uid: relative path}, [(uid, why unreadable)])."""
-    thumbs = out_dir / "thumbs"
-    thumbs.mkdir(parents=True, exist_ok=True)
-    done: dict[str, str] = {}
-    bad: list[tuple[str, str]] = []
-    for uid in uids:
-        if uid not in collection:
-            bad.append((uid, f"not in {collection.images_file}"))
-            continue
-        try:
-            thumb = jpeg_thumbnail(collection.image_path(uid), size)
-        except ImageReadError as e:
-            bad.append((uid, str(e)))
-            continue
-        rel = f"thumbs/{thumb_name(uid)}"
-        atomic_write_bytes(out_dir / rel, thumb.jpeg)
-        done[uid] = rel
-    return done, bad
-
-
-def _hex(rgba) -> str:
-    r, g, b = (int(round(255 * c)) for c in rgba[:3])
-    return f"#{r:02x}{g:02x}{b:02x}"
+    neighbours: str = ""  # where the layout's neighbour lists came from
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each stage (layout, thumbnails, files)
 
 
 def write_coords(path: Path, uids, coords, labels, groups: dict[str, str]) -> None:
@@ -139,6 +94,80 @@ def write_coords(path: Path, uids, coords, labels, groups: dict[str, str]) -> No
                 w.writerow([u, repr(x), repr(y), lab, groups.get(u, "")])
 
     atomic_write(path, write)
+
+
+def _labels(clusters_path: str | Path | None, signatures_path: str | Path, uids: list[str]) -> np.ndarray:
+    labels = np.full(len(uids), -1, dtype=np.int64)
+    if clusters_path is None:
+        return labels
+    table = read_clusters(clusters_path)
+    lab_of = dict(zip(table.uids, table.labels.tolist(), strict=True))
+    missing = [u for u in uids if u not in lab_of]
+    if missing:
+        raise ValueError(
+            f"{clusters_path}: uid {missing[0]!r} (and {len(missing) - 1} more) of {signatures_path} is not in it; "
+            "make clusters.csv from the same signatures file."
+        )
+    return np.array([lab_of[u] for u in uids], dtype=np.int64)
+
+
+def _neighbours(signatures_path: str | Path, n: int, clusters_path: str | Path | None, cfg: MapConfig
+                ) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:  # fmt: skip
+    """The lists to lay out from, and a line saying where they come from (or why a search runs)."""
+    given = cfg.neighbours
+    path = given or (neighbours_path(clusters_path) if clusters_path is not None else None)
+    if path is None:
+        return None, "neighbours searched on the device (no clusters.knn.npz given)"
+    if not Path(path).exists() and given is None:
+        return None, f"neighbours searched on the device ({path.name} not found beside the clusters)"
+    got = read_neighbours(path, signatures_sha256=file_sha256(signatures_path), n=n)
+    if isinstance(got, str):
+        if given is not None:
+            raise ValueError(f"{got}; pass --neighbours the clusters.knn.npz of these signatures, or leave it out.")
+        return None, f"neighbours searched on the device ({got})"
+    if got[0].shape[1] < min(cfg.n_neighbors, n - 1) - 1:
+        return None, f"neighbours searched on the device ({path} holds {got[0].shape[1]} per image)"
+    return got, f"neighbours from {path}"
+
+
+def _links(collection: Collection, uids: list[str]) -> list[tuple[int, int]]:
+    index = {u: i for i, u in enumerate(uids)}
+    return sorted(
+        {
+            (index[c.a], index[c.b]) if index[c.a] < index[c.b] else (index[c.b], index[c.a])
+            for c in collection.connections
+            if c.type == POSITIVE and c.a in index and c.b in index and c.a != c.b
+        }
+    )
+
+
+def _metadata(collection: Collection, uids: list[str]) -> dict[str, list[str]]:
+    """images.csv's metadata columns (all but uid, path, url), one string per point."""
+    names: dict[str, None] = {}
+    for u in uids:
+        names.update(dict.fromkeys(k for k in collection.record(u).meta if k not in IMAGE_COLUMNS))
+    return {k: [collection.record(u).meta.get(k, "") for u in uids] for k in names}
+
+
+def _thumbnails(collection: Collection, uids: list[str], cfg: MapConfig) -> tuple[ThumbCache, dict[str, str],
+                                                                                  list[tuple[str, str]]]:  # fmt: skip
+    cache = ThumbCache.for_collection(collection, cfg.thumb_size, cfg.thumb_cache)
+    report = cache.ensure(uids, workers=cfg.workers, progress=cfg.progress)
+    bad = dict(report.unreadable)
+    return cache, {u: thumb_name(u) for u in uids if u not in bad}, report.unreadable
+
+
+def install_viewer(folder: Path, title: str) -> None:
+    """map.html and lib/ (the viewer, the vendored library with its licences, app.js saying: no app)."""
+    lib = folder / "lib"
+    lib.mkdir(parents=True, exist_ok=True)
+    viewer = resources.files("cluster") / "viewer"
+    for name in (*VIEWER_FILES, LIBRARY, LIBRARY_LICENSES):
+        with resources.as_file(viewer / name) as src:
+            shutil.copyfile(src, lib / Path(name).name)
+    atomic_write_text(lib / "app.js", "window.MAPAPP = null;  // opened from a folder: no annotation app\n")
+    page = (viewer / "map.html").read_text(encoding="utf-8")
+    atomic_write_text(folder / "map.html", page.replace("__TITLE__", html.escape(title)))
 
 
 def make_map(
@@ -158,39 +187,38 @@ def make_map(
     collection = load_collection(collection_dir)
     check_signature_uids(signatures_path, sig.uids, collection)
     uids = sig.uids
-    labels = np.full(len(uids), -1, dtype=np.int64)
-    if clusters_path is not None:
-        table = read_clusters(clusters_path)
-        lab_of = dict(zip(table.uids, table.labels.tolist(), strict=True))
-        missing = [u for u in uids if u not in lab_of]
-        if missing:
-            raise ValueError(
-                f"{clusters_path}: uid {missing[0]!r} (and {len(missing) - 1} more) of {signatures_path} is not in it; "
-                "make clusters.csv from the same signatures file."
-            )
-        labels = np.array([lab_of[u] for u in uids], dtype=np.int64)
-    coords = embed_2d(sig.dense(), cfg)
+    labels = _labels(clusters_path, signatures_path, uids)
+    neighbours, source = _neighbours(signatures_path, len(uids), clusters_path, cfg)
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    coords = embed_2d(_vectors(sig), cfg.layout(), neighbours)
+    seconds["layout"] = time.perf_counter() - t
     groups = pattern_groups(collection)
-    index = {u: i for i, u in enumerate(uids)}
-    links = sorted(
-        {
-            (index[c.a], index[c.b]) if index[c.a] < index[c.b] else (index[c.b], index[c.a])
-            for c in collection.connections
-            if c.type == POSITIVE and c.a in index and c.b in index and c.a != c.b
-        }
-    )
+    links = _links(collection, uids)
+    t = time.perf_counter()
+    cache, names, bad = _thumbnails(collection, uids, cfg)
+    seconds["thumbnails"] = time.perf_counter() - t
+    t = time.perf_counter()
     grouped = np.array([u in groups for u in uids], dtype=bool)
-    done: dict[str, list] = {}
+    title = f"Map of {collection.root.name}"
 
     def build(folder: Path) -> None:
         write_coords(folder / "coords.csv", uids, coords, labels, groups)
-        thumbs, bad = make_thumbnails(collection, uids, folder, cfg.thumb_size)
         map_plot(folder / "map.png", coords, labels, grouped, links)
-        write_map_html(folder / "map.html", uids, coords, labels, groups, collection, thumbs, bad, links)
-        done.update(thumbs=list(thumbs), bad=bad)
+        write_map_data(folder, MapPoints(uids=uids, coords=coords, labels=labels, groups=groups, links=links),
+                       _metadata(collection, uids), thumbs_dir=cache.folder.resolve(), thumb_names=names,
+                       unreadable=dict(bad), title=title, final=out_dir)  # fmt: skip
+        install_viewer(folder, title)
 
     atomic_dir(out_dir, build)
-    return MapResult(coords=coords, uids=uids, labels=labels, n_thumbs=len(done["thumbs"]), unreadable=done["bad"])
+    seconds["files"] = time.perf_counter() - t
+    return MapResult(coords=coords, uids=uids, labels=labels, n_thumbs=len(names), unreadable=bad, neighbours=source,
+                     seconds=seconds)  # fmt: skip
+
+
+def _vectors(sig: Signatures):
+    """The rows as the layout reads them: the memory-mapped store itself (read block by block), not a copy."""
+    return sig.vectors
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -217,182 +245,3 @@ def check_signature_uids(signatures_path: str | Path, uids: list[str], collectio
             f"(first: {unknown[0]!r}): the signatures were made from another collection. Pass --collection the "
             f"collection they were made from, or make signatures of this one with `python -m model embed`."
         )
-
-
-def _meta(collection: Collection, uid: str) -> dict[str, str]:
-    if uid not in collection:
-        return {}
-    meta = collection.record(uid).meta
-    return {k: meta[k] for k in META_FIELDS if meta.get(k)}
-
-
-def write_map_html(
-    path: Path,
-    uids: list[str],
-    coords: np.ndarray,
-    labels: np.ndarray,
-    groups: dict[str, str],
-    collection: Collection,
-    thumbs: dict[str, str],
-    bad: list[tuple[str, str]],
-    links: list[tuple[int, int]],
-) -> None:
-    """The interactive page: all data inline as JSON, a canvas, plain JavaScript (no library, no network)."""
-    colours = [_hex(c) for c in cluster_colours(labels)]
-    bad_why = dict(bad)
-    points = []
-    for i, u in enumerate(uids):
-        points.append(
-            {
-                "u": u,
-                "x": round(float(coords[i, 0]), 5),
-                "y": round(float(coords[i, 1]), 5),
-                "c": int(labels[i]),
-                "k": colours[i],
-                "g": groups.get(u),
-                "t": thumbs.get(u),
-                "m": _meta(collection, u),
-                "e": bad_why.get(u),
-            }
-        )
-    data = {"points": points, "links": links}
-    # every "<" escaped: a uid or title holding "</script>" or "<!--" cannot end or confuse the script element
-    blob = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
-    page = _TEMPLATE.replace("__DATA__", blob).replace(
-        "__TITLE__", html.escape(f"Map of {collection.root.name}")
-    )
-    atomic_write_text(path, page)
-
-
-_TEMPLATE = r"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-html,body{margin:0;height:100%;font:14px system-ui,sans-serif;color:#222;overflow:hidden}
-#wrap{display:flex;height:100%}
-#main{flex:1;position:relative;min-width:0}
-#cv{position:absolute;left:0;top:0;width:100%;height:100%;cursor:grab;background:#fafafa}
-#cv.drag{cursor:grabbing}
-#side{width:340px;overflow:auto;border-left:1px solid #ccc;padding:8px;box-sizing:border-box}
-#tip{position:fixed;pointer-events:none;background:#fff;border:1px solid #888;padding:6px;max-width:260px;
-     box-shadow:0 2px 6px rgba(0,0,0,.2);display:none;z-index:2}
-#tip img{max-width:128px;max-height:128px;display:block;margin-bottom:4px}
-.m{display:flex;gap:8px;margin:6px 0;align-items:flex-start}
-.m img{width:72px;height:72px;object-fit:contain;background:#eee;flex:none}
-.m .noimg{width:72px;height:72px;background:#eee;flex:none;font-size:11px;color:#a00;display:flex;align-items:center;
-          justify-content:center;text-align:center}
-.small{color:#666;font-size:12px}
-h3{margin:4px 0 8px}
-</style></head>
-<body><div id="wrap"><div id="main"><canvas id="cv"></canvas></div><div id="side">
-<h3>__TITLE__</h3>
-<p class="small">Drag to pan, wheel to zoom, hover for an image, click for its cluster. Grey = noise;
-black ring = in a known pattern group. <button id="reset">reset view</button></p>
-<div id="sel"></div></div></div><div id="tip"></div>
-<script id="data" type="application/json">__DATA__</script>
-<script>
-"use strict";
-const D = JSON.parse(document.getElementById("data").textContent);
-const P = D.points, cv = document.getElementById("cv"), ctx = cv.getContext("2d");
-const tip = document.getElementById("tip"), sel = document.getElementById("sel");
-let W = 0, H = 0, scale = 1, ox = 0, oy = 0, selected = null, hover = -1;
-const byCluster = new Map();
-P.forEach((p, i) => { if (p.c >= 0) { if (!byCluster.has(p.c)) byCluster.set(p.c, []); byCluster.get(p.c).push(i); } });
-function fit() {
-  const xs = P.map(p => p.x), ys = P.map(p => p.y);
-  const x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
-  scale = 0.9 * Math.min(W / Math.max(x1 - x0, 1e-9), H / Math.max(y1 - y0, 1e-9));
-  ox = W / 2 - scale * (x0 + x1) / 2; oy = H / 2 + scale * (y0 + y1) / 2;
-}
-function sx(p) { return ox + scale * p.x; }
-function sy(p) { return oy - scale * p.y; }
-function resize() {
-  const r = document.getElementById("main").getBoundingClientRect(), dpr = window.devicePixelRatio || 1;
-  W = r.width; H = r.height; cv.width = W * dpr; cv.height = H * dpr; ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-}
-function draw() {
-  ctx.clearRect(0, 0, W, H);
-  ctx.strokeStyle = "rgba(0,0,0,0.25)"; ctx.lineWidth = 0.6; ctx.beginPath();
-  for (const [a, b] of D.links) { ctx.moveTo(sx(P[a]), sy(P[a])); ctx.lineTo(sx(P[b]), sy(P[b])); }
-  ctx.stroke();
-  const order = P.map((p, i) => i).sort((a, b) => (P[a].c >= 0) - (P[b].c >= 0));
-  for (const i of order) {
-    const p = P[i], r = p.c >= 0 ? 4 : 2.5;
-    const dim = selected !== null && p.c !== selected.c;
-    ctx.globalAlpha = dim ? 0.2 : 1;
-    ctx.fillStyle = p.k; ctx.beginPath(); ctx.arc(sx(p), sy(p), r, 0, 7); ctx.fill();
-    if (p.g) { ctx.strokeStyle = "#000"; ctx.lineWidth = 1; ctx.beginPath(); ctx.arc(sx(p), sy(p), r + 1.5, 0, 7); ctx.stroke(); }
-  }
-  ctx.globalAlpha = 1;
-  if (selected !== null) {  // the open cluster: a red ring on each member, on top of everything
-    ctx.strokeStyle = "#c00"; ctx.lineWidth = 2;
-    for (const p of P) if (p.c === selected.c) { ctx.beginPath(); ctx.arc(sx(p), sy(p), 8, 0, 7); ctx.stroke(); }
-  }
-  ctx.globalAlpha = 1;
-  if (hover >= 0) { const p = P[hover]; ctx.strokeStyle = "#d00"; ctx.lineWidth = 2; ctx.beginPath(); ctx.arc(sx(p), sy(p), 7, 0, 7); ctx.stroke(); }
-}
-function nearest(mx, my) {
-  let best = -1, bd = 100;  // within 10 px
-  P.forEach((p, i) => { const dx = sx(p) - mx, dy = sy(p) - my, d = dx * dx + dy * dy; if (d < bd) { bd = d; best = i; } });
-  return best;
-}
-function el(tag, text, cls) { const e = document.createElement(tag); if (text) e.textContent = text; if (cls) e.className = cls; return e; }
-function describe(p, box) {
-  box.appendChild(el("b", p.m.title || p.u));
-  box.appendChild(el("div", [p.m.author, p.m.date, p.m.place].filter(Boolean).join(" \u00b7 "), "small"));
-  box.appendChild(el("div", "uid " + p.u + (p.c >= 0 ? " \u00b7 cluster " + p.c : " \u00b7 noise") +
-    (p.g ? " \u00b7 group " + p.g : ""), "small"));
-  if (p.e) box.appendChild(el("div", "image unreadable: " + p.e, "small"));
-}
-function thumb(p) {
-  if (p.t) { const im = el("img"); im.src = p.t; im.alt = p.u; return im; }
-  return el("div", "no image", "noimg");
-}
-function showTip(i, ev) {
-  if (i < 0) { tip.style.display = "none"; return; }
-  const p = P[i]; tip.replaceChildren();
-  if (p.t) tip.appendChild(thumb(p));
-  describe(p, tip);
-  tip.style.display = "block";
-  tip.style.left = Math.min(ev.clientX + 14, window.innerWidth - 270) + "px";
-  tip.style.top = Math.min(ev.clientY + 14, window.innerHeight - 200) + "px";
-}
-function openCluster(i) {
-  sel.replaceChildren();
-  if (i < 0) { selected = null; draw(); return; }
-  const p = P[i]; selected = p.c >= 0 ? { c: p.c } : null;
-  const members = p.c >= 0 ? byCluster.get(p.c) : [i];
-  sel.appendChild(el("h3", p.c >= 0 ? "Cluster " + p.c + " (" + members.length + " images)" : "Noise point"));
-  for (const j of members) { const row = el("div", null, "m"), box = el("div"); row.appendChild(thumb(P[j])); describe(P[j], box); row.appendChild(box); sel.appendChild(row); }
-  draw();
-}
-let dragging = false, moved = false, lx = 0, ly = 0;
-cv.addEventListener("mousedown", e => { dragging = true; moved = false; lx = e.clientX; ly = e.clientY; cv.classList.add("drag"); });
-window.addEventListener("mouseup", e => {
-  if (dragging && !moved) { const r = cv.getBoundingClientRect(); openCluster(nearest(e.clientX - r.left, e.clientY - r.top)); }
-  dragging = false; cv.classList.remove("drag");
-});
-window.addEventListener("mousemove", e => {
-  const r = cv.getBoundingClientRect();
-  if (dragging) {
-    const dx = e.clientX - lx, dy = e.clientY - ly;
-    if (Math.abs(dx) + Math.abs(dy) > 2) moved = true;
-    ox += dx; oy += dy; lx = e.clientX; ly = e.clientY; tip.style.display = "none"; draw(); return;
-  }
-  if (e.target !== cv) { if (hover >= 0) { hover = -1; tip.style.display = "none"; draw(); } return; }
-  const i = nearest(e.clientX - r.left, e.clientY - r.top);
-  if (i !== hover) { hover = i; draw(); }
-  showTip(i, e);
-});
-cv.addEventListener("wheel", e => {
-  e.preventDefault();
-  const r = cv.getBoundingClientRect(), mx = e.clientX - r.left, my = e.clientY - r.top;
-  const f = Math.exp(-e.deltaY * 0.0015);
-  ox = mx - (mx - ox) * f; oy = my - (my - oy) * f; scale *= f; draw();
-}, { passive: false });
-document.getElementById("reset").addEventListener("click", () => { fit(); draw(); });
-window.addEventListener("keydown", e => { if (e.key === "Escape") openCluster(-1); });
-window.addEventListener("resize", () => { resize(); draw(); });
-resize(); fit(); draw();
-</script></body></html>
-"""

@@ -100,6 +100,9 @@ class OpticsResult:
     cluster_hierarchy: np.ndarray | None  # (k, 2) start/end in ordering (xi only)
     engine: str  # the engine that ran
     info: dict = field(default_factory=dict)  # engine "knn": exact or not, and why (cluster.knn_graph.KnnInfo)
+    # engine "knn": each row's nearest neighbours (int32 indices, float32 distances; the row itself left out),
+    # which `cluster map` reuses instead of searching again; None for the other engines
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def order(self) -> np.ndarray:
@@ -922,9 +925,11 @@ def _mb(nbytes: float) -> str:
 
 
 def compute_optics_graph(
-    x: np.ndarray, cfg: OpticsConfig, info: dict | None = None
+    x: np.ndarray, cfg: OpticsConfig, info: dict | None = None, keep: dict | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     """ordering, core distances, reachability, predecessor (as sklearn's `compute_optics_graph`) and the engine used.
+
+    `keep` receives the knn engine's neighbour lists (`knn_optics_graph`), when that engine ran.
 
     Memory stays within `cfg.memory_budget_mb` as `memory_plan` counts it (beyond the input array): the
     graph engine stops collecting pairs when they would not fit and "auto" falls back to the dense matrix
@@ -935,7 +940,7 @@ def compute_optics_graph(
     if np.ndim(x) != 2:
         raise ValueError(f"expected a 2-D array of points, got shape {np.shape(x)}.")
     if cfg.engine == "knn" or (cfg.engine == "auto" and math.isfinite(cfg.max_eps)):
-        knn_out = _knn_engine(x, cfg, info if info is not None else {})
+        knn_out = _knn_engine(x, cfg, info if info is not None else {}, keep)
         if knn_out is not None:
             return knn_out
     plan = memory_plan(n, int(np.shape(x)[1]), cfg)  # before any allocation: a budget too small says so first
@@ -969,7 +974,7 @@ def compute_optics_graph(
     return ordering, core, reach, pred, engine
 
 
-def _knn_engine(x: np.ndarray, cfg: OpticsConfig, info: dict):
+def _knn_engine(x: np.ndarray, cfg: OpticsConfig, info: dict, keep: dict | None = None):
     """The "knn" engine (cluster/knn_graph.py); None when auto must fall back (the kNN lists cannot be exact).
 
     `info` receives KnnInfo's fields (exact, knn_k, incomplete_rows, grown_rows, reason), or on a fallback
@@ -978,7 +983,7 @@ def _knn_engine(x: np.ndarray, cfg: OpticsConfig, info: dict):
     from cluster.knn_graph import knn_optics_graph
 
     try:
-        ordering, core, reach, pred, knn_info = knn_optics_graph(x, cfg)
+        ordering, core, reach, pred, knn_info = knn_optics_graph(x, cfg, keep)
     except (OpticsMemoryError, ImportError) as e:  # lists not exact, first lists over budget, no data.knn
         if cfg.engine == "knn":
             raise
@@ -1034,7 +1039,8 @@ def extract_labels(
 def optics(x: np.ndarray, cfg: OpticsConfig) -> OpticsResult:
     """OPTICS on the rows of x, equal to `sklearn.cluster.OPTICS(**same parameters).fit(x)`."""
     info: dict = {}
-    ordering, core, reach, pred, engine = compute_optics_graph(x, cfg, info)
+    keep: dict = {}
+    ordering, core, reach, pred, engine = compute_optics_graph(x, cfg, info, keep)
     labels, hierarchy = extract_labels(ordering, core, reach, pred, cfg)
     return OpticsResult(
         ordering=ordering,
@@ -1045,5 +1051,6 @@ def optics(x: np.ndarray, cfg: OpticsConfig) -> OpticsResult:
         cluster_hierarchy=hierarchy,
         engine=engine,
         info=info,
+        neighbours=keep.get("neighbours"),
     )
 

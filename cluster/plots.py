@@ -132,7 +132,7 @@ def map_plot(
     known pattern groups outlined, their POSITIVE links drawn. Returns the path."""
     fig, ax = plt.subplots(figsize=(10, 10), dpi=100)
     if links:
-        seg = np.stack([coords[[a, b]] for a, b in links])
+        seg = coords[np.asarray(links, dtype=np.int64)]  # (links, 2 ends, 2 coordinates)
         ax.add_collection(LineCollection(seg, colors="k", linewidths=0.4, alpha=0.35, zorder=1))
     colours = cluster_colours(labels)
     noise = labels < 0

@@ -19,15 +19,15 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import combinations
 from pathlib import Path
 
 from cluster.clusters_file import ClusterTable, file_sha256, read_clusters
 from cluster.quality import unknown_uids, unknown_uids_message
-from cluster.review import order_clusters, pair
+from cluster.review import known_inside, order_clusters
 from data.atomic import atomic_write_text
 from data.collection import Collection, load_collection
 from data.image import ImageReadError, jpeg_thumbnail
+from data.thumbs import QUALITY, ThumbCache, ThumbCacheError
 
 RETRIEVAL_KEYS = ("mAP", "recall@1", "recall@5", "recall@10", "recall@20", "recall@50", "recall@100",
                   "median_first_rank")
@@ -71,13 +71,20 @@ def _img_uri(path: Path) -> str | None:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
-def _thumb_uri(collection: Collection, uid: str, size: int) -> str | None:
-    """A small JPEG thumbnail as a data URI, or None for an unreadable image (shown as a placeholder)."""
-    try:
-        thumb = jpeg_thumbnail(collection.image_path(uid), size, quality=80)  # 80: the page is mailed whole
-    except (ImageReadError, KeyError):
+def _thumb_uri(thumbs: ThumbCache, uid: str) -> str | None:
+    """The image's thumbnail from the collection's cache (made into it if missing: the map and the annotation
+    page use the same files) as a data URI, or None for an unreadable image (shown as a placeholder). A
+    collection whose cache cannot be written (a read-only disk) gets its thumbnails made here, unstored."""
+    if uid not in thumbs.collection:
         return None
-    return f"data:image/jpeg;base64,{base64.b64encode(thumb.jpeg).decode()}"
+    try:
+        try:
+            data = thumbs.get(uid)
+        except ThumbCacheError:
+            data = jpeg_thumbnail(thumbs.source(uid), thumbs.size, quality=QUALITY).jpeg
+    except ImageReadError:
+        return None
+    return f"data:image/jpeg;base64,{base64.b64encode(data).decode()}"
 
 
 def _fmt(v) -> str:
@@ -140,31 +147,40 @@ def cluster_gallery(inputs: ReportInputs, collection: Collection,
     table = table if table is not None else read_clusters(inputs.clusters)
     clusters = table.clusters()
     known = _known_pairs(collection)
-    ids = order_clusters(clusters, set(known))[: inputs.top_clusters]
+    inside = known_inside(clusters, known)  # O(members + links): no cluster's pairs are enumerated
+    ids = order_clusters(clusters, known)
     blocks, summary = [], []
-    for rank, cid in enumerate(ids, 1):
+    thumbs = ThumbCache.for_collection(collection)
+    for rank, cid in enumerate(ids[: inputs.top_clusters], 1):
         members = clusters[cid]
-        pairs = [pair(a, b) for a, b in combinations(members, 2)]
-        n_known = sum(1 for p in pairs if p in known)
-        summary.append({"cluster": cid, "size": len(members), "pairs": len(pairs), "known": n_known,
-                        "new": len(pairs) - n_known})
+        n_pairs, n_known = _n_pairs(len(members)), inside[cid]
+        summary.append({"cluster": cid, "size": len(members), "pairs": n_pairs, "known": n_known,
+                        "new": n_pairs - n_known, "shown": min(len(members), inputs.max_members)})
         cards = []
         for uid in members[: inputs.max_members]:
-            uri = _thumb_uri(collection, uid, inputs.thumb_size)
+            uri = _thumb_uri(thumbs, uid)
             meta = collection.record(uid).meta if uid in collection else {}
             caption = " · ".join(x for x in (meta.get("title", ""), meta.get("author", "")) if x) or uid
             img = f'<img src="{uri}" alt="{_esc(uid)}">' if uri else '<div class="missing">unreadable</div>'
             cards.append(f'<figure>{img}<figcaption title="{_esc(uid)}">{_esc(caption)}</figcaption></figure>')
         more = len(members) - inputs.max_members
-        extra = f'<p class="more">+{more} more</p>' if more > 0 else ""
+        extra = (f'<p class="more">showing {inputs.max_members:,} of {len(members):,} members (+{more:,} more: '
+                 f'judge them all, page by page, in the annotation app)</p>') if more > 0 else ""
         blocks.append(
-            f'<section class="cluster"><h3>#{rank}: cluster {cid} <span>{len(members)} images · '
-            f'{len(pairs)} pairs: <b class="known">{n_known} known</b>, <b class="new">{len(pairs) - n_known} new'
+            f'<section class="cluster"><h3>#{rank}: cluster {cid} <span>{len(members):,} images · '
+            f'{n_pairs:,} pairs: <b class="known">{n_known:,} known</b>, <b class="new">{n_pairs - n_known:,} new'
             f'</b></span></h3><div class="cards">{"".join(cards)}</div>{extra}</section>'
         )
     if not blocks:
         return "<p>OPTICS proposed no cluster (every image is noise at these parameters).</p>", summary
+    if len(ids) > len(blocks):
+        blocks.append(f'<p class="more">showing the top {len(blocks):,} of {len(ids):,} clusters; the others are '
+                      f'in the same order in the annotation app.</p>')
     return "".join(blocks), summary
+
+
+def _n_pairs(k: int) -> int:
+    return k * (k - 1) // 2
 
 
 def quality_table(quality: dict) -> str:

@@ -7,11 +7,17 @@ Order: largest-new-first. A cluster is worth the expert's time in proportion to 
 clusters are ranked by the number of member pairs that are *not* already a known connection (of any
 type: a pair known as NEGATIVE is not news either), then by size, then by cluster id, so the order is
 fully deterministic.
+
+Scale: nothing here enumerates the pairs of a cluster. The known pairs inside each cluster are counted from
+the list of known links (each link looks up the cluster of its two ends), so new pairs = C(size, 2) - known
+inside, and ordering every cluster costs O(n + links + C log C) for n clustered images and C clusters. A
+decision on k members writes O(k) edges (see `implied_edges`), never k(k-1)/2.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from itertools import combinations
 
 from data.collection import DUPLICATE, NEGATIVE, POSITIVE, SIMILAR
@@ -35,30 +41,127 @@ def pair(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a <= b else (b, a)
 
 
-def new_pairs(members: list[str], known: set[tuple[str, str]]) -> int:
-    """Number of member pairs that are not already a known connection."""
-    return sum(1 for a, b in combinations(members, 2) if pair(a, b) not in known)
+def _pairs(k: int) -> int:
+    return k * (k - 1) // 2
 
 
-def order_clusters(clusters: dict[int, list[str]], known: set[tuple[str, str]]) -> list[int]:
+def _cluster_homes(clusters: Mapping[int, Sequence[str]]) -> tuple[dict[str, int], dict[str, set[int]]]:
+    """uid -> its cluster, and, apart, uid -> its clusters for the uids in more than one (a proposal made on
+    the map overlaps clusters.csv's clusters)."""
+    single: dict[str, int] = {}
+    several: dict[str, set[int]] = {}
+    for cid, members in clusters.items():
+        for u in members:
+            if u in several:
+                several[u].add(cid)
+            elif u in single and single[u] != cid:
+                several[u] = {single.pop(u), cid}
+            elif u not in single:
+                single[u] = cid
+    return single, several
+
+
+def known_inside(clusters: Mapping[int, Sequence[str]], known: Collection[tuple[str, str]]) -> dict[int, int]:
+    """Per cluster id, how many of its member pairs are a known pair: O(members + links), no pair enumeration.
+
+    Each known link looks up the cluster(s) of its two ends. A pair listed both ways round in `known` counts
+    once, as it did when member pairs were enumerated.
+    """
+    single, several = _cluster_homes(clusters)
+    counts: Counter[int] = Counter()
+    for a, b in known:
+        if a >= b:
+            continue
+        ca, cb = single.get(a), single.get(b)
+        if ca is not None and ca == cb:
+            counts[ca] += 1
+        elif a in several or b in several:
+            ha = several.get(a, {ca} if ca is not None else set())
+            hb = several.get(b, {cb} if cb is not None else set())
+            for c in ha & hb:
+                counts[c] += 1
+    return {cid: counts.get(cid, 0) for cid in clusters}
+
+
+def new_pairs(members: Sequence[str], known: Collection[tuple[str, str]]) -> int:
+    """Number of member pairs that are not already a known connection: O(size + links)."""
+    return _pairs(len(members)) - known_inside({0: members}, known)[0]
+
+
+def new_pairs_by_cluster(clusters: Mapping[int, Sequence[str]], known: Collection[tuple[str, str]]) -> dict[int, int]:
+    """`new_pairs` of every cluster at once, in O(n + links)."""
+    inside = known_inside(clusters, known)
+    return {cid: _pairs(len(m)) - inside[cid] for cid, m in clusters.items()}
+
+
+def order_clusters(clusters: Mapping[int, Sequence[str]], known: Collection[tuple[str, str]]) -> list[int]:
     """Cluster ids, largest-new-first (ties: larger cluster first, then smaller id)."""
-    return sorted(clusters, key=lambda c: (-new_pairs(clusters[c], known), -len(clusters[c]), c))
+    new = new_pairs_by_cluster(clusters, known)
+    return sorted(clusters, key=lambda c: (-new[c], -len(clusters[c]), c))
 
 
-def implied_edges(decision: str, members: list[str], ticked: Iterable[str]) -> list[list[str]]:
-    """The connections a decision asserts, as `[a, b, TYPE]` with a < b, in member order.
+# A confirmed (or similar, duplicate) group of k ticked members is stored as every pair while k <= 2 * RING + 1
+# (the ring below is then the complete graph), and above that as a ring: each member joined to the next RING
+# members in member (OPTICS) order, cyclically: RING * k edges, each member with 2 * RING partners.
+RING = 16
+# confirm_reject: each unticked member gets a NEGATIVE edge to every ticked one while there are at most this
+# many ticked, else to this many of them (a window that moves on from one rejected member to the next, so that
+# together they reach every ticked member).
+NEGATIVES_PER_REJECTED = 32
 
-    - confirm: POSITIVE among the ticked members (at least two);
-    - confirm_reject: POSITIVE among the ticked, NEGATIVE between each ticked and each unticked member;
-    - similar / duplicate: SIMILAR / DUPLICATE among the ticked (at least two);
+
+def group_pairs(k: int) -> list[tuple[int, int]]:
+    """Index pairs (i < j) of a group of k: all of them for k <= 2 * RING + 1, else the ring; sorted.
+
+    Sorted as `itertools.combinations(range(k), 2)` is, so a small group gives exactly that list.
+    """
+    if k <= 2 * RING + 1:
+        return list(combinations(range(k), 2))
+    higher: list[list[int]] = [[] for _ in range(k)]
+    for i in range(k):
+        for d in range(1, RING + 1):
+            j = i + d
+            if j < k:
+                higher[i].append(j)
+            else:
+                higher[j - k].append(i)  # wraps round: (j - k, i) with j - k < i
+    return [(i, j) for i in range(k) for j in sorted(higher[i])]
+
+
+def rejection_pairs(n_chosen: int, n_rest: int) -> list[tuple[int, int]]:
+    """(ticked index, unticked index) pairs of confirm_reject, sorted; every pair while n_chosen is small."""
+    per = min(n_chosen, NEGATIVES_PER_REJECTED)
+    rest_of: list[list[int]] = [[] for _ in range(n_chosen)]
+    for r in range(n_rest):
+        start = (r * per) % n_chosen
+        for t in range(per):
+            rest_of[(start + t) % n_chosen].append(r)
+    return [(a, r) for a in range(n_chosen) for r in rest_of[a]]
+
+
+def implied_edges(decision: str, members: Sequence[str], ticked: Iterable[str]) -> list[list[str]]:
+    """The connections a decision asserts, as `[a, b, TYPE]` with a < b; O(size) of them, never O(size^2).
+
+    - confirm: POSITIVE among the ticked members (at least two): every pair of a group of up to
+      2 * RING + 1 = 33, a ring of RING * k edges above (`group_pairs`). A pattern group is a connected
+      component of POSITIVE links (`data.graph`), so the ring makes the same group; training uses each
+      POSITIVE link as an (anchor, positive) pair, so a bare star or chain would leave each member one or
+      two partners to train with: the ring gives each 2 * RING;
+    - confirm_reject: POSITIVE among the ticked as for confirm, NEGATIVE between each unticked and each
+      ticked member, or, above NEGATIVES_PER_REJECTED ticked, that many of them (`rejection_pairs`): training
+      uses a NEGATIVE pair (x, y) as an anchor's negative only for those two images, so one edge per
+      rejected image would lose most of that; a bounded window keeps it O(size);
+    - similar / duplicate: SIMILAR / DUPLICATE among the ticked (at least two), as for confirm;
     - wrong, skip: nothing. "Wrong cluster" is a verdict on the proposal, not a claim about each pair
       (the original tool stored no positive edge for it either); it is recorded so that the cluster is
       done and the confirmation rate can be measured. Explicit NEGATIVE pairs come from confirm_reject.
+    Order: the POSITIVE (or other group) edges by ticked member order, then the NEGATIVE ones by ticked then
+    unticked member order: for small clusters exactly the list of all pairs.
     """
     if decision not in DECISIONS:
         raise DecisionError(f"unknown decision {decision!r}; expected one of {', '.join(DECISIONS)}.")
     ticked_set = set(ticked)
-    unknown = ticked_set - set(members)
+    unknown = ticked_set.difference(members)
     if unknown:
         raise DecisionError(f"ticked uids not in this cluster: {', '.join(sorted(unknown))}.")
     chosen = [m for m in members if m in ticked_set]
@@ -68,11 +171,10 @@ def implied_edges(decision: str, members: list[str], ticked: Iterable[str]) -> l
     if decision == "confirm_reject":
         if not chosen or not rest:
             raise DecisionError("confirm-and-reject needs at least one ticked and one unticked member.")
-        edges = [[*pair(a, b), POSITIVE] for a, b in combinations(chosen, 2)]
-        edges += [[*pair(a, b), NEGATIVE] for a in chosen for b in rest]
+        edges = [[*pair(chosen[i], chosen[j]), POSITIVE] for i, j in group_pairs(len(chosen))]
+        edges += [[*pair(chosen[a], rest[r]), NEGATIVE] for a, r in rejection_pairs(len(chosen), len(rest))]
         return edges
     if len(chosen) < 2:
         raise DecisionError(f"tick at least two members for '{DECISIONS[decision][0]}'.")
     kind = {"confirm": POSITIVE, "similar": SIMILAR, "duplicate": DUPLICATE}[decision]
-    return [[*pair(a, b), kind] for a, b in combinations(chosen, 2)]
-
+    return [[*pair(chosen[i], chosen[j]), kind] for i, j in group_pairs(len(chosen))]

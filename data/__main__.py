@@ -1,4 +1,4 @@
-"""`python -m data COMMAND`: check, splits, fetch, import, demo, prepare. Thin wrappers over the library."""
+"""`python -m data COMMAND`: check, thumbs, splits, fetch, import, demo, prepare. Thin wrappers over the library."""
 
 from __future__ import annotations
 
@@ -22,24 +22,81 @@ def _fail(msg: str) -> None:
     sys.exit(2)
 
 
+def _interrupted(what: str) -> None:
+    """Ctrl-C: one line saying what is kept, exit 130 (click's bare "Aborted!" would not say it)."""
+    click.echo(f"interrupted: {what}.", err=True)
+    sys.exit(130)
+
+
 @cli.command()
 @click.argument("collection", type=UserPath(file_okay=False))
-@click.option("--no-decode", is_flag=True, help="Only check that image files exist (fast on huge archives).")
+@click.option("--quick", is_flag=True,
+              help="Read each image's header only (format, size, pixel limit; a JPEG/PNG cut short) instead of "
+                   "decoding it: much faster on archives of big scans, but damaged data inside a file is not seen.")
+@click.option("--no-decode", is_flag=True, help="Only check that image files exist (fastest).")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Processes checking images (default: one per CPU core).")
+@click.option("--no-cache", is_flag=True,
+              help="Check every image again, ignoring and not updating COLLECTION/.cache/check.jsonl (by default "
+                   "unchanged files keep their earlier result).")
+@click.option("--no-progress", is_flag=True, help="No progress lines on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON line too.")
-def check(collection: Path, no_decode: bool, as_json: bool) -> None:
-    """Validate COLLECTION: print its summary and every problem (file:line: uid). Exit 1 on errors."""
+def check(collection: Path, quick: bool, no_decode: bool, workers: int | None, no_cache: bool, no_progress: bool,
+          as_json: bool) -> None:
+    """Validate COLLECTION: print its summary and every problem (file:line: uid). Exit 1 on errors.
+
+    Images are decoded in full by default; --quick reads headers only, --no-decode checks that files exist."""
+    from data.parallel import WorkerDiedError, default_workers
     from data.validate import validate
 
+    if quick and no_decode:
+        _fail("--quick and --no-decode exclude each other: --no-decode reads no image at all.")
+    mode = "exists" if no_decode else "quick" if quick else "full"
     try:
-        rep = validate(collection, decode_images=not no_decode)
-    except CollectionError as e:
+        rep = validate(collection, mode=mode, workers=workers or default_workers(), cache=not no_cache,
+                       progress=not no_progress)
+    except (CollectionError, WorkerDiedError) as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        _interrupted("the results so far are kept in the check cache; run the command again to continue")
     for p in rep.problems:
         click.echo(str(p))
     click.echo(rep.format_summary())
     if as_json:
         click.echo(json.dumps(rep.summary, sort_keys=True))
     sys.exit(0 if rep.ok else 1)
+
+
+@cli.command()
+@click.argument("collection", type=UserPath(file_okay=False))
+@click.option("--size", default=256, show_default=True, type=click.IntRange(min=16, max=1024),
+              help="Longest side of the thumbnails (map, report and annotation page use 256).")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Worker processes (default: one per CPU core).")
+@click.option("--thumb-cache", type=UserPath(file_okay=False), default=None,
+              help="Folder in place of COLLECTION/.cache (for a read-only collection; one per collection).")
+@click.option("--no-progress", is_flag=True, help="No progress lines on stderr.")
+def thumbs(collection: Path, size: int, workers: int | None, thumb_cache: Path | None, no_progress: bool) -> None:
+    """Make the thumbnail cache of COLLECTION (resumable: up-to-date thumbnails are kept). Exit 1 if an image
+    is unreadable (listed by uid and file; it gets no thumbnail)."""
+    from data.parallel import WorkerDiedError
+    from data.thumbs import ThumbCache, ThumbCacheError
+
+    try:
+        cache = ThumbCache.for_collection(collection, size, thumb_cache)
+        rep = cache.ensure(workers=workers, progress=not no_progress)
+    except (CollectionError, ThumbCacheError, WorkerDiedError) as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _interrupted("the thumbnails made so far are kept; run the command again to continue")
+    for uid, why in rep.unreadable:
+        click.echo(f"UNREADABLE uid {uid} ({cache.source(uid) if uid in cache.collection else '-'}): {why}")
+    from data.image import note_lines
+
+    for line in note_lines(rep.notes, collection=collection):
+        click.echo(line, err=True)
+    click.echo(f"{cache.folder}: made {rep.made}, up to date {rep.up_to_date}, unreadable {len(rep.unreadable)}")
+    sys.exit(1 if rep.unreadable else 0)
 
 
 @cli.command()

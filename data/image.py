@@ -479,6 +479,14 @@ def _open(fh: BinaryIO, name: str) -> Image.Image:
     return im
 
 
+def _fitted(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """The size of the picture fitted into max_side x max_side: what a JPEG's draft mode must still cover
+    (asking for max_side on both sides would make a wide scan decode at twice the scale it needs)."""
+    w, h = size
+    scale = min(1.0, max_side / max(w, h, 1))
+    return max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))
+
+
 def _thumbnail(img: Image.Image, max_side: int) -> Image.Image:
     if max(img.size) > max_side:
         img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
@@ -524,7 +532,7 @@ def decode_image(
         im = _open(fh, name)
         fmt, mode, size = im.format, im.mode, im.size
         if max_side and fmt in _JPEG_FORMATS:
-            im.draft(None, (max_side, max_side))
+            im.draft(None, _fitted(im.size, max_side))
         with DECODE_BUDGET.hold(im.width * im.height):
             try:  # the damage checks walk a JPEG's compressed data (small next to its pixels)
                 data = (source if isinstance(source, bytes) else _reread(fh)) if fmt in _JPEG_FORMATS else None
@@ -532,6 +540,67 @@ def decode_image(
             except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as e:
                 raise ImageReadError(f"{name}: not a readable image ({e})") from e
     return DecodedImage(image=img, notes=tuple(notes), format=fmt, mode=mode, size=size)
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, read without decoding a pixel (`read_header`)."""
+
+    format: str | None
+    mode: str
+    size: tuple[int, int]
+
+
+# How much of a file's end `read_header` reads to see whether it ends like a complete file.
+_TAIL = 64 * 1024
+_PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk with its CRC: the last 8 bytes of every complete PNG
+
+
+def _end_problem(fh: BinaryIO, fmt: str | None) -> str | None:
+    """Why a JPEG or PNG file does not end like a complete one (None when it does, or for other formats).
+
+    JPEG: entropy-coded data never holds 0xFF 0xD9 (a 0xFF there is followed by 0x00 or a restart marker),
+    so a file cut inside its image data has no end-of-image marker after its last start-of-scan marker.
+    Bytes after the marker (camera trailers) are allowed. PNG: the IEND chunk must be there.
+    """
+    if fmt not in (*_JPEG_FORMATS, "PNG"):
+        return None
+    fh.seek(0, io.SEEK_END)
+    size = fh.tell()
+    fh.seek(max(0, size - _TAIL))
+    tail = fh.read()
+    if fmt == "PNG":
+        return None if _PNG_END in tail else "truncated: the PNG file ends before its IEND chunk"
+    if tail.rfind(b"\xff\xd9") > tail.rfind(b"\xff\xda"):
+        return None
+    return "truncated: no JPEG end-of-image marker (FFD9) after the image data; the file was cut short"
+
+
+def read_header(path: str | Path, *, name: str | None = None) -> ImageHeader:
+    """The header of an image file (format, pixel mode, size) under the pixel limit, and whether a JPEG or PNG
+    ends like a complete file: what `data check --quick` looks at, reading the header and the last 64 KiB.
+
+    Catches: files that are not images or in a format PIL cannot read, damaged headers, images over
+    `MAX_PIXELS`, empty files, and JPEG/PNG files cut short (an interrupted copy or download). Misses what
+    only decoding shows: damaged data inside the compressed stream (the picture decodes garbled), a cut
+    TIFF or other format, a file cut after a JPEG's end-of-image marker. Raises ImageReadError like
+    `decode_image` (ImageTooLargeError over the limit).
+    """
+    name = name or str(path)
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise ImageReadError(f"{name}: cannot open ({e.strerror or e})") from e
+    with fh:
+        im = _open(fh, name)
+        fmt, mode, size = im.format, im.mode, im.size
+        try:
+            problem = _end_problem(fh, fmt)
+        except OSError as e:
+            raise ImageReadError(f"{name}: not a readable image ({e})") from e
+    if problem:
+        raise ImageReadError(f"{name}: not a readable image ({problem})")
+    return ImageHeader(format=fmt, mode=mode, size=size)
 
 
 def _reread(fh: BinaryIO) -> bytes:

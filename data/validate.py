@@ -7,12 +7,14 @@ listed twice, a remote image not fetched yet).
 
 from __future__ import annotations
 
+import os
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.check_cache import FULL, QUICK, CheckCache
 from data.collection import (
     CONNECTION_TYPES,
     CONNECTIONS_FILE,
@@ -26,14 +28,40 @@ from data.collection import (
     load_collection,
     uid_problem,
 )
-from data.image import ImageReadError, ImageTooLargeError, decode_image, discard_pixels, is_damaged
+from data.image import (
+    ImageReadError,
+    ImageTooLargeError,
+    decode_image,
+    discard_pixels,
+    is_damaged,
+    read_header,
+)
+from data.parallel import Progress, map_chunks
 from data.splits import SplitAssignment, assign_splits, load_previous
 
 ERROR = "error"
 WARNING = "warning"
+EXISTS = "exists"
+MODES = (EXISTS, QUICK, FULL)
 
 # Pairs of types that cannot both hold for one pair of images.
 _CONTRADICTORY = {frozenset((POSITIVE, NEGATIVE)), frozenset((DUPLICATE, NEGATIVE))}
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """How `validate` checks the image files (the images.csv and connections checks are always made)."""
+
+    root: Path
+    mode: str = FULL
+    workers: int = 1
+    cache: bool = False
+    progress: bool = False
+    warn: Callable[[str], None] = _warn
 
 
 @dataclass(frozen=True)
@@ -86,9 +114,12 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def _check_image(path: Path) -> tuple[str | None, tuple[str, ...]]:
-    """(error, notes) of decoding one image in full, the way every stage decodes it."""
+def _check_image(path: Path, mode: str = FULL) -> tuple[str | None, tuple[str, ...]]:
+    """(error, notes) of one image: decoded in full the way every stage decodes it, or (quick) its header only."""
     try:
+        if mode == QUICK:
+            read_header(path)
+            return None, ()
         return None, decode_image(path, finish=discard_pixels).notes
     except ImageTooLargeError as e:  # the message says what to do, like every stage's
         return str(e), ()
@@ -96,19 +127,71 @@ def _check_image(path: Path) -> tuple[str | None, tuple[str, ...]]:
         return f"unreadable image: {e}", ()
 
 
-def _check_images(to_decode: list[tuple[str, int, Path]], workers: int, add: Callable[[Problem], None]) -> None:
-    """Decode every image: an error for one that cannot be used, a warning naming what was corrected."""
-    if not to_decode:
+def _check_chunk(tasks: list[tuple[str, str]]) -> list[tuple[str | None, tuple[str, ...], int, int]]:
+    """Worker: (path, mode) -> (error, notes, size, mtime_ns), the file's stat taken before it is read (a file
+    changed meanwhile is seen as changed by the next check)."""
+    out = []
+    for path, mode in tasks:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            out.append((f"image file missing: {path} ({e.strerror or e})", (), -1, -1))
+            continue
+        out.append((*_check_image(Path(path), mode), st.st_size, st.st_mtime_ns))
+    return out
+
+
+def _image_problem(uid: str, line: int, err: str | None, notes: tuple[str, ...]) -> Problem | None:
+    """An error for an image that cannot be used, a warning naming what was corrected, or None."""
+    if err:
+        return Problem(ERROR, IMAGES_FILE, line, uid, err)
+    if notes:  # a note on damage says so itself; the others are corrections
+        what = "; ".join(notes)
+        return Problem(WARNING, IMAGES_FILE, line, uid, what if is_damaged(notes) else
+                       f"image read with corrections: {what}")
+    return None
+
+
+def _cached_results(to_check: list[tuple[str, int, Path]], mode: str, cache: CheckCache | None) -> list:
+    """Each image's result from the cache, or None where it must be checked (changed, new or uncached)."""
+    if cache is None:
+        return [None] * len(to_check)
+    results: list = []
+    for _uid, _line, p in to_check:
+        try:
+            st = os.stat(p)
+        except OSError:
+            results.append(None)
+            continue
+        results.append(cache.lookup(p, st, mode))
+    return results
+
+
+def _check_images(to_check: list[tuple[str, int, Path]], opts: CheckOptions, add: Callable[[Problem], None]) -> None:
+    """Check every image (unchanged ones answered by the cache) in worker processes, in images.csv order."""
+    if not to_check:
         return
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        for (uid, line, _p), (err, notes) in zip(to_decode, pool.map(lambda t: _check_image(t[2]), to_decode),
-                                                 strict=True):
-            if err:
-                add(Problem(ERROR, IMAGES_FILE, line, uid, err))
-            elif notes:  # a note on damage says so itself; the others are corrections
-                what = "; ".join(notes)
-                add(Problem(WARNING, IMAGES_FILE, line, uid, what if is_damaged(notes) else
-                            f"image read with corrections: {what}"))
+    cache = CheckCache.for_collection(opts.root, opts.warn) if opts.cache else None
+    results = _cached_results(to_check, opts.mode, cache)
+    todo = [i for i, r in enumerate(results) if r is None]
+    bar = Progress(f"checking images ({opts.mode})", len(todo)) if opts.progress and todo else None
+    tasks = [(str(to_check[i][2]), opts.mode) for i in todo]
+    try:
+        for i, (err, notes, size, mtime_ns) in zip(
+                todo, map_chunks(_check_chunk, tasks, workers=opts.workers, on_done=bar.advance if bar else None),
+                strict=False):
+            results[i] = (err, notes)
+            if cache is not None and size >= 0:
+                cache.store(to_check[i][2], size, mtime_ns, opts.mode, (err, notes))
+    finally:  # also on Ctrl-C: what was checked is kept
+        if bar is not None:
+            bar.close()
+        if cache is not None:
+            cache.save()
+    for (uid, line, _p), (err, notes) in zip(to_check, results, strict=True):
+        problem = _image_problem(uid, line, err, notes)
+        if problem is not None:
+            add(problem)
 
 
 def _check_files(coll: Collection, add: Callable[[Problem], None]) -> None:
@@ -168,9 +251,23 @@ def _check_connections(coll: Collection, add: Callable[[Problem], None]) -> Coun
     return type_counts
 
 
-def validate(collection: Collection | str | Path, *, decode_images: bool = True, workers: int = 4) -> ValidationReport:
-    """Check a collection. With `decode_images`, every local image is fully decoded (slow on huge archives)."""
+def validate(collection: Collection | str | Path, *, decode_images: bool = True, mode: str | None = None,
+             workers: int = 1, cache: bool = False, progress: bool = False,
+             warn: Callable[[str], None] = _warn) -> ValidationReport:
+    """Check a collection.
+
+    `mode` says how much of each local image file is checked: "exists" (only that it is there), "quick"
+    (its header and whether a JPEG/PNG ends like a complete file: `data.image.read_header`) or "full"
+    (decoded like every stage decodes it; the default; `decode_images=False` means "exists"). `workers`:
+    processes checking images (1: in this one). `cache`: reuse results of unchanged files and store new ones
+    (`data.check_cache`, in COLLECTION/.cache/). `progress`: images/s on stderr. `warn` gets the cache's
+    warnings.
+    """
+    mode = mode or (FULL if decode_images else EXISTS)
+    if mode not in MODES:
+        raise ValueError(f"check mode {mode!r} is not one of {', '.join(MODES)}")
     coll = collection if isinstance(collection, Collection) else load_collection(collection, quiet=True)
+    opts = CheckOptions(coll.root, mode, workers, cache, progress, warn)
     rep = ValidationReport()
     add = rep.problems.append
     _check_files(coll, add)
@@ -202,9 +299,9 @@ def validate(collection: Collection | str | Path, *, decode_images: bool = True,
         elif not p.exists():
             add(Problem(ERROR, IMAGES_FILE, rec.line, rec.uid, f"image file missing: {p}"))
             continue
-        if decode_images:
+        if mode != EXISTS:
             to_decode.append((rec.uid, rec.line, p))
-    _check_images(to_decode, workers, add)
+    _check_images(to_decode, opts, add)
 
     type_counts = _check_connections(coll, add)
 

@@ -2,9 +2,14 @@
 
 Routes
 - `GET /`                      the page (HTML; the script fetches the state below);
-- `GET /api/state`             progress, the current cluster (or null when all are done), the last decision;
-- `GET /api/cluster/<id>`      one cluster (members, metadata, known links), e.g. opened from the map;
-- `POST /api/decision`         `{"cluster": id, "decision": name, "ticked": [uid, ...]}`;
+- `GET /api/state`             progress, the current cluster's first page (or null when all are done), the last
+                               decision;
+- `GET /api/cluster/<id>?page=N`  one page (`queue.PAGE_SIZE` members, their metadata, the links that touch them)
+                               of a cluster or proposal, e.g. opened from the map; a big cluster never comes whole;
+- `POST /api/decision`         `{"cluster": id, "decision": name, "ticked": [uid, ...]}`, or `"unticked"` instead
+                               of `"ticked"` (every other member is ticked: a "select all" of a big cluster);
+- `POST /api/proposal`         `{"uids": [...], "note": "..."}`: a selection made on the map, queued as a new
+                               cluster (negative id) and journaled in proposals.jsonl (see `store.ProposalStore`);
 - `POST /api/undo`             `{"decision": id}` (must be the last decision still in force);
 - `GET /image/<uid>?size=256`  a resized JPEG of one image of the collection.
 
@@ -13,7 +18,8 @@ Safety, for a server that only ever needs to talk to the expert's own browser:
 - requests whose Host header is not a name of the bound address get 400, which defeats DNS-rebinding
   pages that would otherwise reach a loopback server from the expert's browser;
 - POST bodies must be JSON (`Content-Type: application/json`, which a cross-site form cannot send
-  without a preflight that this server never approves) and at most 64 KiB;
+  without a preflight that this server never approves) and at most 64 KiB (4 MiB for decisions and proposals,
+  which carry lists of uids);
 - a POST whose `Origin` header names another origin than the server's own (scheme://host:port), or
   whose `Sec-Fetch-Site` says it comes from another site or another port of this one, gets 403: another
   page open in the expert's browser (another local web app included) cannot record or undo decisions.
@@ -36,16 +42,21 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
 from cluster.accept import undo_note
-from cluster.annotate.store import AnnotationStore
+from cluster.annotate.map_routes import add_map_routes
+from cluster.annotate.queue import PageError, ReviewQueue, ticked_from
+from cluster.annotate.store import AnnotationStore, ProposalStore
 from cluster.annotations import AnnotationError
 from cluster.clusters_file import file_sha256, read_clusters
-from cluster.review import DECISIONS, DecisionError, implied_edges, order_clusters, pair
+from cluster.review import DECISIONS, DecisionError, implied_edges
 from data.collection import Collection, load_collection
 from data.image import ImageReadError, is_damaged, jpeg_thumbnail
+from data.thumbs import ThumbCache, ThumbCacheError
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+# decisions and proposals carry uid lists: ~20,000 uids of up to ~150 bytes (a big cluster's ticks, a lasso)
+LARGE_BODY = 4 * 1024 * 1024
 THUMB_SIZES = (256, 1024)
 THUMB_CACHE_ENTRIES = 2048
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
@@ -76,7 +87,10 @@ def _caption(meta: dict[str, str]) -> list[list[str]]:
 
 
 class _Thumbs:
-    """Resized JPEGs, made on first request and kept in a bounded in-memory LRU.
+    """Resized JPEGs for the page. Sizes up to the collection's thumbnail cache size (256) are the cache's
+    files (`data.thumbs`: the same ones the map and the report show), made into it on first request and
+    read from disk afterwards, also by the next session; larger views (1024) are made on request and kept
+    in a bounded in-memory LRU, as is everything when the cache folder cannot be written (a read-only disk).
 
     Decoded by `data.image` like every other stage (EXIF orientation, transparency on white, 16-bit
     scaled; JPEGs at a reduced scale), under the same pixel limit and decode budget, so the server's
@@ -86,24 +100,51 @@ class _Thumbs:
 
     def __init__(self, collection: Collection) -> None:
         self.collection = collection
+        self.disk = ThumbCache.for_collection(collection)
         self.cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self.errors: dict[str, str] = {}
         self.lock = threading.Lock()
 
+    def _unreadable(self, uid: str, why: str) -> None:
+        log.warning("uid %s: %s (the page shows it as unreadable)", uid, why)
+        with self.lock:
+            self.errors[uid] = why
+
+    def _from_disk(self, uid: str) -> bytes | None:
+        """The cached thumbnail (made if missing); None when the cache cannot be written (then: in memory)."""
+        data = self.disk.read(uid)
+        if data is not None:
+            return data
+        try:
+            data = self.disk.get(uid)
+        except ThumbCacheError:
+            return None
+        notes = self.disk.notes.pop(uid, ())
+        if is_damaged(notes):
+            log.warning("uid %s (%s): %s", uid, self.disk.source(uid), "; ".join(notes))
+        with self.lock:
+            self.errors.pop(uid, None)
+        return data
+
     def get(self, uid: str, size: int) -> bytes | None:
+        try:
+            if size <= self.disk.size:
+                data = self._from_disk(uid)
+                if data is not None:
+                    return data
+            return self._in_memory(uid, size)
+        except ImageReadError as e:
+            self._unreadable(uid, str(e))
+            return None
+
+    def _in_memory(self, uid: str, size: int) -> bytes:
         key = (uid, size)
         with self.lock:
             if key in self.cache:
                 self.cache.move_to_end(key)
                 return self.cache[key]
         path = self.collection.image_path(uid)
-        try:
-            thumb = jpeg_thumbnail(path, size)
-        except ImageReadError as e:
-            log.warning("uid %s: %s (the page shows it as unreadable)", uid, e)
-            with self.lock:
-                self.errors[uid] = str(e)
-            return None
+        thumb = jpeg_thumbnail(path, size)
         if is_damaged(thumb.notes):
             log.warning("uid %s (%s): %s", uid, path, "; ".join(thumb.notes))
         data = thumb.jpeg
@@ -127,7 +168,7 @@ class UidConverter(BaseConverter):
 
 
 class AnnotationSession:
-    """Everything the routes need: the clusters in review order, the known links, the log."""
+    """Everything the routes need: the review queue (clusters and proposals, `queue.ReviewQueue`), the logs."""
 
     def __init__(self, collection_dir: str | Path, clusters_path: str | Path, annotator: str) -> None:
         self.collection = load_collection(collection_dir)
@@ -141,113 +182,135 @@ class AnnotationSession:
                 f"{clusters_path}: {len(missing)} uid(s) are not in {self.collection.images_file} "
                 f"(first: {missing[0]!r}); were the signatures computed from another collection?"
             )
-        order = dict(zip(table.uids, table.order.tolist(), strict=True))
+        self.order = dict(zip(table.uids, table.order.tolist(), strict=True))  # uid -> OPTICS position
         self.clusters: dict[int, list[str]] = {
-            int(c): sorted(m, key=order.__getitem__) for c, m in table.clusters().items()
+            int(c): sorted(m, key=self.order.__getitem__) for c, m in table.clusters().items()
         }
         self.known: dict[tuple[str, str], set[str]] = {}
         for c in self.collection.connections:
             if c.a != c.b:
                 self.known.setdefault(c.pair, set()).add(c.type)
-        self.member_sets = {c: frozenset(m) for c, m in self.clusters.items()}
-        self.queue = order_clusters(self.clusters, set(self.known))
-        self.position = {c: i for i, c in enumerate(self.queue)}
+        self.queue = ReviewQueue(self.clusters, self.known)
         self.store = AnnotationStore(self.collection.root)
+        self.proposal_store = ProposalStore(self.collection.root)
+        self._proposal_notes: list[str] = []
+        self._left_out: set[int] = set()  # proposals of the file with fewer than two uids still in the collection
+        self._queue_proposals()
         self.thumbs = _Thumbs(self.collection)
 
     # -- state -------------------------------------------------------------------------------------
-    def decided_sets(self) -> dict[frozenset[str], dict]:
-        """Member sets already decided (undo removes them): a re-run that proposes the same cluster skips it."""
-        return {frozenset(r["members"]): r for r in self.store.log.active_decisions()}
+    def _queue_proposals(self) -> None:
+        """Queue the proposals of proposals.jsonl not queued yet (made by this server or another one)."""
+        self.proposal_store.refresh()
+        for rec in self.proposal_store.log.records:
+            if rec["cluster"] in self.queue.proposals or rec["cluster"] in self._left_out:
+                continue
+            gone = [u for u in rec["uids"] if u not in self.collection]
+            members = self.proposal_members([u for u in rec["uids"] if u in self.collection])
+            if len(members) < 2:
+                self._left_out.add(rec["cluster"])
+            if gone:
+                self._proposal_notes.append(
+                    f"{self.proposal_store.path}: proposal {rec['cluster']} names {len(gone)} uid(s) no longer in "
+                    f"{self.collection.images_file} (first: {gone[0]!r}); they are left out of it.")
+            if len(members) >= 2:
+                self.queue.add_proposal(rec, members)
 
-    def is_done(self, cid: int, decided: dict[frozenset[str], dict] | None = None) -> bool:
-        decided = self.decided_sets() if decided is None else decided
-        return self.member_sets[cid] in decided
+    def notes(self) -> list[str]:
+        """What the page and the command line say about the logs (repaired lines, proposals left out...)."""
+        return self.store.notes + self.proposal_store.notes + self._proposal_notes
 
-    def current(self) -> int | None:
-        decided = self.decided_sets()
-        for cid in self.queue:
-            if not self.is_done(cid, decided):
-                return cid
-        return None
+    def proposal_members(self, uids: list[str]) -> list[str]:
+        """A proposal's members in OPTICS order (as a cluster's are; images clusters.csv lacks come last, in the
+        order given), duplicates dropped."""
+        unique = list(dict.fromkeys(uids))
+        last = len(self.order)
+        return sorted(unique, key=lambda u: self.order.get(u, last))
+
+    def sync(self) -> None:
+        """Read what other servers appended, and index the decisions in force."""
+        self.store.refresh()
+        self._queue_proposals()
+        self.queue.sync(self.store.log)
 
     def progress(self) -> dict:
-        decided = self.decided_sets()
-        done = sum(1 for c in self.queue if self.is_done(c, decided))
-        return {"done": done, "left": len(self.queue) - done, "total": len(self.queue)}
+        self.sync()
+        return self.queue.progress()
 
-    def cluster_view(self, cid: int) -> dict:
-        self.store.refresh()
-        members = self.clusters[cid]
-        number = {u: i + 1 for i, u in enumerate(members)}
-        links = []
-        for i, a in enumerate(members):
-            for b in members[i + 1 :]:
-                for t in sorted(self.known.get(pair(a, b), ())):
-                    links.append({"a": number[a], "b": number[b], "type": t, "source": "connections.csv"})
-        seen = {(x["a"], x["b"], x["type"]) for x in links}
-        for rec in self.store.log.active_decisions():
-            for ea, eb, t in rec["edges"]:
-                if ea in number and eb in number:
-                    na, nb = sorted((number[ea], number[eb]))
-                    if (na, nb, t) not in seen:
-                        seen.add((na, nb, t))
-                        links.append({"a": na, "b": nb, "type": t, "source": "annotated"})
-        links.sort(key=lambda x: (x["a"], x["b"], x["type"]))
-        done = self.decided_sets().get(self.member_sets[cid])
-        return {
-            "id": cid,
-            "position": self.position[cid] + 1,
-            "size": len(members),
-            "new_pairs": sum(1 for i, a in enumerate(members) for b in members[i + 1 :] if pair(a, b) not in self.known),
-            "members": [
-                {"n": number[u], "uid": u, "caption": _caption(self.collection.record(u).meta),
-                 "meta": self.collection.record(u).meta}
-                for u in members
-            ],
-            "links": links,
-            "decision": None if done is None else {"id": done["id"], "decision": done["decision"]},
-        }
+    def _describe(self, uid: str) -> dict:
+        meta = self.collection.record(uid).meta
+        return {"caption": _caption(meta), "meta": meta}
+
+    def cluster_view(self, cid: int, page: int = 1) -> dict:
+        self.sync()
+        try:
+            return self.queue.view(cid, page, self._describe)
+        except PageError as e:
+            abort(404, description=str(e))
 
     def state(self) -> dict:
-        self.store.refresh()
-        cur = self.current()
+        self.sync()
+        cur = self.queue.current()
         last = self.store.last_active_decision()
         return {
-            "progress": self.progress(),
+            "progress": self.queue.progress(),
             "cluster": None if cur is None else self.cluster_view(cur),
             "last_decision": None
             if last is None
             else {"id": last["id"], "cluster": last["cluster"], "decision": last["decision"]},
             "annotator": self.annotator,
             "clusters_sha256": self.clusters_sha256,
-            "notes": self.store.notes,
+            "notes": self.notes(),
         }
 
     # -- actions -----------------------------------------------------------------------------------
-    def decide(self, cid: int, decision: str, ticked: list[str]) -> dict:
+    def decide(self, cid: int, decision: str, ticked: list[str] | None, unticked: list[str] | None = None) -> dict:
         with self.store.lock:
-            if cid not in self.clusters:
-                abort(404, description=f"cluster {cid} is not in {self.clusters_path.name}.")
-            members = self.clusters[cid]
-            self.store.refresh()
-            if self.is_done(cid):
+            self.sync()
+            if cid not in self.queue:
+                abort(404, description=f"cluster {cid} is not in {self.clusters_path.name} nor a proposal.")
+            members = self.queue.clusters[cid]
+            if self.queue.is_done(cid):
                 abort(409, description=f"cluster {cid} is already decided; undo that decision first.")
+            if unticked is not None:
+                stray = set(unticked).difference(members)
+                if stray:
+                    abort(400, description=f"unticked uids not in this cluster: {', '.join(sorted(stray)[:5])}.")
+            ticked = ticked_from(members, ticked, unticked)
             try:
                 edges = implied_edges(decision, members, ticked)
             except DecisionError as e:
                 abort(400, description=str(e))
-            ticked_in_order = [m for m in members if m in set(ticked)]
+            ticked_set = set(ticked)
             return self.store.decide(
                 cluster=cid,
                 decision=decision,
                 members=members,
-                ticked=ticked_in_order,
+                ticked=[m for m in members if m in ticked_set],
                 edges=edges,
                 clusters_file=str(self.clusters_path),
                 clusters_sha256=self.clusters_sha256,
                 annotator=self.annotator,
             )
+
+    def propose(self, uids: list[str], note: str) -> tuple[int, bool]:
+        """Queue a selection made on the map as a proposal: (its cluster id, whether it is new). The same
+        selection sent twice (a page reloaded) gives the proposal made the first time."""
+        missing = [u for u in uids if u not in self.collection]
+        if missing:
+            abort(400, description=f"{len(missing)} uid(s) are not in {self.collection.images_file} (first: "
+                  f"{', '.join(repr(u) for u in missing[:5])}); was the map made from another collection?")
+        members = self.proposal_members(uids)
+        if len(members) < 2:
+            abort(400, description="a proposal needs at least two distinct uids.")
+        with self.store.lock:
+            self.sync()
+            existing = self.queue.proposal_with(members)
+            if existing is not None:
+                return existing, False
+            rec = self.proposal_store.propose(members, note, self.annotator)
+            self.queue.add_proposal(rec, members)
+            return rec["cluster"], True
 
     def undo(self, decision_id: str) -> dict:
         with self.store.lock:
@@ -264,15 +327,16 @@ class AnnotationSession:
         return undo_note(self.collection.root, undone) if undone is not None else None
 
 
-def _json_body() -> dict:
+def _json_body(limit: int = MAX_BODY) -> dict:
+    """The JSON object of a POST, at most `limit` bytes (LARGE_BODY for the routes that carry uid lists)."""
     if request.mimetype != "application/json":
         abort(415, description="send the body as JSON with Content-Type: application/json.")
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        abort(413, description=f"request body over {MAX_BODY} bytes.")
+    if request.content_length is not None and request.content_length > limit:
+        abort(413, description=f"request body over {limit} bytes.")
     # Read at most one byte past the limit: a chunked body has no Content-Length to check up front.
-    raw = request.stream.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        abort(413, description=f"request body over {MAX_BODY} bytes.")
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        abort(413, description=f"request body over {limit} bytes.")
     try:
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurdly nested arrays
@@ -371,9 +435,22 @@ def _security_headers(resp):
     return resp
 
 
-def _decision_request(body: dict, session: AnnotationSession) -> tuple[int, str, list[str]]:
-    """(cluster, decision, ticked) of a POST /api/decision body, or a 4xx saying what is wrong."""
-    cid, name, ticked = body.get("cluster"), body.get("decision"), body.get("ticked", [])
+def _uid_list(body: dict, key: str) -> list[str] | None:
+    """A list of distinct uid strings under `key` (None if absent), or a 400."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(u, str) for u in value) or len(set(value)) != len(value):
+        abort(400, description=f"'{key}' must be a list of distinct uid strings.")
+    return value
+
+
+def _decision_request(body: dict, session: AnnotationSession) -> tuple[int, str, list[str] | None, list[str] | None]:
+    """(cluster, decision, ticked, unticked) of a POST /api/decision body, or a 4xx saying what is wrong.
+
+    The ticked members come as `ticked`, or as `unticked` (every other member is ticked: what the page sends
+    when most of a big cluster is), never both."""
+    cid, name = body.get("cluster"), body.get("decision")
     sha = body.get("clusters_sha256")
     if sha is not None and sha != session.clusters_sha256:
         # the page was loaded from a server showing another clusters file: its cluster ids mean other images
@@ -382,9 +459,28 @@ def _decision_request(body: dict, session: AnnotationSession) -> tuple[int, str,
         abort(400, description="'cluster' must be an integer cluster id.")
     if not isinstance(name, str) or name not in DECISIONS:
         abort(400, description=f"'decision' must be one of {', '.join(DECISIONS)}.")
-    if not isinstance(ticked, list) or not all(isinstance(u, str) for u in ticked) or len(set(ticked)) != len(ticked):
-        abort(400, description="'ticked' must be a list of distinct uid strings.")
-    return cid, name, ticked
+    ticked, unticked = _uid_list(body, "ticked"), _uid_list(body, "unticked")
+    if ticked is not None and unticked is not None:
+        abort(400, description="send either 'ticked' or 'unticked', not both.")
+    return cid, name, (ticked if unticked is not None or ticked is not None else []), unticked
+
+
+def _proposal_request(body: dict) -> tuple[list[str], str]:
+    """(uids, note) of a POST /api/proposal body, or a 400."""
+    uids = body.get("uids")
+    note = body.get("note", "")
+    if not isinstance(uids, list) or not uids or not all(isinstance(u, str) for u in uids):
+        abort(400, description="'uids' must be a non-empty list of uid strings (the images selected on the map).")
+    if not isinstance(note, str) or len(note) > 2000:
+        abort(400, description="'note' must be a string of at most 2000 characters.")
+    return uids, note
+
+
+def _page_arg() -> int:
+    raw = request.args.get("page", "1")
+    if not raw.isdigit() or int(raw) < 1:
+        abort(400, description="page must be a whole number >= 1.")
+    return int(raw)
 
 
 def _add_routes(app: Flask, session: AnnotationSession) -> None:
@@ -405,18 +501,28 @@ def _add_routes(app: Flask, session: AnnotationSession) -> None:
         with session.store.lock:
             return jsonify(session.state())
 
-    @app.get("/api/cluster/<int:cid>")
+    @app.get("/api/cluster/<int(signed=True):cid>")
     def cluster(cid: int):
-        if cid not in session.clusters:
-            abort(404, description=f"cluster {cid} is not in {session.clusters_path.name}.")
+        page = _page_arg()
         with session.store.lock:
-            return jsonify(session.cluster_view(cid))
+            session.sync()
+            if cid not in session.queue:
+                abort(404, description=f"cluster {cid} is not in {session.clusters_path.name} nor a proposal.")
+            return jsonify(session.cluster_view(cid, page))
 
     @app.post("/api/decision")
     def decision():
-        rec = session.decide(*_decision_request(_json_body(), session))
+        rec = session.decide(*_decision_request(_json_body(LARGE_BODY), session))
         with session.store.lock:
-            return jsonify({"ok": True, "id": rec["id"], "edges": rec["edges"], "state": session.state()})
+            return jsonify({"ok": True, "id": rec["id"], "n_edges": len(rec["edges"]), "state": session.state()})
+
+    @app.post("/api/proposal")
+    def proposal():
+        cid, new = session.propose(*_proposal_request(_json_body(LARGE_BODY)))
+        with session.store.lock:
+            resp = jsonify({"ok": True, "cluster": cid, "new": new, "view": session.cluster_view(cid)})
+        resp.status_code = 201 if new else 200
+        return resp
 
     @app.post("/api/undo")
     def undo():
@@ -450,13 +556,15 @@ def create_app(
     annotator: str,
     *,
     bound_host: str = "127.0.0.1",
+    map_dir: str | Path | None = None,
 ) -> Flask:
     """Build the app. `bound_host` is the address the server listens on; requests must name it (or a
-    loopback name) in their Host header. Binding to a wildcard address turns that check off."""
+    loopback name) in their Host header. Binding to a wildcard address turns that check off. `map_dir`: a
+    folder written by `cluster map`, served at /map/ (`map_routes`)."""
     session = AnnotationSession(collection_dir, clusters_path, annotator)
     app = Flask(__name__)
     # one byte of slack so that `_json_body` sees an oversized chunked body and answers 413 itself
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY + 1
+    app.config["MAX_CONTENT_LENGTH"] = LARGE_BODY + 1
     app.json.sort_keys = False  # keep the documented field order in API replies
     app.extensions["annotation_session"] = session
     app.url_map.converters["uid"] = UidConverter
@@ -468,4 +576,6 @@ def create_app(
     app.register_error_handler(AnnotationError, _damaged_log)
     app.after_request(_security_headers)
     _add_routes(app, session)
+    if map_dir is not None:
+        add_map_routes(app, session.collection, map_dir)
     return app

@@ -11,6 +11,7 @@ import click
 from werkzeug.serving import make_server
 
 from cluster.annotate.app import WILDCARD_HOSTS, AnnotateSetupError, create_app
+from cluster.annotate.map_routes import MapSetupError
 from cluster.annotations import AnnotationError
 from cluster.clusters_file import ClustersFileError
 from data.collection import CollectionError
@@ -34,15 +35,19 @@ def _default_annotator() -> str:
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
               help="Port (0 picks a free one).")
 @click.option("--annotator", default=None, help="Name stored with each decision [default: your login name].")
-def annotate(collection_dir: Path, clusters_path: Path, host: str, port: int, annotator: str | None) -> None:
+@click.option("--map", "map_dir", type=UserPath(exists=True, file_okay=False), default=None,
+              help="A folder written by `cluster map`: served at /map/, its lasso queues proposals here.")
+def annotate(collection_dir: Path, clusters_path: Path, host: str, port: int, annotator: str | None,
+             map_dir: Path | None) -> None:  # fmt: skip
     """Review proposed clusters in the browser; every decision is appended to DIR/annotations.jsonl."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        app = create_app(collection_dir, clusters_path, annotator or _default_annotator(), bound_host=host)
-    except (CollectionError, ClustersFileError, AnnotationError, AnnotateSetupError) as e:
+        app = create_app(collection_dir, clusters_path, annotator or _default_annotator(), bound_host=host,
+                         map_dir=map_dir)  # fmt: skip
+    except (CollectionError, ClustersFileError, AnnotationError, AnnotateSetupError, MapSetupError) as e:
         raise click.ClickException(str(e)) from e
     session = app.extensions["annotation_session"]
-    for note in session.store.notes:
+    for note in session.notes():
         click.echo(f"warning: {note}", err=True)
     if host in WILDCARD_HOSTS:
         click.echo(f"warning: listening on {host or 'all addresses'}: anyone who can reach this machine can "
@@ -55,6 +60,8 @@ def annotate(collection_dir: Path, clusters_path: Path, host: str, port: int, an
     p = session.progress()
     click.echo(f"{p['total']} clusters ({p['done']} done, {p['left']} left); decisions -> {session.store.path}")
     click.echo(f"Open http://{shown}:{server.server_port}/  (Ctrl-C to stop)", err=False)
+    if map_dir is not None:
+        click.echo(f"The map: http://{shown}:{server.server_port}/map/", err=False)
     sys.stdout.flush()
     try:
         server.serve_forever()

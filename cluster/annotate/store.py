@@ -22,17 +22,21 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cluster.annotations import (
     DECISION,
+    PROPOSAL,
+    PROPOSALS_FILE,
     AnnotationError,
     AnnotationLog,
     TornLineWarning,
     decision_record,
+    proposal_record,
     read_log,
+    read_proposals,
     record_line,
     torn_line_message,
     undo_record,
@@ -63,8 +67,8 @@ class AnnotationStore:
     replaced from a backup) makes `refresh` read the file again.
     """
 
-    def __init__(self, collection_dir: str | Path) -> None:
-        self.path = Path(collection_dir) / ANNOTATIONS_FILE
+    def __init__(self, collection_dir: str | Path, filename: str = ANNOTATIONS_FILE) -> None:
+        self.path = Path(collection_dir) / filename
         self.lock = threading.RLock()
         self.log = AnnotationLog(records=[])
         self.notes: list[str] = []
@@ -136,13 +140,20 @@ class AnnotationStore:
         key = _stat_key(self._stat())  # taken first: a write during the read only causes another read later
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TornLineWarning)
-            log = read_log(self.path)
+            log = self._read(self.path)
         if keep_notes:
             self.notes.extend(log.warnings)
         self.log = log
         for rec in log.records:
             self._held.setdefault(rec["id"], record_line(rec))
         self._key = key
+
+    def _read(self, path: Path) -> AnnotationLog:
+        """Parse the file (a subclass reads another kind of record the same way)."""
+        return read_log(path)
+
+    def _torn_message(self, tail: bytes) -> str:
+        return torn_line_message(tail)
 
     def refresh(self, *, restore: bool = True) -> None:
         """Re-read the log if the file changed (another server appended, a person edited or replaced it).
@@ -206,8 +217,8 @@ class AnnotationStore:
         os.fsync(fd)
         self.log.records.append(rec)
         self.log.torn_tail = b""
-        kind = "decision" if rec["kind"] == DECISION else "undo"
-        what = f"decision on cluster {rec.get('cluster')}" if kind == "decision" else "undo"
+        kind = rec["kind"]
+        what = f"{kind} on cluster {rec.get('cluster')}" if kind in (DECISION, PROPOSAL) else kind
         how = "recorded and acknowledged" if rec["id"] in self._acknowledged else "read whole"
         self.notes.append(
             f"{self.path}: the file was cut inside its last line, the {what} (id {rec['id']}, {rec.get('time')}) "
@@ -221,22 +232,25 @@ class AnnotationStore:
         atomic_write_bytes(side, self.log.torn_tail)
         os.ftruncate(fd, self.log.good_size)
         os.fsync(fd)
-        self.notes.append(f"{self.path}: {torn_line_message(self.log.torn_tail)}. The line was moved to {side.name}.")
+        self.notes.append(f"{self.path}: {self._torn_message(self.log.torn_tail)}. The line was moved to {side.name}.")
         self.log.torn_tail = b""
 
-    def append(self, record: dict) -> dict:
+    def append(self, record: dict | Callable[[AnnotationLog], dict]) -> dict:
         """Write one record as one line, flush and fsync it, then add it to the in-memory log.
 
         Under the flock: re-read the file if it changed, repair its tail, then write; so a record is
-        never glued onto a line someone else left without its newline.
+        never glued onto a line someone else left without its newline. `record` may be a function of the log
+        as it is under the flock (a proposal's id depends on those already written, by any server).
         """
-        data = record_line(record)
         with self.lock:
             new_file = self._stat() is None
             with self._locked(create=True) as fd:
                 assert fd is not None
                 self.refresh(restore=False)
                 self._repair_tail(fd)
+                if callable(record):
+                    record = record(self.log)
+                data = record_line(record)
                 before = os.fstat(fd).st_size
                 if os.write(fd, data) != len(data):
                     raise OSError(f"{self.path}: short write (disk full?); the decision was not recorded.")
@@ -267,3 +281,30 @@ class AnnotationStore:
             self.refresh()
             active = self.log.active_decisions()
             return active[-1] if active else None
+
+
+class ProposalStore(AnnotationStore):
+    """`DIR/proposals.jsonl`: selections made on the map, written exactly like decisions (one line each, under
+    the flock, fsynced before the reply; a torn last line repaired or moved aside the same way).
+
+    A new proposal takes the cluster id one below the lowest one in the file (-2 for the first): chosen under
+    the flock, so two servers on one collection never give out the same id.
+    """
+
+    def __init__(self, collection_dir: str | Path) -> None:
+        super().__init__(collection_dir, PROPOSALS_FILE)
+
+    def _read(self, path: Path) -> AnnotationLog:
+        return read_proposals(path)
+
+    def _torn_message(self, tail: bytes) -> str:
+        return (f"incomplete last line ({len(tail)} bytes, no newline): a proposal whose write was interrupted, or "
+                "the end of a file that was cut; if you made one there, send it again from the map")
+
+    def propose(self, uids: list[str], note: str, annotator: str) -> dict:
+        """Append a proposal of these uids; returns its record (with its new cluster id)."""
+        def make(log: AnnotationLog) -> dict:
+            lowest = min((r["cluster"] for r in log.records), default=-1)
+            return proposal_record(cluster=lowest - 1, uids=uids, note=note, annotator=annotator)
+
+        return self.append(make)

@@ -157,8 +157,10 @@ def test_decision_errors_are_4xx_and_write_nothing(annot_collection):
         (c.post("/api/decision", data="{not json", content_type="application/json"), 400),
         (c.post("/api/decision", data=b"\xff\xfe", content_type="application/json"), 400),
         (c.post("/api/decision", data="cluster=2", content_type="application/x-www-form-urlencoded"), 415),
-        (c.post("/api/decision", data="x" * (70 * 1024), content_type="application/json"), 413),
-        (c.post("/api/decision", data="[" * 60000 + "]" * 60000, content_type="application/json"), 413),
+        # decisions carry uid lists (a big cluster's ticks): 4 MiB; other POSTs 64 KiB
+        (c.post("/api/decision", data="x" * (4 * 1024 * 1024 + 1), content_type="application/json"), 413),
+        (c.post("/api/undo", data="x" * (70 * 1024), content_type="application/json"), 413),
+        (c.post("/api/decision", data="[" * 60000 + "]" * 60000, content_type="application/json"), 400),
         (c.post("/api/decision", data="[" * 30000 + "]" * 30000, content_type="application/json"), 400),
         (c.get("/api/decision"), 405),
         (c.delete("/api/state"), 405),

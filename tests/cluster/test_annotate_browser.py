@@ -11,29 +11,26 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 from werkzeug.serving import make_server
 
 from cluster.annotate.app import create_app
 from tests.cluster.conftest import EXPECTED_QUEUE
+from tests.cluster.map_browser import chromium
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-FLAGS = [
+FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--window-size=1400,1000", "--hide-scrollbars",
-]
+    "--disable-dev-shm-usage", "--hide-scrollbars",
+)
 
 
 class Server:
@@ -54,21 +51,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def browser():
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager look for a driver online
-    profile = tempfile.mkdtemp(prefix="vsig-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for f in FLAGS:
-        opts.add_argument(f)
-    opts.add_argument(f"--user-data-dir={profile}")
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(30)
-    try:
+    with chromium(1400, 1000, flags=FLAGS, page_load_timeout=30) as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def _records(coll):
@@ -186,3 +170,63 @@ def test_click_through_decisions_undo_and_resume(browser, annot_collection, tmp_
     severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
     # the only expected console errors are the 400s of the impossible decision
     assert all("400" in e["message"] for e in severe), severe
+
+
+@pytest.mark.slow
+def test_a_big_cluster_page_by_page_select_all_and_a_proposal_from_the_map(browser, annot_collection, tmp_path):
+    """130 members in pages of 60: number keys tick the visible page, ticks survive paging, select all, a decision
+    sent as 'all but one'; then `#propose=<uids>` asks, queues the selection and opens it."""
+    from urllib.parse import quote
+
+    from selenium.webdriver.support import expected_conditions as ec
+
+    from tests.cluster.test_annotate_scale import big_collection
+
+    root = tmp_path / "big"
+    uids = big_collection(root, size=130, images_from=annot_collection.root)
+    d = browser
+    server = Server(type(annot_collection)(root=root, clusters=root / "clusters.csv", uids=uids))
+    try:
+        d.get(server.url)
+        _wait_cluster(d, 0)
+        assert len(d.find_elements(By.CSS_SELECTOR, ".card")) == 60
+        assert _text(d, "#page-info").startswith("page 1 of 3")
+        _key(d, "1")
+        _key(d, Keys.ARROW_RIGHT)
+        _wait(d, lambda d: _text(d, "#page-info").startswith("page 2 of 3"), "page 2 shown")
+        assert d.find_elements(By.CSS_SELECTOR, ".card")[0].get_attribute("id") == "card-61"
+        _key(d, "1")  # the first member of the visible page: #61
+        assert "ticked" in d.find_element(By.ID, "card-61").get_attribute("class")
+        assert _text(d, "#tick-count") == "2 of 130 ticked"
+        _key(d, Keys.ARROW_RIGHT)
+        _wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card")) == 10, "last page: 10 members")
+        d.find_element(By.ID, "prev-page").click()
+        d.find_element(By.ID, "prev-page").click()
+        _wait(d, lambda d: _text(d, "#page-info").startswith("page 1 of 3"), "back on page 1")
+        assert "ticked" in d.find_element(By.ID, "card-1").get_attribute("class")  # ticks survive paging
+        d.find_element(By.ID, "select-all").click()
+        assert _text(d, "#tick-count") == "130 of 130 ticked"
+        _key(d, "2")
+        assert _text(d, "#tick-count") == "129 of 130 ticked"
+        _key(d, "c")
+        _wait_cluster(d, 1)
+        rec = _records(type(annot_collection)(root=root, clusters=None, uids=uids))[-1]
+        assert rec["decision"] == "confirm" and rec["cluster"] == 0
+        assert rec["ticked"] == [u for u in uids[:130] if u != uids[1]]
+
+        # the map's lasso: the page asks, then queues the selection as a proposal and opens it
+        chosen = [uids[130], uids[7], uids[133]]
+        d.get(server.url + "#propose=" + quote(json.dumps(chosen)))
+        WebDriverWait(d, 10).until(ec.alert_is_present()).accept()
+        _wait(d, lambda d: _text(d, "#cluster-head h2") == "Proposal 1", "the proposal shown")
+        assert d.current_url.endswith("#cluster=-2")
+        assert len(d.find_elements(By.CSS_SELECTOR, ".card")) == 3
+        props = [json.loads(x) for x in (root / "proposals.jsonl").read_text().splitlines()]
+        assert [(p["cluster"], sorted(p["uids"])) for p in props] == [(-2, sorted(chosen))]
+        _key(d, "w")
+        _wait(d, lambda d: _records(type(annot_collection)(root=root, clusters=None, uids=uids))[-1]["cluster"] == -2,
+              "the proposal judged")
+    finally:
+        server.stop()
+    severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
+    assert not severe, severe

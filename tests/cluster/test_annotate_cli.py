@@ -81,6 +81,20 @@ def get(base: str, path: str) -> dict:
         return json.loads(r.read())
 
 
+def kill_during(proc, hammer, stop: threading.Event, enough) -> None:
+    """Run `hammer` against the server in a thread, SIGKILL the server once `enough()` (or after 20 s), then
+    stop the thread and reap the server."""
+    t = threading.Thread(target=hammer)
+    t.start()
+    deadline = time.monotonic() + 20
+    while not enough() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    stop.set()
+    t.join(timeout=20)
+    proc.wait(timeout=20)
+
+
 def test_help():
     r = CliRunner().invoke(annotate, ["--help"])
     assert r.exit_code == 0 and "--collection" in r.output and "127.0.0.1" in r.output
@@ -117,20 +131,13 @@ def test_sigkill_loses_no_acknowledged_decision(annot_collection):
 
     try:
         # a real server sees chunked bodies: an oversized one is 413, an absurdly nested one 400
-        assert post_chunked(base, "/api/decision", b"x" * (100 * 1024)) == 413
+        assert post_chunked(base, "/api/undo", b"x" * (100 * 1024)) == 413
+        assert post_chunked(base, "/api/decision", b"x" * (4 * 1024 * 1024 + 100)) == 413
         assert post_chunked(base, "/api/decision", b"[" * 60000) == 400
         # one decision that stays, then a stream of decide/undo pairs that is cut by the kill
         code, first = post(base, "/api/decision", {"cluster": EXPECTED_QUEUE[0], "decision": "wrong", "ticked": []})
         assert code == 200
-        t = threading.Thread(target=hammer)
-        t.start()
-        deadline = time.monotonic() + 20
-        while len(acked) < 40 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-        stop.set()
-        t.join(timeout=20)
-        proc.wait(timeout=20)
+        kill_during(proc, hammer, stop, lambda: len(acked) >= 40)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -153,6 +160,49 @@ def test_sigkill_loses_no_acknowledged_decision(annot_collection):
         assert s["last_decision"]["id"] == log.active_decisions()[-1]["id"]
         if len(active) == 1:
             assert s["cluster"]["id"] == EXPECTED_QUEUE[1]
+    finally:
+        proc2.send_signal(signal.SIGINT)
+        proc2.wait(timeout=20)
+    assert proc2.returncode == 0
+
+
+@pytest.mark.slow
+def test_sigkill_loses_no_acknowledged_proposal(annot_collection):
+    """Proposals from the map are journaled like decisions: each one acknowledged is in proposals.jsonl after a
+    SIGKILL in the middle of a stream of them, and a restarted server queues them all."""
+    from itertools import combinations
+
+    from cluster.annotations import read_proposals
+
+    pairs = list(combinations(annot_collection.uids, 2))
+    proc, base = start_server(annot_collection)
+    acked: list[int] = []
+    stop = threading.Event()
+
+    def hammer():
+        try:
+            for a, b in pairs:
+                if stop.is_set():
+                    return
+                code, body = post(base, "/api/proposal", {"uids": [a, b], "note": "lasso"})
+                assert code == 201, body
+                acked.append(body["cluster"])
+        except (OSError, urllib.error.URLError):
+            pass  # the server was killed under us
+
+    try:
+        kill_during(proc, hammer, stop, lambda: len(acked) >= 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(acked) >= 30, "too few proposals acknowledged before the kill"
+    kept = {r["cluster"] for r in read_proposals(annot_collection.root / "proposals.jsonl").records}
+    assert set(acked) <= kept and len(kept) - len(acked) in (0, 1)
+    proc2, base2 = start_server(annot_collection, annotator="bob")
+    try:
+        s = get(base2, "/api/state")
+        assert s["progress"]["total"] == len(EXPECTED_QUEUE) + len(kept)
+        assert s["cluster"]["id"] == -2 and s["cluster"]["kind"] == "proposal"
     finally:
         proc2.send_signal(signal.SIGINT)
         proc2.wait(timeout=20)

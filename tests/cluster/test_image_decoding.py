@@ -80,9 +80,10 @@ def test_map_thumbnails_are_corrected(coll, tmp_path):
     res = CliRunner().invoke(cli, ["map", str(tmp_path / "sig.npz"), "--collection", str(root), "--out", str(out),
                                    "--thumb-size", "32"])
     assert res.exit_code == 0, res.output
-    with Image.open(out / "thumbs" / "draw.jpg") as t:
+    cache = root / ".cache" / "thumbs-32"  # the map shows the collection's thumbnail cache (data/thumbs.py)
+    with Image.open(cache / "draw.jpg") as t:
         assert K.mean_rgb(t, (0, 0, 4, 4)).min() > 245
-    with Image.open(out / "thumbs" / "phone.jpg") as t:
+    with Image.open(cache / "phone.jpg") as t:
         assert t.height > t.width
 
 
@@ -102,9 +103,11 @@ def test_map_report_and_page_make_their_thumbnails_one_way(coll, tmp_path):
                                    "--thumb-size", "32"])
     assert res.exit_code == 0, res.output
     for uid, name in (("draw", "draw.png"), ("phone", "phone.jpg")):
-        assert (out / "thumbs" / f"{uid}.jpg").read_bytes() == jpeg_thumbnail(root / name, 32).jpeg
+        assert (root / ".cache" / "thumbs-32" / f"{uid}.jpg").read_bytes() == jpeg_thumbnail(root / name, 32).jpeg
     page = create_app(root, clusters, "ada").test_client().get("/image/phone?size=256")
     assert page.get_data() == jpeg_thumbnail(root / "phone.jpg", 256).jpeg
     report = build_report(ReportInputs(collection=root, clusters=clusters))
-    embedded = base64.b64encode(jpeg_thumbnail(root / "phone.jpg", 160, quality=80).jpeg).decode()
+    embedded = base64.b64encode(jpeg_thumbnail(root / "phone.jpg", 256).jpeg).decode()
     assert f"data:image/jpeg;base64,{embedded}" in report
+    # the page and the report read the collection's one thumbnail cache (data/thumbs.py)
+    assert (root / ".cache" / "thumbs-256" / "phone.jpg").read_bytes() == page.get_data()

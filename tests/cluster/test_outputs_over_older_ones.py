@@ -96,10 +96,12 @@ def test_map_over_an_older_map_replaces_the_whole_folder(small, monkeypatch):
     tmp, coll = small
     out = tmp / "map"
     assert _map(tmp, coll, "first", out).exit_code == 0
-    assert sorted(p.name for p in (out / "thumbs").iterdir()) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert '"values":["a","b","c"]' in (out / "data" / "col-0.js").read_text()
+    (out / "data" / "col-9.js").write_text("MAPDATA.column(9, {});\n")  # as an older map with more columns
     assert _map(tmp, coll, "last", out).exit_code == 0
-    # the older map's thumbnail of an image it no longer shows is gone with it
-    assert sorted(p.name for p in (out / "thumbs").iterdir()) == ["b.jpg", "c.jpg", "d.jpg"]
+    # the older map's files are gone with it: the uids are the new ones, no column of the older map is left
+    assert '"values":["b","c","d"]' in (out / "data" / "col-0.js").read_text()
+    assert not (out / "data" / "col-9.js").exists()
     before = _files(out)
 
     import cluster.mapping
@@ -107,7 +109,7 @@ def test_map_over_an_older_map_replaces_the_whole_folder(small, monkeypatch):
     def fail(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cluster.mapping, "write_map_html", fail)
+    monkeypatch.setattr(cluster.mapping, "install_viewer", fail)
     r = _map(tmp, coll, "first", out)
     assert r.exit_code != 0 and isinstance(r.exception, OSError)
     assert _files(out) == before  # not a new coords.csv beside the older map.html

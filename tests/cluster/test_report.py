@@ -66,3 +66,41 @@ def test_report_marks_unreadable_images_without_failing(annot_collection, tmp_pa
     (annot_collection.root / "images" / f"{uid}.jpg").write_bytes(b"not a jpeg")
     page = build_report(ReportInputs(collection=annot_collection.root, clusters=annot_collection.clusters))
     assert "unreadable" in page
+
+
+def _big_cluster_collection(root, size: int, small: int = 30):
+    """images.csv rows only (no image files: the report shows them as unreadable), one cluster of `size`
+    members, `small` two-member clusters, and a chain of POSITIVE links inside the big one."""
+    import numpy as np
+
+    from cluster.clusters_file import ClusterTable, write_clusters
+    from data.collection import Connection, write_connections
+
+    root.mkdir()
+    n = size + 2 * small
+    uids = [f"u{i:06d}" for i in range(n)]
+    (root / "images.csv").write_text("uid,path\n" + "".join(f"{u},images/{u}.jpg\n" for u in uids))
+    links = [Connection(uids[i], uids[i + 1], "POSITIVE") for i in range(0, 99)]
+    write_connections(root / "connections.csv", links)
+    labels = np.array([0] * size + [1 + i // 2 for i in range(2 * small)])
+    write_clusters(root / "clusters.csv", ClusterTable(
+        uids=uids, labels=labels, order=np.arange(n), reachability=np.full(n, 0.1),
+        core_distance=np.full(n, 0.05), params={"method": "test"}))
+    return root
+
+
+def test_a_big_cluster_is_cut_with_a_count_and_only_shown_members_get_thumbnails(tmp_path, monkeypatch):
+    import cluster.report as report
+
+    root = _big_cluster_collection(tmp_path / "big", 20_000)
+    made = []
+    monkeypatch.setattr(report, "_thumb_uri", lambda thumbs, uid: made.append(uid))
+    out = tmp_path / "report.html"
+    res = CliRunner().invoke(cli, ["report", "--collection", str(root), "--clusters", str(root / "clusters.csv"),
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    page = out.read_text()
+    assert "showing 8 of 20,000 members" in page
+    assert "199,990,000 pairs" in page and "99 known" in page  # C(20000, 2); the 99 links of the chain
+    assert "showing the top 12 of 31 clusters" in page
+    assert len(made) == 8 + 11 * 2  # thumbnails only for what the page shows

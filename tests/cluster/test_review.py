@@ -2,8 +2,10 @@
 
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cluster.review import DecisionError, implied_edges, new_pairs, order_clusters
@@ -63,3 +65,108 @@ def test_accept_and_the_report_do_not_depend_on_the_web_app():
             "print(sorted(m for m in sys.modules if m.startswith('cluster.annotate') or m == 'flask'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+# -- the O(size^2) code this module had before (issue 14), kept here as the reference on small inputs -------------
+def _old_new_pairs(members, known):
+    from itertools import combinations
+
+    from cluster.review import pair
+    return sum(1 for a, b in combinations(members, 2) if pair(a, b) not in known)
+
+
+def _old_order(clusters, known):
+    return sorted(clusters, key=lambda c: (-_old_new_pairs(clusters[c], known), -len(clusters[c]), c))
+
+
+def _old_implied_edges(decision, members, ticked):
+    from itertools import combinations
+
+    from cluster.review import pair
+    chosen = [m for m in members if m in set(ticked)]
+    rest = [m for m in members if m not in set(ticked)]
+    if decision in ("wrong", "skip"):
+        return []
+    if decision == "confirm_reject":
+        return ([[*pair(a, b), "POSITIVE"] for a, b in combinations(chosen, 2)]
+                + [[*pair(a, b), "NEGATIVE"] for a in chosen for b in rest])
+    kind = {"confirm": "POSITIVE", "similar": "SIMILAR", "duplicate": "DUPLICATE"}[decision]
+    return [[*pair(a, b), kind] for a, b in combinations(chosen, 2)]
+
+
+def _random_case(rng, n_uids=60, n_clusters=8, n_known=120):
+    uids = [f"u{i:03d}" for i in range(n_uids)]
+    order = list(rng.permutation(n_uids))
+    clusters, at = {}, 0
+    for cid in rng.choice(1000, n_clusters, replace=False).tolist():
+        size = int(rng.integers(0, 12))
+        clusters[cid] = [uids[i] for i in order[at:at + size]]
+        at += size
+    known = set()
+    for _ in range(n_known):
+        a, b = rng.choice(uids, 2).tolist()
+        known.add((a, b) if rng.random() < 0.8 else (b, a))  # some not normalised, some listed both ways
+    known.add((uids[0], uids[0]))
+    return clusters, known
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_counting_known_pairs_from_the_links_gives_the_old_pair_enumeration(seed):
+    from cluster.review import new_pairs_by_cluster
+    rng = np.random.default_rng(seed)
+    clusters, known = _random_case(rng)
+    assert order_clusters(clusters, known) == _old_order(clusters, known)
+    assert new_pairs_by_cluster(clusters, known) == {c: _old_new_pairs(m, known) for c, m in clusters.items()}
+    for members in clusters.values():
+        assert new_pairs(members, known) == _old_new_pairs(members, known)
+
+
+def test_overlapping_clusters_count_each_ones_known_pairs():
+    """A proposal made on the map shares members with clusters.csv's clusters."""
+    clusters = {0: ["a", "b", "c"], -2: ["b", "c", "d"], 5: ["c", "d"]}
+    known = {("b", "c"), ("c", "d"), ("a", "d")}
+    assert order_clusters(clusters, known) == _old_order(clusters, known)
+    assert {c: new_pairs(m, known) for c, m in clusters.items()} == {0: 2, -2: 1, 5: 0}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_decision_edges_equal_the_old_ones_on_small_clusters(seed):
+    rng = np.random.default_rng(seed)
+    members = [f"m{i}" for i in rng.permutation(int(rng.integers(3, 34)))]
+    ticked = [m for m in members if rng.random() < 0.6] or members[:2]
+    if len(ticked) < 2:
+        ticked = members[:2]
+    for decision in ("confirm", "similar", "duplicate", "wrong", "skip"):
+        assert implied_edges(decision, members, ticked) == _old_implied_edges(decision, members, ticked)
+    if len(ticked) < len(members):
+        assert implied_edges("confirm_reject", members, ticked) == _old_implied_edges(
+            "confirm_reject", members, ticked)
+
+
+def _components(edges, nodes):
+    from data.graph import components
+    return components([(a, b) for a, b, _ in edges], nodes)
+
+
+def test_a_big_confirmed_group_is_one_pattern_group_in_linear_edges():
+    from cluster.review import RING
+    members = [f"m{i:05d}" for i in range(5000)]
+    edges = implied_edges("confirm", members, members)
+    assert len(edges) == RING * len(members)  # not 12.5 million
+    assert len({(a, b) for a, b, _ in edges}) == len(edges) and all(a < b for a, b, _ in edges)
+    assert list(_components(edges, members).values()) == [sorted(members)]
+    degree = Counter(u for a, b, _ in edges for u in (a, b))
+    assert set(degree.values()) == {2 * RING}  # every member keeps 2 * RING training partners
+
+
+def test_a_big_rejection_keeps_a_bounded_window_of_negatives_per_rejected_image():
+    from cluster.review import NEGATIVES_PER_REJECTED as K
+    members = [f"m{i:04d}" for i in range(3000)]
+    ticked, rest = members[:1000], members[1000:]
+    edges = implied_edges("confirm_reject", members, ticked)
+    neg = [(a, b) for a, b, t in edges if t == "NEGATIVE"]
+    assert len(neg) == K * len(rest) and len(set(neg)) == len(neg)
+    per_rejected = Counter(b if b in set(rest) else a for a, b in neg)
+    assert set(per_rejected.values()) == {K}
+    assert {a if a in set(ticked) else b for a, b in neg} == set(ticked)  # together they reach every ticked one
+    assert list(_components([e for e in edges if e[2] == "POSITIVE"], ticked).values()) == [sorted(ticked)]

@@ -103,6 +103,16 @@ def corrupt_image(ws: Workspace) -> None:
     p.write_bytes(p.read_bytes()[:60])
 
 
+def check_cache_damaged(ws: Workspace) -> None:
+    (ws.coll / ".cache").mkdir(exist_ok=True)
+    (ws.coll / ".cache" / "check.jsonl").write_bytes(b'{"format": "visual-sig\x00\xff torn')
+
+
+def cache_folder_blocked(ws: Workspace) -> None:
+    """A collection whose cache folder cannot be made (as root, a read-only mode would not stop the writes)."""
+    (ws.coll / ".cache").write_text("not a folder")
+
+
 def signatures_truncated(ws: Workspace) -> None:
     ws.sig.write_bytes(ws.sig.read_bytes()[:300])
 
@@ -149,6 +159,12 @@ def eval_json_torn(ws: Workspace) -> None:
 def annotations_bad_middle_line(ws: Workspace) -> None:
     text = ws.annotations.read_text(encoding="utf-8")
     ws.annotations.write_text('{"kind": "decision", "id": "x"\n' + text, encoding="utf-8")
+
+
+def proposals_bad_middle_line(ws: Workspace) -> None:
+    good = json.dumps({"kind": "proposal", "id": "p", "cluster": -2, "uids": [], "note": ""})
+    (ws.annotations.parent / "proposals.jsonl").write_text('{"kind": "proposal", "id"\n' + good + "\n",
+                                                          encoding="utf-8")
 
 
 def annotation_edge_to_unknown_uid(ws: Workspace) -> None:
@@ -226,6 +242,10 @@ def check(ws):
     return ["data", "check", str(ws.coll)]
 
 
+def thumbs(ws):
+    return ["data", "thumbs", str(ws.coll), "--workers", "1", "--no-progress"]
+
+
 def embed(ws, weights="random"):
     arch = ["--arch", "resnet18"] if weights == "random" else []
     return ["model", "embed", "--weights", weights, *arch, "--collection", str(ws.coll), "--resolution", "32",
@@ -281,6 +301,13 @@ FAULTS = [
     Fault("data check", "unknown uid in connections", connection_to_unknown_uid, check,
           lambda ws: ["connections.csv", "ghost_999"]),
     Fault("data check", "corrupt image", corrupt_image, check, lambda ws: ["distractor_001"]),
+    Fault("data check", "damaged check cache", check_cache_damaged, check, lambda ws: ["check.jsonl", "rebuilt"],
+          exit=OK),
+    Fault("data check", "cache folder cannot be made", cache_folder_blocked, check,
+          lambda ws: ["cannot write the check cache"], exit=OK),
+    Fault("data thumbs", "corrupt image", corrupt_image, thumbs, lambda ws: ["distractor_001", "distractor_001.png"]),
+    Fault("data thumbs", "cache folder cannot be made", cache_folder_blocked, thumbs,
+          lambda ws: ["thumbs-256", "--thumb-cache"]),
     # model embed
     Fault("model embed", "corrupt image", corrupt_image, embed, lambda ws: ["distractor_001"], exit=OK),
     Fault("model embed", "no images.csv", images_missing, embed, csv_name("images.csv"),
@@ -339,6 +366,8 @@ FAULTS = [
     # cluster annotate (the server never starts on these)
     Fault("cluster annotate", "damaged middle line of the log", annotations_bad_middle_line, annotate,
           lambda ws: ["annotations.jsonl", ":1"]),
+    Fault("cluster annotate", "damaged middle line of the map's proposals", proposals_bad_middle_line, annotate,
+          lambda ws: ["proposals.jsonl", ":1"]),
     Fault("cluster annotate", "clusters of other images", clusters_unknown_uid, annotate, lambda ws: ["ghost_999"]),
     Fault("cluster annotate", "binary images.csv", images_binary, annotate, csv_name("images.csv")),
     # cluster accept
@@ -352,6 +381,7 @@ FAULTS = [
 
 # What each stage may legitimately change in the workspace (its outputs); everything else is the user's.
 WRITES = {
+    "data check": {"check.jsonl"},
     "cluster accept": {"connections.csv", "connections.csv.bak"},
     "train": {"splits.json"},
 }

@@ -7,7 +7,7 @@ mkdir, truncate) and gives the reference outputs. Then, for chosen steps N, a fr
 runs the command again, killed with SIGKILL just before step N, and the suite checks:
 - every output is absent or byte-identical to the reference (never half a file; an output that is not
   byte-reproducible, the prepared dataset, is compared through what a reader gets from it);
-- a read-only command (`data check`) touches nothing at all;
+- `data check` writes nothing but its cache;
 - every file of the user (collection, signatures, clusters, run) is unchanged, or (for a command whose job
   is to rewrite one, `cluster accept`) is either the old file or the whole new one;
 - running the command again finishes the job: exit 0, outputs identical to the reference, and no temp file
@@ -72,7 +72,10 @@ def prepared_view(root: Path) -> object:
 
 
 CASES = [
-    Case("data check", ["data", "check", "coll"], []),
+    # `data check` writes nothing but its cache (complete or absent); `data thumbs` in this process (--workers 1:
+    # the injector counts steps per process)
+    Case("data check", ["data", "check", "coll"], ["coll/.cache/check.jsonl"]),
+    Case("data thumbs", ["data", "thumbs", "coll", "--workers", "1", "--no-progress"], ["coll/.cache/thumbs-256"]),
     Case("data prepare", ["data", "prepare", "coll"], ["coll/prepared"], view=prepared_view, max_points=6),
     Case("cluster optics", ["cluster", "optics", "sig.npz", "--out", "out/clusters.csv", "--max-eps", "0.3"],
          ["out"]),
@@ -89,14 +92,16 @@ CASES = [
                                    "--resolution", "32", "--batch-size", "4", "--chunk-images", "8", "--out",
                                    "emb.npz", "--no-progress", "--store-dtype", "float16"], ["emb.npz"], max_points=6),
     Case("cluster map", ["cluster", "map", "sig.npz", "--collection", "coll", "--clusters", "clusters.csv", "--out",
-                         "newmap", "--n-neighbors", "4", "--thumb-size", "16"], ["newmap"], max_points=3),
+                         "newmap", "--n-neighbors", "4", "--thumb-size", "16", "--workers", "1"],
+         ["newmap", "coll/.cache/thumbs-16"], max_points=3),  # the thumbnail cache grows: each file whole
     # over an older output (few points: the renames that swap the new files in are what matter here)
     Case("cluster optics over an older clustering",
          ["cluster", "optics", "sig.npz", "--out", "out/clusters.csv", "--max-eps", "0.3"], ["out"], max_points=3,
          over=["cluster", "optics", "sig.npz", "--out", "out/clusters.csv", "--max-eps", "0.3", "--min-samples", "3"]),
     Case("cluster map over an older map",
          ["cluster", "map", "sig.npz", "--collection", "coll", "--clusters", "clusters.csv", "--out", "newmap",
-          "--n-neighbors", "4", "--thumb-size", "16"], ["newmap"], max_points=2,
+          "--n-neighbors", "4", "--thumb-size", "16", "--workers", "1"], ["newmap"],  # the cache: see above
+         max_points=2,
          over=["cluster", "map", "sig.npz", "--collection", "coll", "--out", "newmap", "--n-neighbors", "5",
                "--thumb-size", "20"]),
 ]
