@@ -5,6 +5,10 @@ Thin: each command parses options and calls library functions that the tests cal
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -147,6 +151,27 @@ def evaluate_cmd(clusters: Path, collection_dir: Path, json_out: Path | None, ig
         click.echo(f"{json_out}: written")
 
 
+@contextmanager
+def _sigint_recorded():
+    """Ctrl-C raises KeyboardInterrupt as usual and is also recorded (the event yielded): where a library
+    swallows the exception (numba compiling inside a ctypes callback prints it and goes on), the command
+    still sees it. The previous handler is put back after."""
+    caught = threading.Event()
+
+    def handler(signum, frame):
+        caught.set()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield caught
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @cli.command("map")
 @click.argument("signatures", type=UserPath(exists=True, dir_okay=False))
 @click.option(
@@ -178,11 +203,19 @@ def map_cmd(signatures: Path, collection_dir: Path, clusters_path: Path | None, 
     cfg = MapConfig(seed=seed, n_neighbors=n_neighbors, thumb_size=thumb_size, thumb_cache=thumb_cache,
                     workers=workers, neighbours=neighbours)  # fmt: skip
     try:
-        result = make_map(signatures, collection_dir, out_dir, clusters_path=clusters_path, cfg=cfg)
+        with _sigint_recorded() as caught:
+            result = make_map(signatures, collection_dir, out_dir, clusters_path=clusters_path, cfg=cfg,
+                              interrupted=caught.is_set)  # fmt: skip
     except (ValueError, ClustersFileError, CollectionError, WorkerDiedError) as e:
         raise click.ClickException(str(e)) from e
+    except KeyboardInterrupt:
+        click.echo("interrupted: nothing was written (an older map in --out is kept); run the command again",
+                   err=True)  # fmt: skip
+        sys.exit(130)
     for uid, why in result.unreadable:
         click.echo(f"warning: image {uid}: {why}; shown without thumbnail", err=True)
+    for note in result.warnings:
+        click.echo(f"warning: {note}", err=True)
     click.echo(f"layout: {result.neighbours}", err=True)
     click.echo("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()), err=True)
     click.echo(f"{out_dir}: map.html, map.png, coords.csv; {result.n_thumbs} thumbnails in the collection's cache")

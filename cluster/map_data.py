@@ -2,7 +2,7 @@
 
 Why this shape: a page opened from a folder (file://) may not fetch() files, but it may load scripts; so each
 data file is a small JavaScript file that hands its data to the page (`MAPDATA.points(...)`,
-`MAPDATA.column(j, ...)`). What the first frame needs (coordinates, cluster, group, year: 17 bytes a point,
+`MAPDATA.column(j, ...)`). What the first frame needs (coordinates, cluster, group, year, thumbnail flag: 21 bytes a point,
 base64) is one file; every metadata column is its own file, loaded after the first frame, so that a million
 points draw before a million titles arrive. Thumbnails are never in these files: the page loads each one from
 the collection's thumbnail cache when it is shown (hover, a zoomed-in view, a list).
@@ -14,7 +14,7 @@ Files (in MAP_DIR/data/):
   cache folder relative to the map, and each uid whose file name is not `<uid>.jpg`); unreadable images.
 - `col-<j>.js`: column j of images.csv, dictionary-coded: `values` (distinct strings, first-seen order) and
   `codes` (uint8/16/32 per point). Column 0 is the uid.
-Size and time grow as O(n) (about 17 bytes a point for points.js, plus the metadata text itself).
+Size and time grow as O(n) (about 28 bytes a point for points.js, base64 included, plus the metadata text).
 """
 
 from __future__ import annotations

@@ -29,15 +29,17 @@ from __future__ import annotations
 
 import csv
 import html
+import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from cluster.clusters_file import file_sha256, read_clusters
+from cluster.clusters_file import file_sha256, read_clusters, sidecar_path
 from cluster.layout import LayoutConfig, embed_2d
 from cluster.map_data import MapPoints, write_map_data
 from cluster.neighbours_file import neighbours_path, read_neighbours
@@ -83,6 +85,7 @@ class MapResult:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     neighbours: str = ""  # where the layout's neighbour lists came from
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each stage (layout, thumbnails, files)
+    warnings: list[str] = field(default_factory=list)
 
 
 def write_coords(path: Path, uids, coords, labels, groups: dict[str, str]) -> None:
@@ -111,7 +114,7 @@ def _labels(clusters_path: str | Path | None, signatures_path: str | Path, uids:
     return np.array([lab_of[u] for u in uids], dtype=np.int64)
 
 
-def _neighbours(signatures_path: str | Path, n: int, clusters_path: str | Path | None, cfg: MapConfig
+def _neighbours(sha: str, n: int, clusters_path: str | Path | None, cfg: MapConfig
                 ) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:  # fmt: skip
     """The lists to lay out from, and a line saying where they come from (or why a search runs)."""
     given = cfg.neighbours
@@ -120,7 +123,7 @@ def _neighbours(signatures_path: str | Path, n: int, clusters_path: str | Path |
         return None, "neighbours searched on the device (no clusters.knn.npz given)"
     if not Path(path).exists() and given is None:
         return None, f"neighbours searched on the device ({path.name} not found beside the clusters)"
-    got = read_neighbours(path, signatures_sha256=file_sha256(signatures_path), n=n)
+    got = read_neighbours(path, signatures_sha256=sha, n=n)
     if isinstance(got, str):
         if given is not None:
             raise ValueError(f"{got}; pass --neighbours the clusters.knn.npz of these signatures, or leave it out.")
@@ -128,6 +131,21 @@ def _neighbours(signatures_path: str | Path, n: int, clusters_path: str | Path |
     if got[0].shape[1] < min(cfg.n_neighbors, n - 1) - 1:
         return None, f"neighbours searched on the device ({path} holds {got[0].shape[1]} per image)"
     return got, f"neighbours from {path}"
+
+
+def _clusters_note(clusters_path: str | Path | None, signatures_path: str | Path, sha: str) -> str | None:
+    """A warning when clusters.json says its clusters come from other signatures (same uids, another model)."""
+    if clusters_path is None:
+        return None
+    try:
+        recorded = json.loads(sidecar_path(clusters_path).read_text(encoding="utf-8")).get("signatures_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None  # an older clusters.csv without its JSON: nothing to compare
+    if not recorded or recorded == sha:
+        return None
+    return (f"{clusters_path} was made from other signatures than {signatures_path} (clusters.json records sha256 "
+            f"{str(recorded)[:12]}..., the file is {sha[:12]}...): the map colours the points by those clusters; "
+            f"make clusters.csv from {signatures_path} with `python -m cluster optics` to see its own.")
 
 
 def _links(collection: Collection, uids: list[str]) -> list[tuple[int, int]]:
@@ -177,8 +195,14 @@ def make_map(
     *,
     clusters_path: str | Path | None = None,
     cfg: MapConfig = MapConfig(),
+    interrupted: Callable[[], bool] = lambda: False,
 ) -> MapResult:
-    """Everything `python -m cluster map` writes (see the module docstring)."""
+    """Everything `python -m cluster map` writes (see the module docstring).
+
+    `interrupted()` is asked between stages and before the new folder is swapped in: a Ctrl-C that a library
+    swallowed (numba compiles in a ctypes callback, where a KeyboardInterrupt is only printed) still stops
+    the map with KeyboardInterrupt, and the older map stays.
+    """
     out_dir = Path(out_dir).resolve()  # `--out .` must name the folder, not "" (atomic_dir renames it)
     check_out_dir(out_dir)
     sig = load_signatures(signatures_path)
@@ -188,16 +212,20 @@ def make_map(
     check_signature_uids(signatures_path, sig.uids, collection)
     uids = sig.uids
     labels = _labels(clusters_path, signatures_path, uids)
-    neighbours, source = _neighbours(signatures_path, len(uids), clusters_path, cfg)
+    sha = file_sha256(signatures_path)
+    notes = [note] if (note := _clusters_note(clusters_path, signatures_path, sha)) else []
+    neighbours, source = _neighbours(sha, len(uids), clusters_path, cfg)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     coords = embed_2d(_vectors(sig), cfg.layout(), neighbours)
     seconds["layout"] = time.perf_counter() - t
+    _check(interrupted)
     groups = pattern_groups(collection)
     links = _links(collection, uids)
     t = time.perf_counter()
     cache, names, bad = _thumbnails(collection, uids, cfg)
     seconds["thumbnails"] = time.perf_counter() - t
+    _check(interrupted)
     t = time.perf_counter()
     grouped = np.array([u in groups for u in uids], dtype=bool)
     title = f"Map of {collection.root.name}"
@@ -209,11 +237,17 @@ def make_map(
                        _metadata(collection, uids), thumbs_dir=cache.folder.resolve(), thumb_names=names,
                        unreadable=dict(bad), title=title, final=out_dir)  # fmt: skip
         install_viewer(folder, title)
+        _check(interrupted)  # the last moment to keep the older map
 
     atomic_dir(out_dir, build)
     seconds["files"] = time.perf_counter() - t
     return MapResult(coords=coords, uids=uids, labels=labels, n_thumbs=len(names), unreadable=bad, neighbours=source,
-                     seconds=seconds)  # fmt: skip
+                     seconds=seconds, warnings=notes)  # fmt: skip
+
+
+def _check(interrupted: Callable[[], bool]) -> None:
+    if interrupted():
+        raise KeyboardInterrupt
 
 
 def _vectors(sig: Signatures):

@@ -292,8 +292,10 @@ code{background:#fff;border:1px solid #ddd;padding:2px 6px;border-radius:4px}
 """
 
 
-def build_report(inputs: ReportInputs, warn: Callable[[str], None] | None = None) -> str:
-    """The report page as an HTML string (pure apart from reading the inputs).
+def build_report(inputs: ReportInputs, warn: Callable[[str], None] | None = None, *,
+                 page_dir: Path | None = None) -> str:  # fmt: skip
+    """The report page as an HTML string (pure apart from reading the inputs). `page_dir`: the folder the page
+    will be saved in, which its link to the interactive map is relative to (default: the clusters' folder).
 
     Inputs that do not belong together are refused (`ReportError`: clusters of another collection, a quality
     JSON of another clustering); a run of another collection is a warning, on the page and through `warn`.
@@ -336,7 +338,8 @@ def build_report(inputs: ReportInputs, warn: Callable[[str], None] | None = None
     if figs:
         parts.append(f"<h2>Figures</h2><div class='figs'>{''.join(figs)}</div>")
     if inputs.map_dir and (inputs.map_dir / "map.html").exists():
-        rel = os.path.relpath(inputs.map_dir / "map.html", start=inputs.clusters.parent)
+        rel = os.path.relpath(Path(inputs.map_dir).resolve() / "map.html",
+                              start=Path(page_dir or inputs.clusters.parent).resolve())  # fmt: skip
         parts.append(f"<p>Interactive map (hover for the artwork, click for its cluster): "
                      f"<a href='{_esc(rel)}'>{_esc(rel)}</a></p>")
 
@@ -359,5 +362,5 @@ def build_report(inputs: ReportInputs, warn: Callable[[str], None] | None = None
 
 def write_report(inputs: ReportInputs, out: Path, warn: Callable[[str], None] | None = None) -> Path:
     """Write the report atomically; returns its path. `warn` receives what the page warns about."""
-    atomic_write_text(out, build_report(inputs, warn))
+    atomic_write_text(out, build_report(inputs, warn, page_dir=Path(out).parent))
     return out

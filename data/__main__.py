@@ -90,7 +90,7 @@ def thumbs(collection: Path, size: int, workers: int | None, thumb_cache: Path |
     except KeyboardInterrupt:
         _interrupted("the thumbnails made so far are kept; run the command again to continue")
     for uid, why in rep.unreadable:
-        click.echo(f"UNREADABLE uid {uid} ({cache.source(uid) if uid in cache.collection else '-'}): {why}")
+        click.echo(f"UNREADABLE uid {uid}: {why}")  # the reason names the file
     from data.image import note_lines
 
     for line in note_lines(rep.notes, collection=collection):

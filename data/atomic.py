@@ -157,6 +157,13 @@ def recover_dir(directory: str | Path, is_complete: Callable[[Path], bool] = lam
     return dealt
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and back: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_dir(directory: str | Path, write: Callable[[Path], None],
                is_complete: Callable[[Path], bool] = lambda p: True) -> Path:
     """Call `write(scratch)` to build the folder's content, then swap it in for `directory`.
@@ -170,6 +177,7 @@ def atomic_dir(directory: str | Path, write: Callable[[Path], None],
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-{writer_tag()}.", dir=directory.parent))
     old = None
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would lock colleagues and web servers out
         write(tmp)
         fsync_dir(tmp)
         if directory.exists():

@@ -466,13 +466,25 @@ def _frame_note(im: Image.Image) -> list[str]:
 # -- the decoder --------------------------------------------------------------------------------------------
 
 
+def _unidentified(fh: BinaryIO) -> str:
+    """Why PIL recognised no image format: an empty file, or bytes of no format it reads."""
+    try:
+        fh.seek(0, 2)
+        empty = fh.tell() == 0
+    except (OSError, ValueError):
+        empty = False
+    return "the file is empty" if empty else "its bytes are not an image format that PIL reads"
+
+
 def _open(fh: BinaryIO, name: str) -> Image.Image:
     """The image's header, refused over the pixel limit before any pixel is decoded."""
     try:
         im = Image.open(fh)
     except Image.DecompressionBombError as e:  # PIL's own guard, at twice the limit
         raise ImageTooLargeError(_bomb_message(name, e)) from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError as e:  # PIL's text names its file object, not the file: say what it means
+        raise ImageReadError(f"{name}: not a readable image ({_unidentified(fh)})") from e
+    except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{name}: not a readable image ({e})") from e
     if im.width * im.height > MAX_PIXELS:
         raise ImageTooLargeError(too_large_message(name, im.size))

@@ -4,7 +4,7 @@ Where: `COLLECTION/.cache/thumbs-256/` by default (`ThumbCache.for_collection`);
 DIR`) puts it in `DIR/thumbs-256/` instead, for a collection on a read-only disk (use one DIR per collection).
 One size, 256 px on the longest side, serves every page: browsers downscale it, and a second size would
 double the work and the disk. The folder is flat: the thumbnail of uid `u` is `<folder>/<thumb_name(u)>`,
-which is `u + ".jpg"` for a plain uid (letters, digits, `-`, `_`; see `data.collection.safe_file_stem`).
+which is `u + ".jpg"` for a plain uid (letters of any script, digits, `-`, `_`; see `data.collection.safe_file_stem`).
 
 Made by `data.image.jpeg_thumbnail`, the one decoder of every stage (EXIF orientation, transparency on
 white, 16-bit greyscale, the pixel limit); a JPEG is decoded in draft mode at the smallest libjpeg scale
@@ -194,6 +194,16 @@ class ThumbCache:
                     f"--thumb-cache DIR with a folder you can write (one per collection).") from None
             _remove_stale_temps(self.folder)
             self._ready = True
+
+    def known_unreadable(self, uid: str) -> str | None:
+        """Why `uid` cannot be shown, when that is known without decoding: not in images.csv, its file
+        missing, or recorded unreadable (unreadable.json, found by `ensure`) and unchanged since; else None."""
+        if uid in self.errors:
+            return self.errors[uid]
+        if self._recorded_bad is None:
+            self._recorded_bad = _read_unreadable(self.folder)
+        state, why = self._state(uid, self._recorded_bad)
+        return why if state == "bad" else None
 
     def get(self, uid: str) -> bytes:
         """The thumbnail, made now if missing or stale. Raises ImageReadError for an unreadable image (one

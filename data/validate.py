@@ -272,36 +272,40 @@ def validate(collection: Collection | str | Path, *, decode_images: bool = True,
     add = rep.problems.append
     _check_files(coll, add)
 
-    # images.csv
+    # images.csv: its problems in the file's line order (the decoding pass finds its own later)
+    images_problems: list[Problem] = []
+    add_image = images_problems.append
     first_line: dict[str, int] = {}
     to_decode: list[tuple[str, int, Path]] = []
     remote = 0
     for rec in coll.images:
         bad_uid = uid_problem(rec.uid)
         if bad_uid:  # the uid itself is named (escaped) in the message: it may hold a newline
-            add(Problem(ERROR, IMAGES_FILE, rec.line, None, bad_uid))
+            add_image(Problem(ERROR, IMAGES_FILE, rec.line, None, bad_uid))
             continue
         if rec.uid in first_line:
-            add(Problem(ERROR, IMAGES_FILE, rec.line, rec.uid,
+            add_image(Problem(ERROR, IMAGES_FILE, rec.line, rec.uid,
                         f"duplicate uid (first on line {first_line[rec.uid]}); give each image its own uid."))
             continue
         first_line[rec.uid] = rec.line
         if not rec.path and not rec.url:
-            add(Problem(ERROR, IMAGES_FILE, rec.line, rec.uid, "neither path nor url given."))
+            add_image(Problem(ERROR, IMAGES_FILE, rec.line, rec.uid, "neither path nor url given."))
             continue
         p = coll.image_path(rec)
         if not rec.path:
             remote += 1
             if not p.exists():
-                add(Problem(WARNING, IMAGES_FILE, rec.line, rec.uid,
+                add_image(Problem(WARNING, IMAGES_FILE, rec.line, rec.uid,
                             f"remote image not fetched yet ({rec.url}); run `python -m data fetch {coll.root}`."))
                 continue
         elif not p.exists():
-            add(Problem(ERROR, IMAGES_FILE, rec.line, rec.uid, f"image file missing: {p}"))
+            add_image(Problem(ERROR, IMAGES_FILE, rec.line, rec.uid, f"image file missing: {p}"))
             continue
         if mode != EXISTS:
             to_decode.append((rec.uid, rec.line, p))
-    _check_images(to_decode, opts, add)
+    _check_images(to_decode, opts, add_image)
+    for problem in sorted(images_problems, key=lambda q: q.line or 0):  # stable: one line's problems in order
+        add(problem)
 
     type_counts = _check_connections(coll, add)
 

@@ -238,8 +238,14 @@ class AnnotationSession:
         return self.queue.progress()
 
     def _describe(self, uid: str) -> dict:
+        """What a member's card shows; `unreadable` (why) when the image is known not to decode, so that the
+        page shows the reason instead of asking for a picture that is not there (one stat per member shown)."""
         meta = self.collection.record(uid).meta
-        return {"caption": _caption(meta), "meta": meta}
+        out = {"caption": _caption(meta), "meta": meta}
+        why = self.thumbs.errors.get(uid) or self.thumbs.disk.known_unreadable(uid)
+        if why:
+            out["unreadable"] = why
+        return out
 
     def cluster_view(self, cid: int, page: int = 1) -> dict:
         self.sync()

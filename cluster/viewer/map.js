@@ -79,7 +79,12 @@ const ready = sp.draw(pointsData(), { zDataType: "categorical" }).then(() => {
 });
 
 // ---- status line, hover --------------------------------------------------------------------------------
-let filtered = null;
+let filtered = null, filteredMaskCache = null;
+function filteredMask() {  // 1 for each point the filters show (null: no filter)
+  if (!filtered) return null;
+  if (!filteredMaskCache) { filteredMaskCache = new Uint8Array(N); for (const i of filtered) filteredMaskCache[i] = 1; }
+  return filteredMaskCache;
+}
 function showStatus() {
   const loaded = cols.filter(Boolean).length;
   status.textContent = `${(filtered ? filtered.length : N).toLocaleString()} of ${N.toLocaleString()} images` +
@@ -157,7 +162,8 @@ function showPoint(i) {
 function selectionUids(rows) { return rows.map(uid).filter(u => u !== undefined); }
 function download(rows) {
   const lines = ["uid", ...selectionUids(rows).map(u => /[",\n]/.test(u) ? '"' + u.replace(/"/g, '""') + '"' : u)];
-  const a = el("a"); a.href = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));
+  // with a byte-order mark, as every CSV of the tool: Excel then reads accents right
+  const a = el("a"); a.href = URL.createObjectURL(new Blob(["\ufeff" + lines.join("\n") + "\n"], { type: "text/csv" }));
   a.download = "selection.csv"; document.body.appendChild(a); a.click(); a.remove();
 }
 async function propose(rows, note) {
@@ -173,7 +179,13 @@ async function propose(rows, note) {
   }
   const addr = $("app-addr").value.replace(/\/?$/, "/");
   localStorage.setItem("map-app-address", addr);
-  window.open(addr + "#propose=" + encodeURIComponent(JSON.stringify(uids)), "_blank");
+  const link = addr + "#propose=" + encodeURIComponent(JSON.stringify(uids));
+  if (link.length > 1500000) {  // browsers cut links at about 2 MB
+    note.textContent = "too many images for a link: open the map through the annotation app " +
+      "(cluster annotate --map MAP_DIR), or download the uids";
+    return;
+  }
+  window.open(link, "_blank");
 }
 function showSelection(rows) {
   sel.replaceChildren();
@@ -197,6 +209,7 @@ let selected = [];
 sp.subscribe("select", ({ points }) => {
   selected = Array.from(points);
   if (selected.length === 1) showPoint(selected[0]); else showSelection(selected);
+  sel.scrollIntoView({ block: "start" });  // below a long search result list it would be out of sight
   scheduleOverlay();
 });
 sp.subscribe("deselect", () => { selected = []; sel.replaceChildren(); scheduleOverlay(); });
@@ -213,19 +226,24 @@ function drawOverlay() {
   const r = canvas.getBoundingClientRect(), dpr = window.devicePixelRatio || 1;
   if (linksCv.width !== Math.round(r.width * dpr)) { linksCv.width = Math.round(r.width * dpr); linksCv.height = Math.round(r.height * dpr); }
   lctx.setTransform(dpr, 0, 0, dpr, 0, 0); lctx.clearRect(0, 0, r.width, r.height);
-  const inView = sp.get("pointsInView");
+  // the points in view cost a search of the spatial index: only when few enough can be in view to be drawn
+  // over (the share of the map in view shrinks as the camera distance squared)
+  const dist = sp.get("cameraDistance");
+  const inView = N * dist * dist <= 4 * LINKS_AT ? sp.get("pointsInView") : [];
+  if (!inView.length) { thumbsBox.replaceChildren(); return; }
   if (inView.length <= LINKS_AT && LINKS.length) {
     const seen = new Uint8Array(N); for (const i of inView) seen[i] = 1;
+    const shown = filteredMask();
     lctx.strokeStyle = "rgba(0,0,0,0.3)"; lctx.lineWidth = 0.7; lctx.beginPath();
     for (let k = 0; k < LINKS.length; k += 2) {
       const a = LINKS[k], b = LINKS[k + 1];
-      if (!seen[a] && !seen[b]) continue;
+      if ((!seen[a] && !seen[b]) || (shown && !(shown[a] && shown[b]))) continue;
       const [ax, ay] = sp.getScreenPosition(a), [bx, by] = sp.getScreenPosition(b);
       lctx.moveTo(ax, ay); lctx.lineTo(bx, by);
     }
     lctx.stroke();
   }
-  const zoomed = sp.get("cameraDistance") < THUMBS_ZOOM && inView.length <= THUMBS_AT;
+  const zoomed = dist < THUMBS_ZOOM && inView.length <= THUMBS_AT;
   const want = zoomed ? inView.filter(i => thumbURL(i)) : [];
   const have = new Map(Array.from(thumbsBox.children, im => [Number(im.dataset.i), im]));
   for (const [i, im] of have) if (!want.includes(i)) im.remove();
@@ -234,15 +252,24 @@ function drawOverlay() {
     if (!im) { im = el("img"); im.dataset.i = i; im.src = thumbURL(i); im.alt = uid(i) || ""; thumbsBox.appendChild(im); }
     const [x, y] = sp.getScreenPosition(i);
     im.style.left = x + "px"; im.style.top = y + "px";
+    im.classList.toggle("chosen", selected.includes(i));
   }
 }
-sp.subscribe("view", scheduleOverlay);
+let lastView = "";
+sp.subscribe("view", () => {
+  const now = `${sp.get("cameraTarget")} ${sp.get("cameraDistance")}`;
+  if (now !== lastView) { lastView = now; tip.style.display = "none"; }  // the view moved: no stale tip
+  scheduleOverlay();
+});
 
 // ---- search ------------------------------------------------------------------------------------------
-function matching(j, needle) {  // rows whose column j contains needle (case-insensitive)
+// text as search compares it: lower case, accents dropped ("Dürer" = "durer"), runs of spaces as one
+function fold(text) { return text.normalize("NFD").replace(/\p{M}/gu, "").toLowerCase().replace(/\s+/g, " ").trim(); }
+function matching(j, needle) {  // a flag per distinct value of column j: does it contain needle (folded)?
   const c = cols[j]; if (!c) return null;
-  const hit = new Uint8Array(c.values.length);
-  c.values.forEach((v, k) => { if (v && v.toLowerCase().includes(needle)) hit[k] = 1; });
+  const hit = new Uint8Array(c.values.length), want = fold(needle);
+  if (!c.folded) c.folded = c.values.map(v => (v ? fold(v) : ""));  // once per column: later searches are cheap
+  c.folded.forEach((v, k) => { if (v && v.includes(want)) hit[k] = 1; });
   return hit;
 }
 function search(text) {
@@ -282,7 +309,7 @@ function applyFilters() {
   const tc = clusterTest($("f-cluster").value), tg = groupTest($("f-group").value);
   const from = $("f-from").value === "" ? -Infinity : Number($("f-from").value);
   const to = $("f-to").value === "" ? Infinity : Number($("f-to").value);
-  const years = from > -Infinity || to < Infinity;
+  const years = from > -Infinity || to < Infinity, undated = $("f-undated").checked;
   const j = Number($("f-col").value), text = $("f-text").value.trim().toLowerCase();
   const colHit = text && j >= 0 ? matching(j, text) : null;
   if (text && j >= 0 && !colHit) { $("f-count").textContent = "metadata still loading\u2026"; return; }
@@ -291,18 +318,20 @@ function applyFilters() {
   for (let i = 0; i < N; i++) {
     if (tc && !tc(C[i])) continue;
     if (tg && !tg(G[i])) continue;
-    if (years && !(YEAR[i] >= from && YEAR[i] <= to)) continue;
+    if (years && !(YEAR[i] >= from && YEAR[i] <= to) && !(undated && Number.isNaN(YEAR[i]))) continue;
     if (colHit && !colHit[cols[j].codes[i]]) continue;
     rows.push(i);
   }
-  filtered = rows;
+  filtered = rows; filteredMaskCache = null;
   sp.filter(rows);
+  if (rows.length) sp.zoomToPoints(rows, { padding: 0.2, transition: true });
   $("f-count").textContent = `${rows.length.toLocaleString()} shown`;
   showStatus();
 }
 function clearFilters() {
-  filtered = null; sp.unfilter();
+  filtered = null; filteredMaskCache = null; sp.unfilter(); scheduleOverlay();
   for (const id of ["f-cluster", "f-group", "f-from", "f-to", "f-text"]) $(id).value = "";
+  $("f-undated").checked = false;
   $("f-count").textContent = ""; showStatus();
 }
 COLS.forEach((c, j) => { const o = el("option", c); o.value = j; $("f-col").appendChild(o); });

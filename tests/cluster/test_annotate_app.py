@@ -443,3 +443,17 @@ def test_posts_from_another_origin_are_refused(annot_collection):
                headers={"Host": "localhost", "Origin": "http://LOCALHOST:80"})
     assert r.status_code == 200, r.get_json()
     assert len(_lines(annot_collection)) == 3
+
+
+def test_a_member_known_not_to_decode_says_why_in_the_cluster_view(annot_collection):
+    """Trial of issue 14: the page asked for a picture of a missing file (a 404 in the console) and showed
+    only "image unreadable"; the view now carries the reason, found without decoding."""
+    gone, broken, fine = annot_collection.members(2)[:3]
+    (annot_collection.root / "images" / f"{gone}.jpg").unlink()
+    (annot_collection.root / "images" / f"{broken}.jpg").write_bytes(b"not a jpeg")
+    c = create_app(annot_collection.root, annot_collection.clusters, "ada").test_client()
+    assert c.get(f"/image/{broken}?size=256").status_code == 404  # found unreadable once...
+    members = {m["uid"]: m for m in c.get("/api/cluster/2").get_json()["members"]}
+    assert "image file missing" in members[gone]["unreadable"]
+    assert "not a readable image" in members[broken]["unreadable"]  # ...then said on the card
+    assert "unreadable" not in members[fine]

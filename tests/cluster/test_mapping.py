@@ -169,9 +169,44 @@ def test_map_lays_out_from_the_lists_clustering_kept(tiny):
     r = run(cli, ["map", str(tmp / "sig.npz"), "--collection", str(root), "--neighbours", str(neighbours_path(clusters)),
                   "--out", str(tmp / "m"), "--n-neighbors", "5"])  # fmt: skip
     assert r.exit_code == 1 and "made from other signatures" in r.output and "Traceback" not in r.output
+    # clusters of other signatures of the same images (another model): shown, with a warning that says so
+    x = np.random.default_rng(5).normal(size=(N, 16))
+    save_signatures(tmp / "other.npz", Signatures(uids=uids, vectors=x / np.linalg.norm(x, axis=1, keepdims=True)))
+    r = run(cli, ["map", str(tmp / "other.npz"), "--collection", str(root), "--clusters", str(clusters),
+                  "--out", str(tmp / "m"), "--n-neighbors", "5", "--workers", "1"])  # fmt: skip
+    assert r.exit_code == 0 and "warning:" in r.output and "was made from other signatures than" in r.output
 
 
 def _sha(path):
     from cluster.clusters_file import file_sha256
 
     return file_sha256(path)
+
+
+def test_a_ctrl_c_that_a_library_swallows_still_stops_the_map_and_keeps_the_older_one(tiny, monkeypatch):
+    """Trial of issue 14: Ctrl-C while numba compiled (inside a ctypes callback, which prints the
+    KeyboardInterrupt and goes on) was lost: the command ran to the end and replaced the older map."""
+    import os
+    import signal
+
+    import cluster.mapping
+
+    tmp, root, uids = tiny
+    out = tmp / "m"
+    args = ["map", str(tmp / "sig.npz"), "--collection", str(root), "--out", str(out), "--workers", "1"]
+    monkeypatch.setattr(cluster.mapping, "embed_2d", lambda x, cfg, nb=None: np.random.default_rng(0).normal(size=(N, 2)))
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def swallowing_layout(x, cfg, nb=None):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # what a ctypes callback does with it
+        return np.random.default_rng(1).normal(size=(N, 2))
+
+    monkeypatch.setattr(cluster.mapping, "embed_2d", swallowing_layout)
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 130 and "interrupted" in r.output and "Traceback" not in r.output
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back

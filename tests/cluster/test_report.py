@@ -104,3 +104,17 @@ def test_a_big_cluster_is_cut_with_a_count_and_only_shown_members_get_thumbnails
     assert "199,990,000 pairs" in page and "99 known" in page  # C(20000, 2); the 99 links of the chain
     assert "showing the top 12 of 31 clusters" in page
     assert len(made) == 8 + 11 * 2  # thumbnails only for what the page shows
+
+
+def test_the_map_link_works_from_wherever_the_report_is_written(annot_collection, tmp_path, monkeypatch):
+    """Trial of issue 14: `--out` in another folder than the clusters' linked `map/map.html` beside the report."""
+    mapdir = tmp_path / "results" / "map"
+    mapdir.mkdir(parents=True)
+    (mapdir / "map.html").write_text("<!DOCTYPE html><title>map</title>")
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["report", "--collection", str(annot_collection.root), "--clusters",
+                                 str(annot_collection.clusters), "--map", "results/map", "--out", "elsewhere/r.html"])
+    assert r.exit_code == 0, r.output
+    page = (tmp_path / "elsewhere" / "r.html").read_text(encoding="utf-8")
+    href = re.search(r"href='([^']*map\.html)'", page).group(1)
+    assert (tmp_path / "elsewhere" / href).resolve() == (mapdir / "map.html").resolve()

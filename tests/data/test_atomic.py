@@ -57,3 +57,18 @@ def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path):
     assert target.read_text() == "whole\n"
     assert not stale.exists()
     assert live.exists() and other.exists()
+
+
+def test_a_folder_written_whole_gets_the_permissions_of_the_umask(tmp_path):
+    """Trial of issue 14: the map folder came out 0700 (the scratch folder's mode), closed to colleagues."""
+    import os
+    import stat
+
+    from data.atomic import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        atomic_dir(tmp_path / "out", lambda d: (d / "f.txt").write_text("x"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755

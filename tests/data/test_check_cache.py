@@ -183,3 +183,23 @@ def test_a_read_only_collection_is_checked_with_one_warning(collection_factory):
     assert res.exit_code == 0, res.output
     assert res.stderr.count("warning:") == 1 and "cannot write the check cache" in res.stderr
     assert "Traceback" not in res.output
+
+
+def test_problems_of_images_csv_come_in_its_line_order(tmp_path):
+    """Trial of issue 14: a missing file (found without decoding) was listed before the decoding errors of
+    earlier lines."""
+    from PIL import Image
+
+    from data.validate import validate
+
+    root = tmp_path / "c"
+    (root / "img").mkdir(parents=True)
+    rows = ["uid,path"]
+    for i in range(6):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(root / "img" / f"u{i}.png")
+        rows.append(f"u{i},img/u{i}.png")
+    (root / "img" / "u1.png").write_bytes(b"garbage")
+    (root / "img" / "u4.png").unlink()
+    (root / "images.csv").write_text("\n".join(rows) + "\n")
+    lines = [p.line for p in validate(root).problems if p.file == "images.csv"]
+    assert lines == [3, 6]

@@ -271,3 +271,17 @@ def test_jpeg_thumbnail_is_the_corrected_picture_fitted_into_max_side(tmp_path):
     assert any("orientation" in n for n in thumb.notes)
     with pytest.raises(ImageReadError):
         jpeg_thumbnail(b"not an image", 24)
+
+
+def test_an_empty_file_and_a_foreign_file_are_named_for_what_they_are(tmp_path):
+    """Trial of issue 14: the reason read `cannot identify image file <_io.BufferedReader name=...>`."""
+    from data.image import ImageReadError, decode_image, read_header
+
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("hello")
+    for read in (decode_image, read_header):
+        with pytest.raises(ImageReadError, match="the file is empty") as e:
+            read(tmp_path / "empty.jpg")
+        assert "BufferedReader" not in str(e.value)
+        with pytest.raises(ImageReadError, match="not an image format that PIL reads"):
+            read(tmp_path / "text.jpg")

@@ -112,9 +112,11 @@ function card(m, partners) {
   const box = el("input", { type: "checkbox", id: "tick-" + m.n, "data-uid": m.uid, "aria-label": "tick member " + m.n });
   box.checked = isTicked(m.uid);
   box.addEventListener("change", () => { setTick(m.uid, box.checked); showTicks(); });
-  const img = el("img", { src: `/image/${encodeURIComponent(m.uid)}?size=256`, alt: m.uid, loading: "lazy" });
+  // an image known not to decode shows its reason; one found broken on loading says what it can
+  const img = m.unreadable ? el("div", { class: "broken", text: "image unreadable: " + m.unreadable, title: m.unreadable })
+    : el("img", { src: `/image/${encodeURIComponent(m.uid)}?size=256`, alt: m.uid, loading: "lazy" });
   img.addEventListener("error", () => { img.replaceWith(el("div", { class: "broken", text: "image unreadable" })); });
-  img.addEventListener("click", () => zoom(m));
+  if (!m.unreadable) img.addEventListener("click", () => zoom(m));
   const caption = el("div", { class: "caption" });
   for (const [label, value] of m.caption) caption.appendChild(el("div", { class: "f-" + label, text: value, title: label }));
   if (!m.caption.length) caption.appendChild(el("div", { class: "f-uid", text: m.uid }));
