@@ -79,6 +79,25 @@ def _runs(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return idx[np.r_[0, breaks + 1]], idx[np.r_[breaks, idx.size - 1]]
 
 
+EPS_SCALE = 4.0  # max_eps more than this many times the largest reachability: the axis leaves it out
+
+
+def reach_scale(largest: float | None, max_eps: float | None) -> tuple[float, bool]:
+    """(top of the y axis, whether to draw the max_eps line). The axis reaches max_eps only when max_eps is
+    within EPS_SCALE times the largest finite reachability: after fine-tuning every distance can lie far below
+    the default max_eps (all reachabilities under 0.006 with max_eps 0.13 on the demo), and an axis up to
+    max_eps would flatten every valley into the floor."""
+    known = largest is not None and largest > 0
+    top = largest * 1.05 if known else 1.0
+    if max_eps is None or not np.isfinite(max_eps):
+        return top, False
+    if not known:
+        return float(max_eps) * 1.05, True
+    if max_eps <= EPS_SCALE * largest:
+        return max(top, float(max_eps) * 1.05), True
+    return top, False
+
+
 def reachability_plot(
     path: str | Path,
     ordering: np.ndarray,
@@ -93,9 +112,7 @@ def reachability_plot(
     reach = np.asarray(reachability, dtype=float)[ordering]
     lab = np.asarray(labels)[ordering]
     finite = np.isfinite(reach)
-    top = float(reach[finite].max()) * 1.05 if finite.any() else 1.0
-    if max_eps is not None and np.isfinite(max_eps):
-        top = max(top, float(max_eps) * 1.05)
+    top, eps_line = reach_scale(float(reach[finite].max()) if finite.any() else None, max_eps)
     heights = np.where(finite, reach, top)
     n = reach.size
     per_bar = 1
@@ -110,8 +127,11 @@ def reachability_plot(
         first, last = _runs(np.flatnonzero(~finite))
         _bars(ax, (x[first] + x[last]) / 2, np.full(first.size, top), (last - first + 1) * float(per_bar),
               facecolors="none", edgecolors="#dddddd", hatch="//", linewidths=0)  # fmt: skip
-    if max_eps is not None and np.isfinite(max_eps):
+    if eps_line:
         ax.axhline(max_eps, color="k", lw=0.8, ls="--", label=f"max_eps = {max_eps:g}")
+        ax.legend(loc="upper right")
+    elif max_eps is not None and np.isfinite(max_eps):  # far above every valley: say so, keep the valleys visible
+        ax.plot([], [], color="k", lw=0.8, ls="--", label=f"max_eps = {max_eps:g}, above this scale")
         ax.legend(loc="upper right")
     n_clusters = len(set(lab.tolist()) - {-1})
     ax.set(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cluster import plots
@@ -40,3 +41,22 @@ def test_small_orderings_draw_one_bar_per_point(tmp_path):
     heights = np.array([np.inf, 0.2, 0.1, 0.3])
     plots.reachability_plot(tmp_path / "r.png", np.arange(4), heights, np.array([0, 0, 0, -1]))
     assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_the_axis_keeps_the_valleys_visible_when_max_eps_is_far_above_them():
+    """After fine-tuning every reachability of the demo lay under 0.006 while max_eps was 0.13: an axis up to
+    max_eps drew a flat floor. The axis now leaves a far max_eps out (and the legend says so)."""
+    top, line = plots.reach_scale(0.006, 0.13)
+    assert top == pytest.approx(0.0063) and not line
+    top, line = plots.reach_scale(0.3, 0.5)
+    assert top == pytest.approx(0.525) and line
+    assert plots.reach_scale(None, 0.5) == (pytest.approx(0.525), True)  # nothing reachable: max_eps sets it
+    assert plots.reach_scale(0.2, None) == (pytest.approx(0.21), False)
+
+
+def test_a_plot_with_a_far_max_eps_is_drawn(tmp_path):
+    reach = np.array([np.inf, 0.004, 0.003, 0.0058, np.inf, 0.001])
+    out = plots.reachability_plot(tmp_path / "r.png", np.arange(6), reach, np.array([0, 0, 0, -1, 1, 1]),
+                                  max_eps=0.13)
+    with Image.open(out) as im:
+        im.load()
