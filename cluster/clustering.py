@@ -55,7 +55,7 @@ def _optics_table(sig: Signatures, x: np.ndarray, cfg: OpticsConfig, params: dic
     if cfg.cluster_method == "dbscan":
         params["eps"] = cfg.extraction_eps
     table = ClusterTable(uids=sig.uids, labels=res.labels, order=res.order, reachability=res.reachability,
-                         core_distance=res.core_distances, params=params)  # fmt: skip
+                         core_distance=res.core_distances, params=params, neighbours=res.neighbours)  # fmt: skip
     return table, res
 
 
@@ -71,6 +71,7 @@ def _hdbscan_on_knn(cfg: OpticsConfig, n: int) -> bool:
 
 def _comparison_table(sig: Signatures, x: np.ndarray, cfg: OpticsConfig, method: str, params: dict) -> ClusterTable:
     """scikit-learn's HDBSCAN or DBSCAN (eps: `cfg.eps`, else DBSCAN_EPS) in the same table format."""
+    keep: dict = {}  # HDBSCAN on the kNN graph: its lists, for `cluster map`
     from sklearn.cluster import DBSCAN, HDBSCAN
 
     if method == "dbscan":
@@ -80,7 +81,7 @@ def _comparison_table(sig: Signatures, x: np.ndarray, cfg: OpticsConfig, method:
         from cluster.knn_hdbscan import knn_hdbscan
 
         labels, info, _ = knn_hdbscan(x, min_samples=cfg.min_samples, metric=cfg.metric, knn_k=cfg.knn_k,
-                                      block=cfg.block_size)  # fmt: skip
+                                      block=cfg.block_size, keep=keep)  # fmt: skip
         params.update(engine="knn", **info.to_dict())
     else:
         algo = "brute" if cfg.metric == "cosine" else "auto"  # the trees have no cosine metric
@@ -90,7 +91,7 @@ def _comparison_table(sig: Signatures, x: np.ndarray, cfg: OpticsConfig, method:
     n = len(sig)
     nan = np.full(n, np.nan)
     return ClusterTable(uids=sig.uids, labels=labels, order=np.arange(n), reachability=nan,
-                        core_distance=nan.copy(), params=params)  # fmt: skip
+                        core_distance=nan.copy(), params=params, neighbours=keep.get("neighbours"))  # fmt: skip
 
 
 LONG_RUN_N = 5000  # above this many signatures, OPTICS with max_eps = inf is worth a word before it starts
@@ -153,8 +154,8 @@ def write_clustering(
     knn_file = neighbours_path(out)
     remove_previous(out, *([plot] if plot else []), knn_file)
     write_clusters(out, table)
-    if res is not None and res.neighbours is not None:  # the knn engine's lists, for `cluster map`
-        write_neighbours(knn_file, *res.neighbours, signatures_sha256=table.params.get("signatures_sha256", ""),
+    if table.neighbours is not None:  # the knn engine's lists (OPTICS or HDBSCAN), for `cluster map`
+        write_neighbours(knn_file, *table.neighbours, signatures_sha256=table.params.get("signatures_sha256", ""),
                          metric=str(table.params.get("metric", "")))  # fmt: skip
     if plot is not None:
         reachability_plot(plot, res.ordering, res.reachability, res.labels,

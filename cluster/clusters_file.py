@@ -57,6 +57,8 @@ class ClusterTable:
     reachability: np.ndarray  # float64 (n,)
     core_distance: np.ndarray  # float64 (n,)
     params: dict = field(default_factory=dict)
+    # the kNN lists the engine searched (indices, distances; not in clusters.csv: clusters.knn.npz beside it)
+    neighbours: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.uids = [str(u) for u in self.uids]

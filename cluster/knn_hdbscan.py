@@ -100,9 +100,11 @@ def exact_mst(graph: csr_matrix, core: np.ndarray, kth: np.ndarray) -> bool:
 
 
 def knn_hdbscan(x, *, min_samples: int, metric: str, knn_k: int = 32, block: int = 2048,
-                min_cluster_size: int = MIN_CLUSTER_SIZE) -> tuple[np.ndarray, HdbscanInfo, object]:  # fmt: skip
+                min_cluster_size: int = MIN_CLUSTER_SIZE, keep: dict | None = None
+                ) -> tuple[np.ndarray, HdbscanInfo, object]:  # fmt: skip
     """Labels of scikit-learn's HDBSCAN(min_samples, min_cluster_size) run on the kNN graph, HdbscanInfo, and
-    the fitted estimator (its `_single_linkage_tree_` is the dendrogram the tests compare)."""
+    the fitted estimator (its `_single_linkage_tree_` is the dendrogram the tests compare). `keep`, if given,
+    receives `neighbours` (int32 indices, float32 distances): the lists `cluster map` lays out from."""
     from sklearn.cluster import HDBSCAN
 
     n = int(np.shape(x)[0])
@@ -113,6 +115,8 @@ def knn_hdbscan(x, *, min_samples: int, metric: str, knn_k: int = 32, block: int
     graph = _sparse_graph(n, dist, idx)
     core = np.maximum(dist[:, min_samples - 2], np.finfo(np.float64).tiny)
     kth = np.where(idx[:, -1] >= 0, dist[:, -1], np.inf)  # fewer than k other rows: the list holds them all
+    if keep is not None:
+        keep["neighbours"] = (idx.astype(np.int32), dist.astype(np.float32))
     del dist, idx
     graph, n_comp, _ = _join_components(graph)
     exact = n_comp == 1 and exact_mst(graph, core, kth)

@@ -210,3 +210,18 @@ def test_a_ctrl_c_that_a_library_swallows_still_stops_the_map_and_keeps_the_olde
     assert r.exit_code == 130 and "interrupted" in r.output and "Traceback" not in r.output
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+def test_hdbscan_on_the_knn_graph_keeps_its_lists_for_the_map_too(tiny):
+    tmp, root, uids = tiny
+    clusters = tmp / "h" / "clusters.csv"
+    r = CliRunner().invoke(cli, ["optics", str(tmp / "sig.npz"), "--method", "hdbscan", "--engine", "knn",
+                                 "--min-samples", "3", "--out", str(clusters)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    got = read_neighbours(neighbours_path(clusters), signatures_sha256=_sha(tmp / "sig.npz"), n=N)
+    assert not isinstance(got, str), got
+    assert (got[0] != np.arange(N)[:, None]).all() and (got[0][:, :5] % 3 == (np.arange(N) % 3)[:, None]).all()
+    # a later run of another method there leaves no lists of the earlier one behind
+    r = CliRunner().invoke(cli, ["optics", str(tmp / "sig.npz"), "--method", "dbscan", "--out", str(clusters)])
+    assert r.exit_code == 0, r.output
+    assert not neighbours_path(clusters).exists()
