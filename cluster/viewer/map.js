@@ -108,7 +108,13 @@ function describe(i, box) {
 }
 function thumb(i) {
   const url = thumbURL(i);
-  if (url) { const im = el("img"); im.src = url; im.alt = uid(i) || ""; im.loading = "lazy"; return im; }
+  if (url) {
+    const im = el("img"); im.alt = uid(i) || ""; im.loading = "lazy";
+    // the cache is reached by a path relative to the map: a map moved away from its collection says so
+    im.onerror = () => im.replaceWith(el("div", "image not found: was the map or the collection moved?", "noimg"));
+    im.src = url;
+    return im;
+  }
   return el("div", D.unreadable[i] ? "unreadable" : "no image", "noimg");
 }
 sp.subscribe("pointOver", i => {
@@ -249,7 +255,10 @@ function drawOverlay() {
   for (const [i, im] of have) if (!want.includes(i)) im.remove();
   for (const i of want) {
     let im = have.get(i);
-    if (!im) { im = el("img"); im.dataset.i = i; im.src = thumbURL(i); im.alt = uid(i) || ""; thumbsBox.appendChild(im); }
+    if (!im) {
+      im = el("img"); im.dataset.i = i; im.alt = uid(i) || ""; im.onerror = () => im.remove();  // see thumb()
+      im.src = thumbURL(i); thumbsBox.appendChild(im);
+    }
     const [x, y] = sp.getScreenPosition(i);
     im.style.left = x + "px"; im.style.top = y + "px";
     im.classList.toggle("chosen", selected.includes(i));

@@ -61,6 +61,20 @@ def test_hover_shows_the_image_and_its_metadata(page):
     assert not severe(driver)
 
 
+def test_a_map_moved_away_from_its_collection_says_so_on_hover(page):
+    driver, uids = page
+    _reset(driver)
+    base = driver.execute_script("const t = MAPDATA.points_.thumbs, b = t.base; t.base = 'nowhere/'; return b;")
+    try:
+        canvas, dx, dy = _at(driver, 4)
+        ActionChains(driver).move_to_element_with_offset(canvas, dx, dy).perform()
+        wait_for(driver, "document.getElementById('tip').textContent.includes('image not found')", 10)
+        assert "Title, 4" in driver.find_element(By.ID, "tip").text
+    finally:
+        driver.execute_script(f"MAPDATA.points_.thumbs.base = {base!r};")
+    driver.get_log("browser")  # the failed load of nowhere/u04.jpg is the point of this test
+
+
 def test_click_opens_the_cluster_page_by_page(page):
     driver, uids = page
     _reset(driver)
