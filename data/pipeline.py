@@ -4,9 +4,9 @@ Triplet batches are one array of 3N images, stacked [A_1..A_N, B_1..B_N, C_1..C_
 runs once per step and the loss slices the three thirds.
 
 Determinism and resume: the pipeline is a grain `MapDataset` (index-addressable): shuffle (reseeded
-each epoch) -> repeat -> shard -> `random_map` whose generator is seeded from (seed, position in
-the repeated, sharded sequence) -> batch. So every element's images and augmentation depend only on
-(seed, epoch, element), never on worker count or timing, and `iterator.get_state()` /
+each epoch) -> repeat -> `random_map` whose generator is seeded from (seed, position in the repeated
+sequence) -> shard -> batch. So every element's images and augmentation depend only on (seed, epoch,
+element), never on worker count, process count or timing, and `iterator.get_state()` /
 `set_state()` resume at the same element with the same pixels.
 """
 
@@ -242,9 +242,12 @@ def triplet_dataset(
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
+    # augmentation seeded by the element's place in the whole (repeated) sequence, before sharding: under
+    # jax.distributed every process then augments its elements as one process would, and P processes
+    # together train on exactly the global batches of one process
+    ds = ds.random_map(_LoadTriplet(source, triplets, resolution, augment, output), seed=seed)
     if shard_count > 1:
         ds = ds[shard_index::shard_count]
-    ds = ds.random_map(_LoadTriplet(source, triplets, resolution, augment, output), seed=seed)
     ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_stack_triplets(output))
     it_ds = ds.to_iter_dataset(_read_options(threads))
     return iter(_multiprocess(it_ds, workers))

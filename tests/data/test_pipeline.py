@@ -92,6 +92,26 @@ def test_shards_partition_the_elements(demo_small):
     assert sorted(np.concatenate(shards).tolist()) == sorted(src.indices[:12].tolist())
 
 
+def test_shards_together_are_the_global_batches_with_the_same_augmentation(demo_small):
+    """Under jax.distributed each process reads one shard with batch B/P. Before, an element's augmentation
+    was seeded by its place in the shard, so two processes trained on other views than one process (and
+    learnt another network). Shard i's batch k is now global batch k's elements i, i+P, ... with the pixels
+    one process gives them."""
+    _, _, prepared = demo_small
+    src = open_prepared(prepared.path)
+    trip = src.indices[np.random.default_rng(1).integers(0, len(src), (16, 3))]
+    kw = dict(resolution=16, seed=5, augment=AugmentConfig(), output="uint8")
+    whole = list(triplet_dataset(src, trip, batch_size=4, **kw))
+    parts = [list(triplet_dataset(src, trip, batch_size=2, shard_index=i, shard_count=2, **kw)) for i in range(2)]
+    assert len(parts[0]) == len(parts[1]) == len(whole) == 4
+    for k, batch in enumerate(whole):
+        imgs = batch["images"].reshape(3, 4, 16, 16, 3)  # [A_1..A_4, B_1..B_4, C_1..C_4]
+        for i in range(2):
+            mine = parts[i][k]["images"].reshape(3, 2, 16, 16, 3)
+            np.testing.assert_array_equal(mine, imgs[:, i::2])
+            np.testing.assert_array_equal(parts[i][k]["triplets"], batch["triplets"][i::2])
+
+
 @pytest.mark.slow
 def test_worker_processes_give_the_same_batches(demo_small):
     _, _, prepared = demo_small
