@@ -28,6 +28,7 @@ files (`MAP_FILES`; `thumbs` is what maps made before the cache held).
 from __future__ import annotations
 
 import csv
+import functools
 import html
 import json
 import shutil
@@ -114,7 +115,7 @@ def _labels(clusters_path: str | Path | None, signatures_path: str | Path, uids:
     return np.array([lab_of[u] for u in uids], dtype=np.int64)
 
 
-def _neighbours(sha: str, n: int, clusters_path: str | Path | None, cfg: MapConfig
+def _neighbours(sha: Callable[[], str], n: int, clusters_path: str | Path | None, cfg: MapConfig
                 ) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:  # fmt: skip
     """The lists to lay out from, and a line saying where they come from (or why a search runs)."""
     given = cfg.neighbours
@@ -123,7 +124,7 @@ def _neighbours(sha: str, n: int, clusters_path: str | Path | None, cfg: MapConf
         return None, "neighbours searched on the device (no clusters.knn.npz given)"
     if not Path(path).exists() and given is None:
         return None, f"neighbours searched on the device ({path.name} not found beside the clusters)"
-    got = read_neighbours(path, signatures_sha256=sha, n=n)
+    got = read_neighbours(path, signatures_sha256=sha(), n=n)
     if isinstance(got, str):
         if given is not None:
             raise ValueError(f"{got}; pass --neighbours the clusters.knn.npz of these signatures, or leave it out.")
@@ -133,7 +134,8 @@ def _neighbours(sha: str, n: int, clusters_path: str | Path | None, cfg: MapConf
     return got, f"neighbours from {path}"
 
 
-def _clusters_note(clusters_path: str | Path | None, signatures_path: str | Path, sha: str) -> str | None:
+def _clusters_note(clusters_path: str | Path | None, signatures_path: str | Path, sha: Callable[[], str]
+                   ) -> str | None:  # fmt: skip
     """A warning when clusters.json says its clusters come from other signatures (same uids, another model)."""
     if clusters_path is None:
         return None
@@ -141,10 +143,10 @@ def _clusters_note(clusters_path: str | Path | None, signatures_path: str | Path
         recorded = json.loads(sidecar_path(clusters_path).read_text(encoding="utf-8")).get("signatures_sha256")
     except (OSError, ValueError, AttributeError):
         return None  # an older clusters.csv without its JSON: nothing to compare
-    if not recorded or recorded == sha:
+    if not recorded or recorded == sha():
         return None
     return (f"{clusters_path} was made from other signatures than {signatures_path} (clusters.json records sha256 "
-            f"{str(recorded)[:12]}..., the file is {sha[:12]}...): the map colours the points by those clusters; "
+            f"{str(recorded)[:12]}..., the file is {sha()[:12]}...): the map colours the points by those clusters; "
             f"make clusters.csv from {signatures_path} with `python -m cluster optics` to see its own.")
 
 
@@ -212,7 +214,8 @@ def make_map(
     check_signature_uids(signatures_path, sig.uids, collection)
     uids = sig.uids
     labels = _labels(clusters_path, signatures_path, uids)
-    sha = file_sha256(signatures_path)
+    # hashed only when a clusters.json or a neighbour file is there to compare with (GBs at archive scale)
+    sha = functools.cache(lambda: file_sha256(signatures_path))
     notes = [note] if (note := _clusters_note(clusters_path, signatures_path, sha)) else []
     neighbours, source = _neighbours(sha, len(uids), clusters_path, cfg)
     seconds: dict[str, float] = {}

@@ -200,10 +200,14 @@ class ThumbCache:
         missing, or recorded unreadable (unreadable.json, found by `ensure`) and unchanged since; else None."""
         if uid in self.errors:
             return self.errors[uid]
+        state, why = self._state(uid, self._recorded())
+        return why if state == "bad" else None
+
+    def _recorded(self) -> dict[str, dict]:
+        """`unreadable.json`, read once (on the first question that needs it)."""
         if self._recorded_bad is None:
             self._recorded_bad = _read_unreadable(self.folder)
-        state, why = self._state(uid, self._recorded_bad)
-        return why if state == "bad" else None
+        return self._recorded_bad
 
     def get(self, uid: str) -> bytes:
         """The thumbnail, made now if missing or stale. Raises ImageReadError for an unreadable image (one
@@ -211,9 +215,7 @@ class ThumbCache:
         data = self.read(uid)
         if data is not None:
             return data
-        if self._recorded_bad is None:
-            self._recorded_bad = _read_unreadable(self.folder)
-        state, why = self._state(uid, self._recorded_bad)
+        state, why = self._state(uid, self._recorded())
         if state == "bad":  # not in images.csv, missing, or recorded as unreadable and unchanged
             self.errors[uid] = why
             raise ImageReadError(why)

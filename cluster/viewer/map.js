@@ -211,14 +211,14 @@ function showSelection(rows) {
   const box = el("div"); sel.appendChild(box);
   const go = p => listInto(box, rows, p, go); go(0);
 }
-let selected = [];
+let selected = [], chosen = new Set();  // the selection, and as a set for the overlay's per-frame lookups
 sp.subscribe("select", ({ points }) => {
-  selected = Array.from(points);
+  selected = Array.from(points); chosen = new Set(selected);
   if (selected.length === 1) showPoint(selected[0]); else showSelection(selected);
   sel.scrollIntoView({ block: "start" });  // below a long search result list it would be out of sight
   scheduleOverlay();
 });
-sp.subscribe("deselect", () => { selected = []; sel.replaceChildren(); scheduleOverlay(); });
+sp.subscribe("deselect", () => { selected = []; chosen = new Set(); sel.replaceChildren(); scheduleOverlay(); });
 
 // ---- overlays: known links and thumbnails when zoomed in -------------------------------------------------
 const linksCv = $("links"), lctx = linksCv.getContext("2d"), thumbsBox = $("thumbs");
@@ -261,7 +261,7 @@ function drawOverlay() {
     }
     const [x, y] = sp.getScreenPosition(i);
     im.style.left = x + "px"; im.style.top = y + "px";
-    im.classList.toggle("chosen", selected.includes(i));
+    im.classList.toggle("chosen", chosen.has(i));
   }
 }
 let lastView = "";
