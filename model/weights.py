@@ -72,9 +72,10 @@ _echo_filter_installed = False
 
 
 def silence_restore_echoes() -> None:
-    """Drop, from now on, the echoes of failed orbax reads (above); called where a restore has failed.
+    """Drop, from now on, the echoes of failed orbax reads (above); called before a restore that may fail,
+    because tensorstore's threads can print the first echo before the failure reaches the caller's `except`.
 
-    Process-wide because the echoes arrive after the restore has returned, but narrow: only exceptions
+    Process-wide because the echoes arrive until after the restore has returned, but narrow: only exceptions
     that Python would print as "ignored" (or asyncio as never retrieved) and that match a failed read.
     """
     global _echo_filter_installed
@@ -259,6 +260,7 @@ def load_weights(directory: str | Path, *, dtype="float32", pooling: str | None 
 def _restore_arrays(directory: Path) -> dict:
     """The stored arrays by name; any failure (a file missing or cut short, ...) becomes one WeightsError."""
     ckpt = _this_process_checkpointer()
+    silence_restore_echoes()
     try:
         stored = ckpt.metadata(directory / STATE_DIR).item_metadata.tree
         device = jax.local_devices()[0]
@@ -268,7 +270,6 @@ def _restore_arrays(directory: Path) -> dict:
         }
         return ckpt.restore(directory / STATE_DIR, target)
     except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds for one damaged folder
-        silence_restore_echoes()
         raise WeightsError(
             f"{directory}: the weights cannot be read ({restore_error_text(e)}): the folder is damaged (a file "
             f"missing or cut short). Copy it again from its source or a backup, or make it again: a training "

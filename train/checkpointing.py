@@ -179,12 +179,13 @@ class RunCheckpoints:
         """
         steps = sorted(self.all_steps(), reverse=True)
         failed: list[tuple[int, str]] = []
+        if steps:
+            silence_restore_echoes()  # orbax's echoes of a failed read, which can come before its error does
         for step in steps:
             try:
                 meta = self.restore_meta(step)
                 state, triplets, meta = self.restore(step, like_of(meta))
             except Exception as e:  # noqa: BLE001 - any failure means: this checkpoint is unusable
-                silence_restore_echoes()  # orbax's late echoes of this failure (model/weights.py)
                 why = restore_error_text(e)
                 failed.append((step, why))
                 warn(f"{self.directory / str(step)}: cannot restore this checkpoint ({why}); trying an older one.")
