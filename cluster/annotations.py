@@ -6,6 +6,14 @@ One JSON object per line. Two kinds of record:
    "decision", "members", "ticked", "edges": [[a, b, TYPE], ...]}`
 - `{"kind": "undo", "id", "time", "annotator", "undoes": <decision id>}`
 
+An image added to a cluster from a search (the page's "add to this cluster") is a decision record too, so that
+`cluster accept`, undo and every reader treat it like the others (older readers included):
+`{"kind": "decision", "decision": "add", ..., "cluster", "members": [HIT], "ticked": [HIT], "edges": [[a, b,
+"POSITIVE"], ...], "query": {"uid", "box": [x, y, w, h] or null, "score"}}`. Its `members` is the added image
+alone (a decision's member set is what marks a cluster decided; no cluster has a single member, so an addition
+never does), its edges join it to the cluster's members (`cluster.review.addition_edges`), and `query` says
+which search found it (the query image, the detail searched, the hit's score).
+
 The annotation page writes it (`cluster.annotate.store`), `cluster accept` reads it: this module is what
 both agree on, with no part of the web app.
 
@@ -39,6 +47,9 @@ from data.collection import CONNECTION_TYPES
 
 DECISION = "decision"
 UNDO = "undo"
+# "add to this cluster" (a search hit added to the cluster being judged): a decision record, but not a verdict on
+# the cluster, so not one of `cluster.review.DECISIONS` (no footer button; it never marks the cluster decided)
+ADD = "add"
 PROPOSAL = "proposal"
 PROPOSALS_FILE = "proposals.jsonl"
 
@@ -221,6 +232,15 @@ def decision_record(*, cluster: int, decision: str, members: list[str], ticked: 
         "ticked": list(ticked),
         "edges": [list(e) for e in edges],
     }
+
+
+def addition_record(*, cluster: int, uid: str, edges: list[list[str]], query: dict, clusters_file: str,
+                    clusters_sha256: str, annotator: str) -> dict:
+    """A new "add" decision: the image `uid`, found by the search `query`, belongs with `cluster` (module doc)."""
+    rec = decision_record(cluster=cluster, decision=ADD, members=[uid], ticked=[uid], edges=edges,
+                          clusters_file=clusters_file, clusters_sha256=clusters_sha256, annotator=annotator)
+    rec["query"] = dict(query)
+    return rec
 
 
 def undo_record(decision_id: str, annotator: str) -> dict:

@@ -33,6 +33,10 @@ DECISIONS: dict[str, tuple[str, str]] = {
 }
 
 
+# the decisions whose ticked members form a group: an image added to such a decided cluster joins those
+GROUP_DECISIONS = ("confirm", "confirm_reject", "similar", "duplicate")
+
+
 class DecisionError(ValueError):
     """A decision that cannot be applied to this cluster (the message says what to tick)."""
 
@@ -178,3 +182,31 @@ def implied_edges(decision: str, members: Sequence[str], ticked: Iterable[str]) 
         raise DecisionError(f"tick at least two members for '{DECISIONS[decision][0]}'.")
     kind = {"confirm": POSITIVE, "similar": SIMILAR, "duplicate": DUPLICATE}[decision]
     return [[*pair(chosen[i], chosen[j]), kind] for i, j in group_pairs(len(chosen))]
+
+
+def addition_anchors(members: Sequence[str], decision: dict | None, ticked: Iterable[str] | None) -> list[str]:
+    """The members an added image is joined to: those the cluster's decision grouped (confirm, confirm_reject,
+    similar, duplicate: its ticked members), else the members ticked on the page, else every member.
+
+    A cluster judged "wrong cluster" has no pattern to add to: refused.
+    """
+    if decision is not None and decision["decision"] == "wrong":
+        raise DecisionError("this cluster was judged 'wrong cluster': there is no pattern to add an image to; "
+                            "undo that decision first.")
+    if decision is not None and decision["decision"] in GROUP_DECISIONS:
+        return list(decision["ticked"])
+    chosen = set(ticked or ())
+    return [m for m in members if m in chosen] or list(members)
+
+
+def addition_edges(uid: str, anchors: Sequence[str]) -> list[list[str]]:
+    """POSITIVE edges joining `uid` to the group `anchors`: to every anchor while there are at most 2 * RING,
+    else to 2 * RING of them spread evenly over the member order: the partners a ring gives each member of a
+    confirmed group (`group_pairs`), so an added image trains like a confirmed member and the pattern group
+    (a connected component of POSITIVE links) takes it in; O(1) edges per addition, never O(size)."""
+    others = [a for a in anchors if a != uid]
+    if not others:
+        raise DecisionError(f"{uid!r} has no member of this cluster to be joined to.")
+    n = min(len(others), 2 * RING)
+    picked = [others[(i * len(others)) // n] for i in range(n)]
+    return [[*pair(uid, a), POSITIVE] for a in picked]

@@ -193,3 +193,30 @@ def atomic_dir(directory: str | Path, write: Callable[[Path], None],
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return directory
+
+
+def lock_folder(folder: str | Path, busy: Callable[[], Exception]) -> int | None:
+    """Hold an exclusive `flock` on `folder` (created if missing) until `unlock_folder` or the process ends, so
+    that two runs writing into it stop at once instead of overwriting each other's files. Raises `busy()` when
+    another process holds it; returns None, locking nothing, on a file system without locks (some network
+    mounts)."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise busy() from None
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def unlock_folder(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+

@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 
 from data.augment import AugmentConfig, augment
-from data.image import ImageReadError, decode_rgb
+from data.image import ImageReadError, decode_image, decode_rgb
 from data.prepare import DATASET_NAME, SPLIT_NAME
-from data.preprocess import IMAGENET_MEAN, IMAGENET_STD, load_resized, load_uint8
+from data.preprocess import IMAGENET_MEAN, IMAGENET_STD, load_uint8, squash_resize
 
 
 class PreparedSource:
@@ -326,20 +326,26 @@ class _LoadFile:
     def __call__(self, i: int) -> dict:
         row = int(self.rows[i])
         image = np.zeros((self.resolution, self.resolution, 3), np.uint8)
-        error, notes = "", ()
+        error, notes, shown = "", (), [(0, 0)]
         if row >= 0:
+
+            def finish(img):
+                shown[0] = img.size  # as a person sees it (EXIF orientation applied), before the squash
+                return squash_resize(img, self.resolution)
+
             try:
-                dec = load_resized(Path(self.paths[row]), self.resolution)
+                dec = decode_image(Path(self.paths[row]), finish=finish)
                 image, notes = np.asarray(dec.image, dtype=np.uint8), dec.notes
             except ImageReadError as e:
                 error = str(e) or type(e).__name__
-        return {"image": image, "row": row, "error": error, "notes": tuple(notes)}
+        return {"image": image, "row": row, "error": error, "notes": tuple(notes), "size": shown[0]}
 
 
 def _stack_files(elements: list[dict]) -> dict:
     return {"images": np.stack([e["image"] for e in elements]),
             "row": np.asarray([e["row"] for e in elements], np.int64),
-            "error": [e["error"] for e in elements], "notes": [e["notes"] for e in elements]}
+            "error": [e["error"] for e in elements], "notes": [e["notes"] for e in elements],
+            "size": np.asarray([e["size"] for e in elements], np.int32).reshape(-1, 2)}
 
 
 def file_dataset(
@@ -351,13 +357,14 @@ def file_dataset(
     workers: int = 0,
     threads: int = 2,
 ):
-    """Batches {"images": uint8 (B, R, R, 3), "row", "error", "notes"} of the collection's image files
+    """Batches {"images": uint8 (B, R, R, 3), "row", "error", "notes", "size"} of the collection's image files
     `paths[row]` for `rows` in the given order, decoded as every stage decodes them (`data.image`) and
     squash-resized to R x R (`data.preprocess`): the pixels `model embed` has always used. Normalisation is
     left to the device (uint8 transfers are 4x smaller).
 
     The last batch is padded (row -1, zero image). `error` is "" for an image read, else why it could not
-    be (the image is zero and must be left out); `notes` are what the decoder corrected. `workers` > 0
+    be (the image is zero and must be left out); `notes` are what the decoder corrected; `size` (B, 2) each
+    picture's width and height as a person sees it (EXIF orientation applied), (0, 0) where not read. `workers` > 0
     decodes in that many processes (grain's `mp_prefetch`), `threads` are reader threads per process.
     Nothing is held beyond the batches in flight, so a million-image collection streams in O(batch) memory.
     """

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy
 
-from data.atomic import atomic_write, atomic_write_text, fsync_dir
+from data.atomic import atomic_write, atomic_write_text, fsync_dir, lock_folder, unlock_folder
 
 STORE_DTYPES = ("float32", "float16")
 NORM_TOLERANCE = 1e-3  # float16 storage moves a unit row's norm by at most 2**-11 ~ 4.9e-4
@@ -368,28 +368,13 @@ def lock_parts(parts: StoreParts, out: str | Path) -> int | None:
     `unlock_parts` is called): two runs into one output would each compute every chunk, and one would merge
     and remove the folder under the other. A file system without locks (some network mounts) is not
     locked. Only the process that merges (process 0) takes it; the other hosts' processes share the folder."""
-    import fcntl
-    import os
-
-    parts.folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(parts.folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise PartsBusyError(f"{parts.folder}: another `model embed` is writing {out} right now; wait for it to "
-                             f"finish, or give this run another --out.") from None
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
+    return lock_folder(parts.folder, lambda: PartsBusyError(
+        f"{parts.folder}: another `model embed` is writing {out} right now; wait for it to finish, or give this "
+        f"run another --out."))
 
 
 def unlock_parts(fd: int | None) -> None:
-    import os
-
-    if fd is not None:
-        os.close(fd)
+    unlock_folder(fd)
 
 
 def _differences(old: dict, new: dict) -> list[str]:

@@ -1,4 +1,4 @@
-"""`python -m model`: list the architectures, convert torchvision weights, embed a collection."""
+"""`python -m model`: list the architectures, convert torchvision weights, embed a collection, index and search it."""
 
 from __future__ import annotations
 
@@ -184,6 +184,117 @@ def embed(
         click.echo(f"{res.count} signatures ({res.dim}-d), {res.skipped} skipped -> {out}")
     else:
         click.echo(f"computed {res.computed} chunks; process 0 merged them into {out}")
+
+
+@cli.command()
+@click.option("--collection", type=UserPath(exists=True, file_okay=False), required=True,
+              help="Collection folder with images.csv.")
+@click.option("--weights", type=PathOrWord("random"), required=True, help="A weights directory, or 'random'.")
+@click.option("--arch", type=_ARCH, help="Architecture (optional with a weights directory; must agree).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --weights random, and of the PCA's sample.")
+@click.option("--resolution", type=int, help="Images are squash-resized to R x R. Default: the weights' own.")
+@click.option("--pooling", type=click.Choice(list(POOLINGS)), help="Default: the stored pooling, or mean.")
+@click.option("--scales", default="2,3", show_default=True,
+              help="Region scales (R-MAC grid): scale l gives l x l regions of side 2/(l+1) of the picture.")
+@click.option("--pca", "pca_dim", type=click.IntRange(min=1), default=None,
+              help="PCA-whiten every vector to this many dimensions, learned on the collection (default: none).")
+@click.option("--pca-images", type=click.IntRange(min=2), default=2000, show_default=True,
+              help="Images whose vectors the PCA is learned on.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True,
+              help="Compute dtype of the network (bfloat16 on a GPU: faster; queries are embedded the same way).")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Processes decoding images. Default: the CPU count minus 2, at most 8.")
+@click.option("--chunk-images", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Images per part of the index; a killed run loses at most one part's work.")
+@click.option("--out", type=UserPath(file_okay=False), required=True, help="The index folder (created, or extended).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def index(collection, weights, arch, seed, resolution, pooling, scales, pca_dim, pca_images, batch_size, dtype,
+          workers, chunk_images, out, no_progress) -> None:
+    """Index every image for search: its global signature and its regional ones (float16, memory-mapped).
+
+    Run it again on a grown collection (or after an interruption) to add only the images not yet indexed.
+    """
+    from data.collection import CollectionError
+    from model.index import IndexError_
+    from model.index_build import IndexSettings, build_index
+    from model.weights import WeightsError, load_or_init
+
+    try:
+        scale_list = tuple(int(s) for s in scales.replace(" ", "").split(",") if s)
+    except ValueError:
+        raise click.UsageError(f"--scales {scales!r}: expected integers separated by commas, e.g. 2,3") from None
+    recorded = {"weights": weights if weights == "random" else str(Path(weights).absolute())}
+    if weights == "random":
+        recorded["seed"] = seed
+    try:
+        res = _resolution(weights, resolution)
+        net = load_or_init(weights, arch, seed=seed, dtype=dtype, pooling=pooling)
+        settings = IndexSettings(resolution=res, scales=scale_list, pca_dim=pca_dim, pca_images=pca_images,
+                                 batch_size=batch_size, workers=_workers(workers), chunk_images=chunk_images,
+                                 seed=seed, progress=not no_progress)
+        result = build_index(collection, net, out, settings, weights=recorded)
+    except (WeightsError, CollectionError, IndexError_, ValueError) as e:
+        raise _fail(e) from e
+    except KeyboardInterrupt as e:
+        err = click.ClickException(f"interrupted: the parts finished so far are kept in {out}; run the same command "
+                                   f"again to index the rest.")
+        err.exit_code = 130
+        raise err from e
+    click.echo(f"indexed {result.added} images ({result.skipped} unreadable, {result.already} already there): "
+               f"{result.total} in {out}")
+
+
+@cli.command()
+@click.argument("index_dir", metavar="INDEX", type=UserPath(exists=True, file_okay=False))
+@click.option("--uid", help="Query: an image of the index (or of --collection) by uid; left out of the results.")
+@click.option("--image", type=UserPath(exists=True, dir_okay=False), help="Query: an image file.")
+@click.option("--box", help="Search a detail: X,Y,W,H in pixels of the query image (as shown, EXIF applied).")
+@click.option("-k", "k", type=click.IntRange(min=1), default=20, show_default=True, help="Results.")
+@click.option("--json", "json_out", type=UserPath(dir_okay=False), help="Write the results as JSON here.")
+@click.option("--html", "html_out", type=UserPath(dir_okay=False), help="Write a self-contained gallery here.")
+@click.option("--collection", type=UserPath(exists=True, file_okay=False),
+              help="Where to read a --uid's image when it is not in the index, or the collection has moved.")
+@click.option("--weights", type=PathOrWord("random"),
+              help="The index's weights, when they have moved (needed for --image and --box).")
+def search(index_dir, uid, image, box, k, json_out, html_out, collection, weights) -> None:
+    """Find the images that share a picture or a detail of it: exact top-k over whole images and regions."""
+    from model.index import IndexError_
+    from model.query import QueryError, parse_box
+    from model.search_output import results_json, text_table, write_json
+    from model.search_service import SearchService
+
+    if (uid is None) == (image is None):
+        raise click.UsageError("pass exactly one of --uid UID or --image FILE.")
+    try:
+        service = SearchService(index_dir, weights=None if weights is None else str(weights))
+        answer = service.ask(uid=uid, image=image, box=parse_box(box) if box else None, k=k,
+                             collection=None if collection is None else str(collection))
+    except (IndexError_, QueryError) as e:
+        raise _fail(e) from e
+    for note in answer.query.notes:
+        click.echo(f"warning: {note}", err=True)
+    qcoll = service.collection(str(collection) if collection else (
+        service.index.collection_of(answer.query.exclude) if answer.query.exclude is not None else None))
+    metadata = service.metadata(answer.hits, uid, qcoll)
+    click.echo(text_table(answer.query, answer.hits, metadata))
+    if json_out:
+        write_json(json_out, results_json(answer.query, answer.hits, index=str(index_dir), k=k))
+        click.echo(f"-> {json_out}", err=True)
+    if html_out:
+        _write_gallery(service, answer, metadata, qcoll, str(index_dir), html_out)
+        click.echo(f"-> {html_out}", err=True)
+
+
+def _write_gallery(service, answer, metadata, qcoll, index_dir: str, out) -> None:
+    from model.search_output import collect_thumbs, gallery_html, query_thumbnail, write_gallery
+
+    collections = {h.uid: service.collection_of(h) for h in answer.hits}
+    sizes = {h.uid: service.index.size_of(h.number) for h in answer.hits}
+    page = gallery_html(answer.query, answer.hits, metadata=metadata,
+                        thumbs=collect_thumbs(answer.hits, collections, sizes),
+                        query_thumb=query_thumbnail(answer.query, qcoll), index=index_dir)
+    write_gallery(out, page)
 
 
 def _interrupted(out: str) -> click.ClickException:

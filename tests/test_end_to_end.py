@@ -2,7 +2,7 @@
 
 Demo collection (small images, 30 of its 140 pattern groups: `python -m data demo --sources 30`, so
 that an epoch is a few steps) -> train (demo preset) ->
-OPTICS -> evaluate -> map -> report. It checks that every stage reads what the previous one wrote and
+OPTICS -> evaluate -> map -> report, then index -> search by a detail. It checks that every stage reads what the previous one wrote and
 that the report carries the retrieval of the starting and of the trained network. Retrieval *quality*
 is tested in tests/train.
 """
@@ -56,3 +56,14 @@ def test_demo_pipeline_tiny(tmp_path):
     for who in ("start", "trained"):
         assert f"{ev[who]['test']['mAP']:.3f}" in page
     assert "Top proposed clusters" in page and "map.html" in page
+
+    # search: the trained network's index, a detail of an image as the query
+    from model.__main__ import cli as model_cli
+
+    _ok(run.invoke(model_cli, ["index", "--collection", str(coll), "--weights", str(run_dir / "weights"),
+                               "--resolution", "64", "--out", str(out / "index"), "--no-progress", "--workers", "0"]))
+    _ok(run.invoke(model_cli, ["search", str(out / "index"), "--uid", sig.uids[0], "--box", "0,0,24,24", "-k", "5",
+                               "--json", str(out / "hits.json"), "--html", str(out / "hits.html")]))
+    hits = json.loads((out / "hits.json").read_text())["results"]
+    assert len(hits) == 5 and sig.uids[0] not in [h["uid"] for h in hits]
+    assert {h["uid"] for h in hits} <= set(sig.uids)

@@ -11,6 +11,8 @@ Routes
 - `POST /api/proposal`         `{"uids": [...], "note": "..."}`: a selection made on the map, queued as a new
                                cluster (negative id) and journaled in proposals.jsonl (see `store.ProposalStore`);
 - `POST /api/undo`             `{"decision": id}` (must be the last decision still in force);
+- `GET /api/search`, `GET /api/search/size`, `POST /api/add`: search by image or detail and add a hit to the
+                               cluster (`search_routes`; answered only when the app was started with an index);
 - `GET /image/<uid>?size=256`  a resized JPEG of one image of the collection.
 
 Safety, for a server that only ever needs to talk to the expert's own browser:
@@ -44,6 +46,7 @@ from werkzeug.routing import BaseConverter
 from cluster.accept import undo_note
 from cluster.annotate.map_routes import add_map_routes
 from cluster.annotate.queue import PageError, ReviewQueue, ticked_from
+from cluster.annotate.search_routes import AppSearch, add_search_routes
 from cluster.annotate.store import AnnotationStore, ProposalStore
 from cluster.annotations import AnnotationError
 from cluster.clusters_file import file_sha256, read_clusters
@@ -190,7 +193,7 @@ class AnnotationSession:
         for c in self.collection.connections:
             if c.a != c.b:
                 self.known.setdefault(c.pair, set()).add(c.type)
-        self.queue = ReviewQueue(self.clusters, self.known)
+        self.queue = ReviewQueue(self.clusters, self.known, self.clusters_sha256)
         self.store = AnnotationStore(self.collection.root)
         self.proposal_store = ProposalStore(self.collection.root)
         self._proposal_notes: list[str] = []
@@ -500,6 +503,7 @@ def _add_routes(app: Flask, session: AnnotationSession) -> None:
             collection=session.collection.root.name,
             collection_path=str(session.collection.root),
             clusters_file=session.clusters_path.name,
+            search=app.extensions.get("annotation_search") is not None,
         )
 
     @app.get("/api/state")
@@ -563,16 +567,22 @@ def create_app(
     *,
     bound_host: str = "127.0.0.1",
     map_dir: str | Path | None = None,
+    index_dir: str | Path | None = None,
+    index_weights: str | None = None,
 ) -> Flask:
     """Build the app. `bound_host` is the address the server listens on; requests must name it (or a
     loopback name) in their Host header. Binding to a wildcard address turns that check off. `map_dir`: a
-    folder written by `cluster map`, served at /map/ (`map_routes`)."""
+    folder written by `cluster map`, served at /map/ (`map_routes`). `index_dir`: a search index (`python -m
+    model index`), opened with the network `index_weights` (default: the one it records) for the page's
+    search (`search_routes`); without it the app never imports the network."""
     session = AnnotationSession(collection_dir, clusters_path, annotator)
+    search = AppSearch(index_dir, index_weights) if index_dir is not None else None
     app = Flask(__name__)
     # one byte of slack so that `_json_body` sees an oversized chunked body and answers 413 itself
     app.config["MAX_CONTENT_LENGTH"] = LARGE_BODY + 1
     app.json.sort_keys = False  # keep the documented field order in API replies
     app.extensions["annotation_session"] = session
+    app.extensions["annotation_search"] = search
     app.url_map.converters["uid"] = UidConverter
     host_guard = _host_guard(bound_host)
     if host_guard is not None:
@@ -582,6 +592,7 @@ def create_app(
     app.register_error_handler(AnnotationError, _damaged_log)
     app.after_request(_security_headers)
     _add_routes(app, session)
+    add_search_routes(app, session, search, lambda: _json_body(LARGE_BODY), _uid_list)
     if map_dir is not None:
         add_map_routes(app, session.collection, map_dir)
     return app

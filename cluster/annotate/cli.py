@@ -12,6 +12,7 @@ from werkzeug.serving import make_server
 
 from cluster.annotate.app import WILDCARD_HOSTS, AnnotateSetupError, create_app
 from cluster.annotate.map_routes import MapSetupError
+from cluster.annotate.search_routes import SearchSetupError
 from cluster.annotations import AnnotationError
 from cluster.clusters_file import ClustersFileError
 from data.collection import CollectionError
@@ -37,14 +38,24 @@ def _default_annotator() -> str:
 @click.option("--annotator", default=None, help="Name stored with each decision [default: your login name].")
 @click.option("--map", "map_dir", type=UserPath(exists=True, file_okay=False), default=None,
               help="A folder written by `cluster map`: served at /map/, its lasso queues proposals here.")
+@click.option("--index", "index_dir", type=UserPath(exists=True, file_okay=False), default=None,
+              help="A search index (`python -m model index`): the page gets 'more like this', a search by a "
+                   "detail drawn on the enlarged picture, and 'add to this cluster'.")
+@click.option("--index-weights", default=None,
+              help="The weights the index was built with, when they moved [default: the path it records].")
 def annotate(collection_dir: Path, clusters_path: Path, host: str, port: int, annotator: str | None,
-             map_dir: Path | None) -> None:  # fmt: skip
+             map_dir: Path | None, index_dir: Path | None, index_weights: str | None) -> None:  # fmt: skip
     """Review proposed clusters in the browser; every decision is appended to DIR/annotations.jsonl."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    if index_weights is not None and index_dir is None:
+        raise click.UsageError("--index-weights goes with --index INDEX.")
+    if index_weights not in (None, "random"):
+        index_weights = str(Path(index_weights).expanduser())
     try:
         app = create_app(collection_dir, clusters_path, annotator or _default_annotator(), bound_host=host,
-                         map_dir=map_dir)  # fmt: skip
-    except (CollectionError, ClustersFileError, AnnotationError, AnnotateSetupError, MapSetupError) as e:
+                         map_dir=map_dir, index_dir=index_dir, index_weights=index_weights)  # fmt: skip
+    except (CollectionError, ClustersFileError, AnnotationError, AnnotateSetupError, MapSetupError,
+            SearchSetupError) as e:
         raise click.ClickException(str(e)) from e
     session = app.extensions["annotation_session"]
     for note in session.notes():
@@ -59,6 +70,8 @@ def annotate(collection_dir: Path, clusters_path: Path, host: str, port: int, an
     shown = f"[{host}]" if ":" in host else host
     p = session.progress()
     click.echo(f"{p['total']} clusters ({p['done']} done, {p['left']} left); decisions -> {session.store.path}")
+    if index_dir is not None:
+        click.echo(f"Search: {app.extensions['annotation_search'].service.index.count} images indexed in {index_dir}")
     click.echo(f"Open http://{shown}:{server.server_port}/  (Ctrl-C to stop)", err=False)
     if map_dir is not None:
         click.echo(f"The map: http://{shown}:{server.server_port}/map/", err=False)

@@ -21,7 +21,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from cluster.annotations import DECISION, AnnotationLog
+from cluster.annotations import ADD, DECISION, AnnotationLog
 from cluster.review import known_inside, order_clusters
 
 PAGE_SIZE = 60
@@ -45,7 +45,8 @@ class PageError(ValueError):
 class ReviewQueue:
     """Clusters (clusters.csv) and proposals in review order, with their known links and decided state."""
 
-    def __init__(self, clusters: dict[int, list[str]], known: Mapping[tuple[str, str], set[str]]) -> None:
+    def __init__(self, clusters: dict[int, list[str]], known: Mapping[tuple[str, str], set[str]],
+                 clusters_sha256: str | None = None) -> None:
         self.clusters = clusters  # clusters.csv's, then proposals added under their negative ids
         self.known = known
         self.home: dict[str, int] = {u: cid for cid, ms in clusters.items() for u in ms}
@@ -65,6 +66,10 @@ class ReviewQueue:
             self.by_key.setdefault(key, []).append(cid)
         self._decided: dict[bytes, dict] = {}
         self._annotated: dict[int, list[Link]] = {}
+        # images added from a search, per cluster: cid -> uid -> its "add" record. An addition names its cluster
+        # by id, which means the same images only under the clusters file it was made with (or a proposal's id)
+        self.clusters_sha256 = clusters_sha256
+        self._added: dict[int, dict[str, dict]] = {}
         self._seen: tuple[AnnotationLog, int] | None = None  # (the log object indexed, how many of its records)
         self._version = 0  # changes whenever what is decided, or the queue, changes
         self._current: tuple[int, int | None] | None = None
@@ -117,7 +122,10 @@ class ReviewQueue:
         return out
 
     def _index(self, rec: dict) -> None:
-        self._decided[members_key(rec["members"])] = rec
+        if rec.get("decision") == ADD:
+            self._index_addition(rec)
+        else:
+            self._decided[members_key(rec["members"])] = rec
         for a, b, t in rec["edges"]:
             ha = self._homes(a)
             if not ha:
@@ -125,6 +133,16 @@ class ReviewQueue:
             hb = self._homes(b)
             for cid in ha & hb:
                 self._annotated.setdefault(cid, []).append((a, b, t) if a <= b else (b, a, t))
+
+    def _index_addition(self, rec: dict) -> None:
+        cid = rec.get("cluster")
+        same_file = cid is not None and (cid < -1 or self.clusters_sha256 in (None, rec.get("clusters_sha256")))
+        if same_file and cid in self.clusters:
+            self._added.setdefault(cid, {})[rec["members"][0]] = rec
+
+    def added(self, cid: int) -> dict[str, dict]:
+        """The images added to this cluster from a search (decisions in force): uid -> its record."""
+        return self._added.get(cid, {})
 
     def sync(self, log: AnnotationLog) -> None:
         """Bring the decided state up to `log`: only new records when decisions were appended, all over again
@@ -134,7 +152,7 @@ class ReviewQueue:
         fresh = seen is None or seen[0] is not log or seen[1] > len(records) or any(
             r["kind"] != DECISION for r in records[seen[1]:])
         if fresh:
-            self._decided, self._annotated = {}, {}
+            self._decided, self._annotated, self._added = {}, {}, {}
             for rec in log.active_decisions():
                 self._index(rec)
         else:
@@ -197,6 +215,8 @@ class ReviewQueue:
             "members": [{"n": number[u], "uid": u, **describe(u)} for u in shown],
             "links": links,
             "decision": None if done is None else {"id": done["id"], "decision": done["decision"]},
+            "added": [{"uid": u, "id": r["id"], "query": r.get("query"), **describe(u)}
+                      for u, r in self.added(cid).items()],
         }
 
 

@@ -36,8 +36,8 @@ FLAGS = (
 class Server:
     """The real app on a free loopback port, served by werkzeug in a thread."""
 
-    def __init__(self, coll, annotator="ada"):
-        app = create_app(coll.root, coll.clusters, annotator)
+    def __init__(self, coll, annotator="ada", **app_options):
+        app = create_app(coll.root, coll.clusters, annotator, **app_options)
         self.httpd = make_server("127.0.0.1", 0, app, threaded=True)
         self.url = f"http://127.0.0.1:{self.httpd.server_port}/"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

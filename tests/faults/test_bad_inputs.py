@@ -167,6 +167,15 @@ def proposals_bad_middle_line(ws: Workspace) -> None:
                                                           encoding="utf-8")
 
 
+def index_not_an_index(ws: Workspace) -> None:
+    (ws.root / "index").mkdir()
+
+
+def index_torn_manifest(ws: Workspace) -> None:
+    (ws.root / "index").mkdir()
+    (ws.root / "index" / "manifest.json").write_text('{"format": "vsig-index", "ver', encoding="utf-8")
+
+
 def annotation_edge_to_unknown_uid(ws: Workspace) -> None:
     rec = json.loads(ws.annotations.read_text(encoding="utf-8").splitlines()[0])
     rec.update(id="second", edges=[[rec["members"][0], "ghost_999", "POSITIVE"]])
@@ -370,6 +379,10 @@ FAULTS = [
           lambda ws: ["proposals.jsonl", ":1"]),
     Fault("cluster annotate", "clusters of other images", clusters_unknown_uid, annotate, lambda ws: ["ghost_999"]),
     Fault("cluster annotate", "binary images.csv", images_binary, annotate, csv_name("images.csv")),
+    Fault("cluster annotate", "--index a folder that is no index", index_not_an_index,
+          lambda ws: [*annotate(ws), "--index", str(ws.root / "index")], lambda ws: ["index", "model index"]),
+    Fault("cluster annotate", "--index with a torn manifest", index_torn_manifest,
+          lambda ws: [*annotate(ws), "--index", str(ws.root / "index")], csv_name("manifest.json")),
     # cluster accept
     Fault("cluster accept", "damaged middle line of the log", annotations_bad_middle_line, accept,
           lambda ws: ["annotations.jsonl", ":1"]),

@@ -58,6 +58,9 @@ class Case:
     view: Callable[[Path], object] | None = None
     max_points: int = MAX_POINTS
     over: list[str] | None = None  # run first, uninterrupted: the older output the command overwrites
+    # An output a kill may leave smaller but whole (an index lists the parts it finished): `view` must then
+    # give a dict, and what a killed run left must be a part of the finished run's (every key equal).
+    grows: bool = False
 
 
 def prepared_view(root: Path) -> object:
@@ -69,6 +72,26 @@ def prepared_view(root: Path) -> object:
         return None
     src = open_prepared(folder)
     return sorted((int(i), *src[int(i)]) for i in src.indices), dict(src.skipped)
+
+
+def index_view(root: Path) -> object:
+    """What a reader gets from the search index `idx`: its settings, its PCA and every image's vectors and size
+    by uid (how the images fell into parts depends on where a run resumed); None if absent."""
+    import json
+
+    from model.index import SearchIndex
+
+    if not (root / "idx" / "manifest.json").exists():
+        return None
+    index = SearchIndex.open(root / "idx")
+    settings = {k: v for k, v in index.manifest.items() if k not in ("parts", "weights")}
+    pca = (root / "idx" / "pca.npz").read_bytes() if index.pca is not None else None
+    images = {}
+    for part in index.parts:
+        for row, uid in enumerate(part.uids):
+            images[uid] = (np.asarray(part.global_[row]).tobytes(), np.asarray(part.regions[row]).tobytes(),
+                           part.sizes[row].tolist())
+    return {"settings": json.dumps(settings, sort_keys=True), "pca": pca, **images}
 
 
 CASES = [
@@ -94,6 +117,10 @@ CASES = [
     Case("cluster map", ["cluster", "map", "sig.npz", "--collection", "coll", "--clusters", "clusters.csv", "--out",
                          "newmap", "--n-neighbors", "4", "--thumb-size", "16", "--workers", "1"],
          ["newmap", "coll/.cache/thumbs-16"], max_points=3),  # the thumbnail cache grows: each file whole
+    Case("model index", ["model", "index", "--weights", "random", "--arch", "resnet18", "--collection", "coll",
+                         "--resolution", "64", "--batch-size", "4", "--chunk-images", "4", "--pca", "8",
+                         "--pca-images", "6", "--workers", "0", "--out", "idx", "--no-progress"], ["idx"],
+         view=index_view, grows=True, max_points=6),
     # over an older output (few points: the renames that swap the new files in are what matter here)
     Case("cluster optics over an older clustering",
          ["cluster", "optics", "sig.npz", "--out", "out/clusters.csv", "--max-eps", "0.3"], ["out"], max_points=3,
@@ -217,6 +244,10 @@ def _check_after_kill(case: Case, root: Path, n: int, pristine: dict[str, bytes]
         assert now == ref_user.get(rel), f"{where}: {rel} is neither the old file nor the whole new one"
     if case.view is not None:
         now = case.view(root)
+        if case.grows and now is not None:
+            wrong = [k for k, v in now.items() if ref_out.get(k) != v]
+            assert not wrong, f"{where}: the output holds {wrong[:3]} unlike a finished run's"
+            return
         assert now is None or now == ref_out, f"{where}: the output reads differently from a finished run's"
         return
     present = {rel: data for rel, data in snapshot(root, case.outputs).items()

@@ -7,6 +7,9 @@
 const state = {
   cluster: null, page: 1, last: null, busy: false, sha: null,
   sel: { all: false, except: new Set() },  // ticked(uid) = all XOR except.has(uid)
+  search: document.body.dataset.search === "1",  // the server was started with --index
+  query: null,  // the last search: {uid, box}
+  zoomed: null,  // the enlarged picture: {uid, size: [w, h] in its own pixels, once known}
 };
 const $ = (id) => document.getElementById(id);
 
@@ -104,6 +107,7 @@ function show(c) {
     }
   }
   for (const m of c.members) grid.appendChild(card(m, partners.get(m.n) || []));
+  showAdded(c.added || []);
   showLinks(c, links);
   showTicks();
 }
@@ -116,7 +120,7 @@ function card(m, partners) {
   const img = m.unreadable ? el("div", { class: "broken", text: "image unreadable: " + m.unreadable, title: m.unreadable })
     : el("img", { src: `/image/${encodeURIComponent(m.uid)}?size=256`, alt: m.uid, loading: "lazy" });
   img.addEventListener("error", () => { img.replaceWith(el("div", { class: "broken", text: "image unreadable" })); });
-  if (!m.unreadable) img.addEventListener("click", () => zoom(m));
+  if (!m.unreadable) img.addEventListener("click", () => zoom(m.uid, `#${m.n} · ` + metaText(m.meta)));
   const caption = el("div", { class: "caption" });
   for (const [label, value] of m.caption) caption.appendChild(el("div", { class: "f-" + label, text: value, title: label }));
   if (!m.caption.length) caption.appendChild(el("div", { class: "f-uid", text: m.uid }));
@@ -129,8 +133,9 @@ function card(m, partners) {
     }));
   }
   const label = el("label", { class: "tick", for: "tick-" + m.n }, [box, el("span", { class: "num", text: String(m.n) })]);
+  const like = state.search && !m.unreadable ? likeButton(m.uid) : null;
   return el("article", { class: "card", id: "card-" + m.n, "data-uid": m.uid, title: m.uid },
-    [el("div", { class: "thumb" }, [img]), label, caption, badges]);
+    [el("div", { class: "thumb" }, [img]), label, caption, badges, like]);
 }
 
 function showLinks(c, links) {
@@ -198,12 +203,25 @@ async function goPage(page) {
   }
 }
 
-function zoom(m) {
+const metaText = (meta) => Object.entries(meta || {}).map(([k, v]) => `${k}: ${v}`).join(" · ");
+
+// The enlarged picture; with search on, a box dragged on it searches that detail (see the drag code below).
+function zoom(uid, text) {
   const z = $("zoom");
-  z.querySelector("img").src = `/image/${encodeURIComponent(m.uid)}?size=1024`;
-  z.querySelector("p").textContent = `#${m.n} · ` + Object.entries(m.meta).map(([k, v]) => `${k}: ${v}`).join(" · ");
+  state.zoomed = { uid, size: null };
+  z.querySelector("img").src = `/image/${encodeURIComponent(uid)}?size=1024`;
+  z.querySelector("p").textContent = text;
+  $("drawn").hidden = true;
   z.hidden = false;
+  if (state.search) {
+    call("GET", `/api/search/size?uid=${encodeURIComponent(uid)}`)
+      .then((r) => { if (state.zoomed && state.zoomed.uid === uid) state.zoomed.size = r.size; })
+      .catch((e) => say(e.message, "error"));
+  }
 }
+
+function closeSearch() { $("search").hidden = true; document.body.classList.remove("searching"); }
+function closeZoom() { $("zoom").hidden = true; state.zoomed = null; drag = null; }
 
 function decisionBody(name) {
   const body = { cluster: state.cluster.id, decision: name, clusters_sha256: state.sha };
@@ -232,10 +250,13 @@ async function undo() {
   if (state.busy || !state.last) return;
   state.busy = true;
   try {
+    const wasAdd = state.last.decision === "add";
     const r = await call("POST", "/api/undo", { decision: state.last.id });
     if (location.hash) history.replaceState(null, "", location.pathname);
     render(r.state);
-    say("Undone: the cluster is back for review." + (r.note ? " " + r.note : ""), "ok");
+    say((wasAdd ? "Undone: the image added from the search is taken out of the cluster again."
+      : "Undone: the cluster is back for review.") + (r.note ? " " + r.note : ""), "ok");
+    if (wasAdd && state.query && !$("search").hidden) search(state.query);
   } catch (e) {
     say(e.message, "error");
   } finally {
@@ -293,9 +314,172 @@ async function load() {
   render(s);
 }
 
+// -- search (the server was started with --index) ------------------------------------------------
+// "more like this" on a card, on a result or on the enlarged picture searches the whole image; a box dragged
+// on the enlarged picture searches that detail. The box is drawn in screen pixels and sent in the image's own
+// pixels (its size comes from /api/search/size), which the server crops and embeds.
+
+function likeButton(uid) {
+  const b = el("button", { type: "button", class: "ghost like", text: "more like this", title: "search the collection for images like this one" });
+  b.addEventListener("click", (ev) => { ev.stopPropagation(); search({ uid }); });
+  return b;
+}
+
+// A box [x, y, w, h] in an image of size [W, H], drawn in percent over its picture (so at any display size).
+function boxDiv(box, size, cls) {
+  if (!box || !size || !size[0] || !size[1]) return null;
+  const d = el("div", { class: cls });
+  const pct = (v, of) => (100 * v / of).toFixed(2) + "%";
+  Object.assign(d.style, { left: pct(box[0], size[0]), top: pct(box[1], size[1]), width: pct(box[2], size[0]), height: pct(box[3], size[1]) });
+  return d;
+}
+
+function picture(uid, thumb, box, size) {
+  const img = thumb ? el("img", { src: thumb, alt: uid }) : el("div", { class: "broken", text: "no picture in this collection" });
+  return el("div", { class: "pic" }, [img, boxDiv(box, size, "hitbox")]);
+}
+
+async function search(q) {
+  const c = state.cluster;
+  let url = `/api/search?uid=${encodeURIComponent(q.uid)}&k=24`;
+  if (q.box) url += `&box=${q.box.join(",")}`;
+  if (c) url += `&cluster=${c.id}`;
+  state.query = q;
+  $("search").hidden = false;
+  document.body.classList.add("searching");
+  $("search-title").textContent = q.box ? "Where else does this detail appear?" : "More like this";
+  $("search-query").replaceChildren(el("p", { class: "muted", text: "searching…" }));
+  $("search-results").replaceChildren();
+  try {
+    showResults(await call("GET", url));
+  } catch (e) {
+    $("search-query").replaceChildren(el("p", { class: "error", text: e.message }));
+  }
+}
+
+function showResults(doc) {
+  const q = doc.query;
+  const what = q.box ? `detail ${q.box[0]},${q.box[1]} (${q.box[2]} × ${q.box[3]} px) of ${q.uid}` : `the whole of ${q.uid}`;
+  $("search-query").replaceChildren(
+    picture(q.uid, `/image/${encodeURIComponent(q.uid)}?size=256`, q.box, q.size),
+    el("p", { text: `${doc.results.length} results for ${what}` + (state.cluster ? ` · adding to ${clusterTitle(state.cluster)}` : "") }),
+    ...q.notes.map((n) => el("p", { class: "muted", text: n })));
+  $("search-results").replaceChildren(...doc.results.map((h, i) => hitCard(h, i + 1, q)));
+}
+
+function hitCard(h, rank, q) {
+  const pic = picture(h.uid, h.thumb, h.box, h.size);
+  if (h.thumb) {
+    pic.querySelector("img").addEventListener("click", () => zoom(h.uid, [h.uid, h.title, h.author, h.date].filter(Boolean).join(" · ")));
+  }
+  const text = el("div", { class: "caption" }, [
+    el("div", { class: "f-score", text: `#${rank} · score ${h.score.toFixed(3)}` + (h.box ? " · a detail matched" : " · whole image") }),
+    h.title ? el("div", { class: "f-title", text: h.title }) : null,
+    h.author ? el("div", { class: "f-author", text: h.author }) : null,
+    el("div", { class: "f-date", text: [h.date, h.uid].filter(Boolean).join(" · ") }),
+  ]);
+  const add = el("button", { type: "button", class: "add" });
+  const why = !state.cluster ? "no cluster is open" : h.in_cluster ? "in this cluster" : h.added ? "added ✓"
+    : !h.in_collection ? "not in this collection" : state.cluster.decision && state.cluster.decision.decision === "wrong" ? "cluster judged wrong" : null;
+  add.textContent = why || "add to this cluster";
+  add.disabled = !!why;
+  add.addEventListener("click", () => addHit(h, q, add));
+  const tools = el("div", { class: "hit-tools" }, [h.in_collection ? likeButton(h.uid) : null, add]);
+  return el("article", { class: "hit", "data-uid": h.uid }, [pic, text, tools]);
+}
+
+async function addHit(h, q, button) {
+  if (state.busy || !state.cluster) return;
+  state.busy = true;
+  const body = { ...decisionBody("add"), uid: h.uid, query: { uid: q.uid, box: q.box, score: h.score } };
+  delete body.decision;
+  try {
+    const r = await call("POST", "/api/add", body);
+    button.textContent = "added ✓";
+    button.disabled = true;
+    state.last = r.state.last_decision;
+    $("undo").disabled = !state.last;
+    if (state.cluster && r.view.id === state.cluster.id) showAdded(r.view.added);
+    say(`Added ${h.uid} to ${clusterTitle(state.cluster)}: ${fmt(r.n_edges)} connection${r.n_edges === 1 ? "" : "s"} (undo with u).`, "ok");
+  } catch (e) {
+    say(e.message, "error");
+  } finally {
+    state.busy = false;
+  }
+}
+
+// The images added to this cluster from a search (decisions in force, not yet accepted).
+function showAdded(added) {
+  const box = $("added");
+  box.hidden = !added.length;
+  box.replaceChildren();
+  if (!added.length) return;
+  box.appendChild(el("h3", { text: "Added from a search" }));
+  const ul = el("ul");
+  for (const a of added) {
+    const found = a.query ? ` (found from ${a.query.uid}${a.query.box ? ", a detail" : ""})` : "";
+    ul.appendChild(el("li", { "data-uid": a.uid }, [
+      el("img", { src: `/image/${encodeURIComponent(a.uid)}?size=256`, alt: a.uid, loading: "lazy" }),
+      el("span", { text: a.uid + found }),
+    ]));
+  }
+  box.appendChild(ul);
+}
+
+// -- drawing a box on the enlarged picture -------------------------------------------------------
+let drag = null;  // {x0, y0, x1, y1} in client pixels while the mouse is down
+
+// Where the picture's pixels are on screen: the <img> box less the bands `object-fit: contain` leaves.
+function contentRect(img) {
+  const r = img.getBoundingClientRect();
+  const s = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight);
+  const w = img.naturalWidth * s, h = img.naturalHeight * s;
+  return { left: r.left + (r.width - w) / 2, top: r.top + (r.height - h) / 2, width: w, height: h };
+}
+
+function startDrag(ev) {
+  if (ev.button !== 0) return;
+  ev.preventDefault();
+  drag = { x0: ev.clientX, y0: ev.clientY, x1: ev.clientX, y1: ev.clientY };
+}
+
+function moveDrag(ev) {
+  if (!drag) return;
+  drag.x1 = ev.clientX; drag.y1 = ev.clientY;
+  const d = $("drawn");
+  Object.assign(d.style, { left: Math.min(drag.x0, drag.x1) + "px", top: Math.min(drag.y0, drag.y1) + "px",
+    width: Math.abs(drag.x1 - drag.x0) + "px", height: Math.abs(drag.y1 - drag.y0) + "px" });
+  d.hidden = false;
+}
+
+// The dragged box in the image's own pixels (clipped to the picture), or null when too small to mean a detail.
+function imageBox(d, rect, size) {
+  const clamp = (v, lo, hi) => Math.max(lo, Math.min(hi, v));
+  const x0 = clamp(Math.min(d.x0, d.x1) - rect.left, 0, rect.width), x1 = clamp(Math.max(d.x0, d.x1) - rect.left, 0, rect.width);
+  const y0 = clamp(Math.min(d.y0, d.y1) - rect.top, 0, rect.height), y1 = clamp(Math.max(d.y0, d.y1) - rect.top, 0, rect.height);
+  if (x1 - x0 < 6 || y1 - y0 < 6) return null;
+  const sx = size[0] / rect.width, sy = size[1] / rect.height;
+  const x = Math.round(x0 * sx), y = Math.round(y0 * sy);
+  return [x, y, Math.max(1, Math.round(x1 * sx) - x), Math.max(1, Math.round(y1 * sy) - y)];
+}
+
+function endDrag() {
+  if (!drag) return;
+  const d = drag;
+  drag = null;
+  const z = state.zoomed;
+  if (!z) return;
+  if (!z.size) { say("The picture's size is not known yet; draw the box again.", "error"); return; }
+  const box = imageBox(d, contentRect($("zoom").querySelector("img")), z.size);
+  if (!box) { $("drawn").hidden = true; return; }
+  closeZoom();
+  search({ uid: z.uid, box });
+}
+
 document.addEventListener("keydown", (ev) => {
   if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
-  if (!$("zoom").hidden) { if (ev.key === "Escape" || ev.key === " ") $("zoom").hidden = true; return; }
+  if (!$("zoom").hidden) { if (ev.key === "Escape" || ev.key === " ") closeZoom(); return; }
+  if (ev.key === "Escape" && !$("search").hidden) { closeSearch(); return; }
   if (ev.key === "ArrowRight" || ev.key === "PageDown") { ev.preventDefault(); goPage(state.page + 1); return; }
   if (ev.key === "ArrowLeft" || ev.key === "PageUp") { ev.preventDefault(); goPage(state.page - 1); return; }
   if (ev.key === "A") { selectCluster(tickedCount() < (state.cluster ? state.cluster.size : 0)); return; }
@@ -314,6 +498,15 @@ $("select-all").addEventListener("click", () => selectCluster(true));
 $("select-none").addEventListener("click", () => selectCluster(false));
 $("prev-page").addEventListener("click", () => goPage(state.page - 1));
 $("next-page").addEventListener("click", () => goPage(state.page + 1));
-$("zoom").addEventListener("click", () => { $("zoom").hidden = true; });
+$("zoom").addEventListener("click", (ev) => { if (ev.target === $("zoom")) closeZoom(); });
+$("zoom-close").addEventListener("click", closeZoom);
+$("search-close").addEventListener("click", closeSearch);
+if (state.search) {
+  $("zoom-like").addEventListener("click", () => { const u = state.zoomed.uid; closeZoom(); search({ uid: u }); });
+  const img = $("zoom").querySelector("img");
+  img.addEventListener("mousedown", startDrag);
+  window.addEventListener("mousemove", moveDrag);
+  window.addEventListener("mouseup", endDrag);
+}
 window.addEventListener("hashchange", load);
 load();

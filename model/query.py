@@ -1,0 +1,175 @@
+"""A search query as a vector: an indexed image by uid, an image file, or a box (a detail) of either.
+
+A uid without a box is answered from the index alone: its stored global signature is the query, and the
+image itself is left out of the results. An image file, or a box, needs the pixels and the network: the
+picture is decoded as every stage decodes it (`data.image`: EXIF orientation applied, so a box is in the
+pixels a person sees), cropped to the box, squash-resized to the index's resolution and embedded whole,
+then whitened with the index's PCA when it has one. The network is the one the index was built with
+(its manifest records the weights and a hash of every parameter); a changed weights folder is refused,
+because its vectors could not be compared with the index's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model.index import IndexError_, SearchIndex
+
+
+class QueryError(ValueError):
+    """A query that cannot be answered as given (the message says what to pass instead)."""
+
+
+def parse_box(text: str) -> tuple[int, int, int, int]:
+    """"X,Y,W,H" (pixels of the query image; spaces allowed) -> a box; W and H at least 1."""
+    parts = [p.strip() for p in str(text).replace(" ", "").split(",")]
+    try:
+        x, y, w, h = (round(float(p)) for p in parts)
+    except ValueError:
+        raise QueryError(f"--box {text!r}: expected X,Y,W,H in pixels of the query image, e.g. --box 120,80,300,240") from None
+    if w < 1 or h < 1:
+        raise QueryError(f"--box {text!r}: width and height must be at least 1 pixel")
+    return x, y, w, h
+
+
+def clip_box(box: tuple[int, int, int, int], size: tuple[int, int], name: str) -> tuple[tuple[int, int, int, int], str | None]:
+    """The box inside a (width, height) picture, and a warning when it had to be cut; refused when nothing of
+    it lies inside or what is left is under 8 pixels a side (too small to mean anything to the network)."""
+    x, y, w, h = box
+    width, height = size
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(width, x + w), min(height, y + h)
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        raise QueryError(f"--box {x},{y},{w},{h} leaves less than 8 x 8 pixels inside {name} ({width} x {height} "
+                         f"pixels, as shown with its EXIF orientation); give a box inside the picture.")
+    clipped = (x0, y0, x1 - x0, y1 - y0)
+    note = None if clipped == box else (f"--box {x},{y},{w},{h} reaches outside {name} ({width} x {height}); "
+                                        f"searching {clipped[0]},{clipped[1]},{clipped[2]},{clipped[3]}")
+    return clipped, note
+
+
+@dataclass(frozen=True)
+class Query:
+    vector: np.ndarray  # (D,) float32, unit norm, in the index's space
+    uid: str | None
+    image: str | None  # the query's file
+    box: tuple[int, int, int, int] | None  # in the query image's pixels (after clipping)
+    size: tuple[int, int] | None  # the query image's (width, height), when its pixels were read
+    exclude: int | None  # the query's own place in the index (left out of the results)
+    notes: tuple[str, ...] = ()
+
+    def as_json(self) -> dict:
+        return {"uid": self.uid, "image": self.image, "box": list(self.box) if self.box else None,
+                "size": list(self.size) if self.size else None}
+
+
+class Encoder:
+    """The index's network, loaded on first use, turning pictures into query vectors."""
+
+    def __init__(self, index: SearchIndex, weights: str | None = None) -> None:
+        self.index = index
+        self.weights = weights
+        self._fn = None
+
+    def _load(self):
+        import jax
+        from flax import nnx
+
+        from model.embed import make_embed_fn
+        from model.index_build import parameters_sha256
+        from model.weights import WeightsError, load_or_init
+
+        m = self.index.manifest
+        recorded = m.get("weights") or {}
+        weights = self.weights or recorded.get("weights")
+        if not weights:
+            raise QueryError(f"{self.index.folder}: the index does not record its weights; pass --weights W.")
+        if weights != "random" and not Path(weights).exists():
+            raise QueryError(f"{weights}: the weights this index was built with are not there any more; pass "
+                             f"--weights with where they are now.")
+        try:
+            net = load_or_init(weights, m["arch"], seed=int(recorded.get("seed", 0)), pooling=m["pooling"],
+                               dtype=m.get("compute_dtype", "float32"))
+        except (WeightsError, ValueError) as e:
+            raise QueryError(str(e)) from e
+        if parameters_sha256(net) != m["parameters_sha256"]:
+            raise QueryError(f"{weights}: not the weights the index {self.index.folder} was built with (their "
+                             f"parameters differ), so a query's vector could not be compared with the index's; "
+                             f"pass the index's weights with --weights, or index again with these.")
+        graphdef, params, rest = nnx.split(net, nnx.Param, ...)
+        fn = make_embed_fn(graphdef)
+        self._fn = lambda x: np.asarray(fn(params, rest, jax.numpy.asarray(x)), np.float32)
+
+    def encode(self, picture) -> np.ndarray:
+        """A PIL RGB picture -> its (D,) query vector in the index's space."""
+        from data.preprocess import squash_resize
+
+        if self._fn is None:
+            self._load()
+        res = int(self.index.manifest["resolution"])
+        pixels = np.asarray(squash_resize(picture, res), np.uint8)[None]
+        vec = self._fn(pixels)[0]
+        if self.index.pca is not None:
+            vec = self.index.pca.apply(vec[None])[0]
+        return vec.astype(np.float32)
+
+
+def _read_picture(path: Path, name: str):
+    from data.image import ImageReadError, decode_image
+
+    try:
+        return decode_image(path, name=name).image
+    except ImageReadError as e:
+        raise QueryError(f"{e}; pass another image.") from None
+
+
+def _indexed_image_path(index: SearchIndex, uid: str, number: int | None, collection: str | None) -> Path:
+    from data.collection import CollectionError, load_collection
+
+    folder = collection or (index.collection_of(number) if number is not None else None)
+    if folder is None:
+        raise QueryError(f"uid {uid!r} is not in the index {index.folder}; pass --collection C to read its image "
+                         f"from C's images.csv, or --image FILE.")
+    try:
+        coll = load_collection(folder, quiet=True)
+    except (CollectionError, OSError) as e:
+        raise QueryError(f"{folder}: cannot read the collection to find uid {uid!r}'s image ({e}); pass "
+                         f"--collection with where it is now.") from None
+    if uid not in coll:
+        raise QueryError(f"uid {uid!r} is in neither the index nor {folder}/images.csv; check the uid.")
+    return coll.image_path(uid)
+
+
+def make_query(index: SearchIndex, *, uid: str | None = None, image: str | Path | None = None,
+               box: tuple[int, int, int, int] | None = None, collection: str | None = None,
+               encoder: Encoder | None = None) -> Query:
+    """The query vector for `--uid` or `--image`, restricted to `box` when given (see the module docstring)."""
+    if (uid is None) == (image is None):
+        raise QueryError("pass exactly one of --uid UID or --image FILE.")
+    number = index.number_of(uid) if uid is not None else None
+    if uid is not None and box is None and number is not None:
+        glob, _ = index.vectors_of(number)
+        return Query(glob / max(np.linalg.norm(glob), 1e-12), uid, None, None, index.size_of(number), number)
+    if image is not None:
+        path, name = Path(image), str(image)
+        if not path.is_file():
+            raise QueryError(f"--image {image}: no such file.")
+    else:
+        path = _indexed_image_path(index, uid, number, collection)
+        name = f"uid {uid}'s image {path}"
+    picture = _read_picture(path, name)
+    size = picture.size
+    notes: tuple[str, ...] = ()
+    if box is not None:
+        box, note = clip_box(box, picture.size, name)
+        notes = (note,) if note else ()
+        x, y, w, h = box
+        picture = picture.crop((x, y, x + w, y + h))
+    encoder = encoder or Encoder(index)
+    try:
+        vec = encoder.encode(picture)
+    except IndexError_ as e:
+        raise QueryError(str(e)) from e
+    return Query(vec, uid, str(path) if image is not None else None, box, size, number, notes)

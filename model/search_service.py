@@ -1,0 +1,65 @@
+"""One object that answers queries against an index: the glue of `model search` and the annotation app.
+
+It opens the index, keeps the exact searcher (its blocks resident on the device when asked: the app
+answers many queries, the CLI one), loads the network only when a query needs pixels (an image file or a
+box), and finds each hit's collection, metadata and size, so callers only present the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.index import SearchIndex
+from model.query import Encoder, Query, QueryError, make_query
+from model.search import Hit, Searcher
+
+
+@dataclass(frozen=True)
+class Answer:
+    query: Query
+    hits: list[Hit]
+
+
+class SearchService:
+    def __init__(self, index_dir: str | Path, *, weights: str | None = None, resident: bool = False) -> None:
+        self.index = SearchIndex.open(index_dir)
+        self.searcher = Searcher(self.index, resident=resident)
+        self.encoder = Encoder(self.index, weights)
+        self._collections: dict[str, object] = {}
+
+    def ask(self, *, uid: str | None = None, image: str | Path | None = None,
+            box: tuple[int, int, int, int] | None = None, k: int = 20, collection: str | None = None) -> Answer:
+        """The top `k` images for a uid or an image file, restricted to `box` when given (`model.query`)."""
+        if k < 1:
+            raise QueryError(f"-k {k}: ask for at least one result.")
+        query = make_query(self.index, uid=uid, image=image, box=box, collection=collection, encoder=self.encoder)
+        hits = self.searcher.search(query.vector[None], k, [query.exclude])[0]
+        return Answer(query, hits)
+
+    def collection(self, folder: str | None):
+        """The collection at `folder`, read once (None when it cannot be read: callers show the uid alone)."""
+        from data.collection import CollectionError, load_collection
+
+        if folder is None:
+            return None
+        if folder not in self._collections:
+            try:
+                self._collections[folder] = load_collection(folder, quiet=True)
+            except (CollectionError, OSError):
+                self._collections[folder] = None
+        return self._collections[folder]
+
+    def collection_of(self, hit: Hit):
+        return self.collection(self.index.collection_of(hit.number))
+
+    def metadata(self, hits: list[Hit], extra_uid: str | None = None, extra_collection=None) -> dict[str, dict]:
+        """uid -> images.csv's columns (title, author, date, ...) for every hit (and the query's uid)."""
+        out: dict[str, dict] = {}
+        for h in hits:
+            coll = self.collection_of(h)
+            if coll is not None and h.uid in coll:
+                out[h.uid] = dict(coll.record(h.uid).meta)
+        if extra_uid and extra_collection is not None and extra_uid in extra_collection:
+            out[extra_uid] = dict(extra_collection.record(extra_uid).meta)
+        return out

@@ -1,0 +1,129 @@
+"""`model index` and `model search` as a user runs them: a uid query leaves itself out, an image file of an
+indexed picture finds it first, a box is a crop of the picture as shown, the JSON and the gallery; bad input
+is one clear sentence, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from model.__main__ import cli
+from model.index import SearchIndex
+from model.query import Encoder, QueryError, clip_box, make_query, parse_box
+from tests.model.search_fixtures import R, write_collection
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    coll = write_collection(root / "coll")
+    res = CliRunner().invoke(cli, ["index", "--collection", str(coll), "--weights", "random", "--arch", "resnet18",
+                                   "--resolution", str(R), "--batch-size", "2", "--workers", "0", "--no-progress",
+                                   "--out", str(root / "idx")])
+    assert res.exit_code == 0, res.output
+    assert "indexed 5 images (1 unreadable, 0 already there): 5 in" in res.output
+    return coll, root / "idx"
+
+
+def _search(*args):
+    return CliRunner().invoke(cli, ["search", *map(str, args)])
+
+
+def test_uid_query_leaves_itself_out_and_writes_the_json_the_issue_asks_for(indexed, tmp_path):
+    coll, idx = indexed
+    res = _search(idx, "--uid", "a01", "-k", "10", "--json", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["query"]["uid"] == "a01" and doc["query"]["box"] is None
+    uids = [r["uid"] for r in doc["results"]]
+    assert sorted(uids) == ["a00", "a02", "a03", "a04"]  # k > images: every other image, itself left out
+    scores = [r["score"] for r in doc["results"]]
+    assert scores == sorted(scores, reverse=True)
+    for r in doc["results"]:
+        assert set(r) == {"uid", "score", "box"}
+        assert r["box"] is None or (len(r["box"]) == 4 and all(isinstance(v, int) for v in r["box"]))
+    assert "title 0" in res.output or "title 2" in res.output  # the table shows images.csv's titles
+
+
+def test_an_indexed_picture_given_as_a_file_finds_itself_first(indexed):
+    coll, idx = indexed
+    res = _search(idx, "--image", coll / "images" / "a03.png", "-k", "2")
+    assert res.exit_code == 0, res.output
+    first = res.output.splitlines()[2].split()
+    assert first[0] == "1" and "a03" in first and float(first[1]) > 0.99
+
+
+def test_a_box_query_embeds_the_crop_of_the_picture_as_shown(indexed, tmp_path):
+    coll, idx = indexed
+    index = SearchIndex.open(idx)
+    enc = Encoder(index)
+    q = make_query(index, uid="a02", box=(5, 10, 30, 40), encoder=enc)
+    shown = Image.open(coll / "images" / "a02.jpg")
+    shown = shown.transpose(Image.Transpose.ROTATE_270).convert("RGB")  # EXIF orientation 6
+    assert shown.size == (40, 60) == q.size
+    np.testing.assert_allclose(q.vector, enc.encode(shown.crop((5, 10, 35, 50))), atol=1e-5)
+    assert q.exclude == index.number_of("a02")
+    res = _search(idx, "--uid", "a02", "--box", "30,50,100,100", "-k", "3", "--json", tmp_path / "b.json")
+    assert res.exit_code == 0, res.output
+    assert "reaches outside" in res.output and "searching 30,50,10,10" in res.output
+    assert json.loads((tmp_path / "b.json").read_text())["query"]["box"] == [30, 50, 10, 10]
+
+
+def test_the_gallery_is_one_file_with_pictures_titles_and_boxes(indexed, tmp_path):
+    coll, idx = indexed
+    res = _search(idx, "--uid", "a00", "--box", "0,0,40,30", "-k", "4", "--html", tmp_path / "g.html")
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "g.html").read_text()
+    assert page.count("data:image/jpeg;base64,") == 5  # the query and four results, embedded
+    assert 'class="box"' in page and "title 0" in page and "src=\"http" not in page
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--uid", "a00", "--image", "MANIFEST"], "exactly one of --uid"),
+    (["--uid", "nobody"], "is not in the index"),
+    (["--uid", "a00", "--box", "1,2,3"], "expected X,Y,W,H"),
+    (["--uid", "a00", "--box", "500,500,20,20"], "less than 8 x 8 pixels inside"),
+    (["--uid", "a00", "--box", "0,0,0,5"], "at least 1 pixel"),
+])
+def test_bad_queries_are_one_sentence(indexed, args, message):
+    _, idx = indexed
+    res = _search(idx, *[str(idx / "manifest.json") if a == "MANIFEST" else a for a in args])
+    assert res.exit_code != 0 and message in res.output and "Traceback" not in res.output
+
+
+def test_an_unreadable_query_image_and_a_signatures_file_as_index(indexed, tmp_path):
+    _, idx = indexed
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    res = _search(idx, "--image", bad)
+    assert res.exit_code == 1 and "bad.jpg" in res.output and "pass another image" in res.output
+    res = _search(tmp_path, "--uid", "a00")
+    assert res.exit_code == 1 and "not a search index" in res.output
+
+
+def test_moved_weights_or_other_weights_are_refused_for_pixel_queries(indexed, tmp_path):
+    coll, idx = indexed
+    copy = tmp_path / "idx"
+    shutil.copytree(idx, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["weights"] = {"weights": "random", "seed": 7}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(QueryError, match="not the weights the index"):
+        make_query(SearchIndex.open(copy), uid="a00", box=(0, 0, 20, 20))
+    manifest["weights"] = {"weights": str(tmp_path / "gone")}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    res = _search(copy, "--image", coll / "images" / "a00.png")
+    assert res.exit_code == 1 and "not there any more" in res.output
+    assert _search(copy, "--uid", "a00").exit_code == 0  # a uid query needs no network
+
+
+def test_box_parsing_and_clipping():
+    assert parse_box(" 1, 2 ,3,4") == (1, 2, 3, 4)
+    assert parse_box("1.6,2,3,4") == (2, 2, 3, 4)
+    assert clip_box((-5, -5, 20, 20), (100, 100), "x") == ((0, 0, 15, 15), clip_box((-5, -5, 20, 20), (100, 100), "x")[1])
+    assert clip_box((0, 0, 20, 20), (100, 100), "x") == ((0, 0, 20, 20), None)
