@@ -51,12 +51,26 @@ $(DEMO)/report.html: $(DEMO)/quality.json $(DEMO)/map/map.html
 	$(PY) -m cluster report --collection $(COLL) --clusters $(DEMO)/clusters.csv --run $(RUN) \
 		--quality $(DEMO)/quality.json --map $(DEMO)/map --out $@
 
-demo: $(STAMP) $(DEMO)/report.html
+# Search: an index of the collection at 224 px (regions need a feature map of several cells; the demo trains at
+# 64), and a gallery of the images most like the source of the first pasted detail (its copies, and the
+# painting it was pasted into, matched by a region).
+$(DEMO)/index/manifest.json: $(RUN)/signatures.npz
+	rm -rf $(DEMO)/index
+	$(PY) -m model index --collection $(COLL) --weights $(RUN)/weights --resolution 224 --out $(DEMO)/index --no-progress
+
+$(DEMO)/search.html: $(DEMO)/index/manifest.json
+	$(PY) -m model search $(DEMO)/index -k 12 --html $@ --json $(DEMO)/search.json --uid "$$($(PY) -c \
+		"import csv; print(next(r['derived_from'] for r in csv.DictReader(open('$(COLL)/images.csv', encoding='utf-8')) if r['kind'] == 'detail'))")"
+
+demo: $(STAMP) $(DEMO)/report.html $(DEMO)/search.html
 	@echo
 	@echo "Report: $(abspath $(DEMO)/report.html)"
 	@echo "Judge the proposed clusters in your browser:"
 	@echo "  $(PY) -m cluster annotate --collection $(COLL) --clusters $(DEMO)/clusters.csv --map $(DEMO)/map"
 	@echo "  (or open $(abspath $(DEMO)/map/map.html) from the folder)"
+	@echo "Search by image or by detail: $(abspath $(DEMO)/search.html), or"
+	@echo "  $(PY) -m model search $(DEMO)/index --uid UID [--box X,Y,W,H] --html hits.html"
+	@echo "  and in the annotation page: add --index $(DEMO)/index to the command above"
 
 # The annotation app is tested in a real headless Chromium (Debian's; no browser download).
 browser:

@@ -196,8 +196,9 @@ def embed(
 @click.option("--pooling", type=click.Choice(list(POOLINGS)), help="Default: the stored pooling, or mean.")
 @click.option("--scales", default="2,3", show_default=True,
               help="Region scales (R-MAC grid): scale l gives l x l regions of side 2/(l+1) of the picture.")
-@click.option("--pca", "pca_dim", type=click.IntRange(min=1), default=None,
-              help="PCA-whiten every vector to this many dimensions, learned on the collection (default: none).")
+@click.option("--pca", "pca_dim", default="auto", show_default=True,
+              help="PCA-whiten every vector to D dimensions, learned on the collection; auto: 256 (fewer for a small "
+              "collection); 0: none (then a region rarely outscores a whole image: docs/model.md).")
 @click.option("--pca-images", type=click.IntRange(min=2), default=2000, show_default=True,
               help="Images whose vectors the PCA is learned on.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -224,18 +225,23 @@ def index(collection, weights, arch, seed, resolution, pooling, scales, pca_dim,
         scale_list = tuple(int(s) for s in scales.replace(" ", "").split(",") if s)
     except ValueError:
         raise click.UsageError(f"--scales {scales!r}: expected integers separated by commas, e.g. 2,3") from None
+    pca_dim, pca_auto = _pca_option(pca_dim)
     recorded = {"weights": weights if weights == "random" else str(Path(weights).absolute())}
     if weights == "random":
         recorded["seed"] = seed
     try:
         res = _resolution(weights, resolution)
         net = load_or_init(weights, arch, seed=seed, dtype=dtype, pooling=pooling)
-        settings = IndexSettings(resolution=res, scales=scale_list, pca_dim=pca_dim, pca_images=pca_images,
+        settings = IndexSettings(resolution=res, scales=scale_list, pca_dim=pca_dim, pca_auto=pca_auto,
+                                 pca_images=pca_images,
                                  batch_size=batch_size, workers=_workers(workers), chunk_images=chunk_images,
                                  seed=seed, progress=not no_progress)
         result = build_index(collection, net, out, settings, weights=recorded)
     except (WeightsError, CollectionError, IndexError_, ValueError) as e:
         raise _fail(e) from e
+    except OSError as e:
+        raise click.ClickException(f"{out}: cannot write the index there ({e.strerror or e}); give --out a folder "
+                                   f"you can write.") from e
     except KeyboardInterrupt as e:
         err = click.ClickException(f"interrupted: the parts finished so far are kept in {out}; run the same command "
                                    f"again to index the rest.")
@@ -243,6 +249,21 @@ def index(collection, weights, arch, seed, resolution, pooling, scales, pca_dim,
         raise err from e
     click.echo(f"indexed {result.added} images ({result.skipped} unreadable, {result.already} already there): "
                f"{result.total} in {out}")
+
+
+def _pca_option(text: str) -> tuple[int | None, bool]:
+    """--pca auto | 0 | D -> (dimensions or None, whether they are the default)."""
+    from model.index_build import DEFAULT_PCA
+
+    if str(text).strip().lower() == "auto":
+        return DEFAULT_PCA, True
+    try:
+        dim = int(text)
+    except ValueError:
+        raise click.UsageError(f"--pca {text!r}: expected auto, 0 (none) or a number of dimensions") from None
+    if dim < 0:
+        raise click.UsageError(f"--pca {dim}: expected auto, 0 (none) or a positive number of dimensions")
+    return (dim or None), False
 
 
 @cli.command()
@@ -267,7 +288,8 @@ def search(index_dir, uid, image, box, k, json_out, html_out, collection, weight
     if (uid is None) == (image is None):
         raise click.UsageError("pass exactly one of --uid UID or --image FILE.")
     try:
-        service = SearchService(index_dir, weights=None if weights is None else str(weights))
+        service = SearchService(index_dir, weights=None if weights is None else str(weights),
+                                collection=None if collection is None else str(collection))
         answer = service.ask(uid=uid, image=image, box=parse_box(box) if box else None, k=k,
                              collection=None if collection is None else str(collection))
     except (IndexError_, QueryError) as e:
@@ -277,13 +299,19 @@ def search(index_dir, uid, image, box, k, json_out, html_out, collection, weight
     qcoll = service.collection(str(collection) if collection else (
         service.index.collection_of(answer.query.exclude) if answer.query.exclude is not None else None))
     metadata = service.metadata(answer.hits, uid, qcoll)
+    for folder in sorted(service.unreadable):
+        click.echo(f"warning: {folder}, the collection the index recorded for some results, cannot be read (moved?): "
+                   f"their titles and pictures are missing; pass --collection with where it is now.", err=True)
     click.echo(text_table(answer.query, answer.hits, metadata))
-    if json_out:
-        write_json(json_out, results_json(answer.query, answer.hits, index=str(index_dir), k=k))
-        click.echo(f"-> {json_out}", err=True)
-    if html_out:
-        _write_gallery(service, answer, metadata, qcoll, str(index_dir), html_out)
-        click.echo(f"-> {html_out}", err=True)
+    try:
+        if json_out:
+            write_json(json_out, results_json(answer.query, answer.hits, index=str(index_dir), k=k))
+            click.echo(f"-> {json_out}", err=True)
+        if html_out:
+            _write_gallery(service, answer, metadata, qcoll, str(index_dir), html_out)
+            click.echo(f"-> {html_out}", err=True)
+    except OSError as e:
+        raise click.ClickException(f"{e.filename or json_out or html_out}: cannot write it ({e.strerror or e}).") from e
 
 
 def _write_gallery(service, answer, metadata, qcoll, index_dir: str, out) -> None:

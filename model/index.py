@@ -115,8 +115,9 @@ class SearchIndex:
         if not path.is_file():
             hint = (" (it is a signatures store, made by `model embed`; an index is made by `model index`)"
                     if folder.is_file() else "")
+            target = folder if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())) else "NEW_FOLDER"
             raise IndexError_(f"{folder}: not a search index, no manifest.json{hint}. Make one with "
-                              f"`python -m model index --collection C --weights W --out {folder}`.")
+                              f"`python -m model index --collection C --weights W --out {target}`.")
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:

@@ -23,6 +23,7 @@ also shrinks the index (2048 -> 512 dimensions: 4x smaller, 4x faster to search)
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -61,6 +62,7 @@ from model.regions import DEFAULT_SCALES, check_scales, pool_regions, region_gri
 from model.signature import SignatureNet, l2_normalize, set_mode
 
 CHUNK_IMAGES = 4096  # images per part
+DEFAULT_PCA = 256  # `model index`'s default: on the demo, 128-256 gave the best crop and whole-image retrieval
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class IndexSettings:
     resolution: int
     scales: tuple[int, ...] = DEFAULT_SCALES
     pca_dim: int | None = None  # None: vectors kept at the network's width
+    pca_auto: bool = False  # pca_dim is the default, not asked for: fewer dimensions for a small collection
     pca_images: int = 2000  # images whose vectors the PCA is learned on
     batch_size: int = 32
     workers: int = 0
@@ -193,6 +196,7 @@ class _Report:
     coll: Collection
     paths: list[str]
     bar: tqdm
+    quiet: bool = False
     skipped: int = 0
     read: int = 0
     notes: list = field(default_factory=list)  # (uid, file, what the decoder corrected)
@@ -203,7 +207,8 @@ class _Report:
         uid = self.coll.images[row].uid
         if error:
             self.skipped += 1
-            self.bar.write(f"skipped uid {uid} ({self.paths[row]}): {error}", file=sys.stderr)
+            if not self.quiet:
+                self.bar.write(f"skipped uid {uid} ({self.paths[row]}): {error}", file=sys.stderr)
         elif notes:
             self.notes.append((uid, self.paths[row], list(notes)))
 
@@ -236,7 +241,7 @@ def check_compatible(index: SearchIndex, fresh: dict, settings: IndexSettings) -
     """Refuse to append vectors that could not be compared with the ones already indexed."""
     old = index.manifest
     diffs = [f"{k}: index {old.get(k)!r}, now {fresh.get(k)!r}" for k in _MUST_AGREE if old.get(k) != fresh.get(k)]
-    if settings.pca_dim is not None and settings.pca_dim != old["dim"]:
+    if settings.pca_dim is not None and not settings.pca_auto and settings.pca_dim != old["dim"]:
         diffs.append(f"dimensions: index {old['dim']}, now --pca {settings.pca_dim}")
     if diffs:
         what = "; ".join(d if not d.startswith("parameters") else "the network's weights differ" for d in diffs)
@@ -266,11 +271,23 @@ def fit_pca(vectors: np.ndarray, dim: int, seed: int) -> Pca:
     return Pca(pca.mean_.astype(np.float32), projection)
 
 
+def _pca_dim(settings: IndexSettings, vectors: int, raw_dim: int) -> int:
+    """The dimensions asked for; by default at most the network's width and a quarter of the sample's vectors
+    (whitening divides by each direction's spread: directions seen in too few vectors would be noise)."""
+    if not settings.pca_auto:
+        return settings.pca_dim
+    dim = max(2, min(settings.pca_dim, raw_dim, vectors // 4))
+    if dim < settings.pca_dim:
+        print(f"note: PCA-whitening to {dim} dimensions, not {settings.pca_dim}: the sample holds {vectors} vectors "
+              f"(pass --pca D to choose, --pca 0 for none)", file=sys.stderr)
+    return dim
+
+
 def _sample_vectors(coll, paths, rows: np.ndarray, net: SignatureNet, settings: IndexSettings) -> np.ndarray:
     embed = RegionEmbedder.of(net, settings.scales, settings.batch_size, None)
     padded = np.concatenate([rows, np.full((-len(rows)) % embed.batch_size, -1)]).astype(np.int64)
     with _bar(len(rows), "learn PCA on", settings.progress) as bar:
-        rep = _Report(coll, paths, bar)
+        rep = _Report(coll, paths, bar, quiet=True)  # the indexing pass reports unreadable images
         out = [v for _, v, _ in _stream(paths, padded, embed, settings.resolution, settings.workers, rep)
                if v is not None]
     if not out:
@@ -303,11 +320,19 @@ def build_index(collection_dir: str | Path | Collection, net: SignatureNet, out:
     out = Path(out)
     _check_out(out)
     side, raw_dim = feature_shape(net, settings.resolution)
+    if side < 4:
+        print(f"warning: at {settings.resolution} px the network's last feature map is {side} x {side} cells, so the "
+              f"regions are {'the whole picture' if side == 1 else 'coarse'} and a detail is hardly told apart; "
+              f"index at --resolution {settings.resolution * 4 // side} or more for search by detail.", file=sys.stderr)
     fresh = new_manifest(net, settings, side, raw_dim, weights)
-    out.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
     fd = _lock(out)
     try:
         return _build(coll, net, out, settings, fresh)
+    except BaseException:
+        if created and not (out / "manifest.json").exists():  # a run that failed before anything was indexed
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         unlock_folder(fd)
 
@@ -327,9 +352,10 @@ def _check_out(out: Path) -> None:
 def _open_or_start(out: Path, fresh: dict, settings: IndexSettings, coll, paths, net) -> SearchIndex:
     if (out / "manifest.json").exists():
         index = SearchIndex.open(out)
-        check_compatible(index, fresh, settings)
-        remove_unlisted_parts(out, index.manifest)
-        return index
+        if index.parts:  # an index with nothing in it yet (killed while learning its PCA) starts over
+            check_compatible(index, fresh, settings)
+            remove_unlisted_parts(out, index.manifest)
+            return index
     remove_unlisted_parts(out, {"parts": []})
     manifest = dict(fresh)
     pca = None
@@ -338,10 +364,11 @@ def _open_or_start(out: Path, fresh: dict, settings: IndexSettings, coll, paths,
         n = len(coll.images)
         rows = np.sort(rng.choice(n, size=min(n, settings.pca_images), replace=False))
         sample = _sample_vectors(coll, paths, rows, net, settings)
-        pca = fit_pca(sample, settings.pca_dim, settings.seed)
+        pca = fit_pca(sample, _pca_dim(settings, len(sample), fresh["raw_dim"]), settings.seed)
         write_pca(out, pca)
-        manifest["pca"] = {"file": "pca.npz", "dim": pca.dim, "vectors": int(len(sample)), "images": int(len(rows)),
-                           "seed": settings.seed}
+        manifest["dim"] = pca.dim
+        manifest["pca"] = {"file": "pca.npz", "dim": pca.dim, "vectors": int(len(sample)),
+                           "images": int(len(sample)) // (1 + len(fresh["grid"])), "seed": settings.seed}
     write_manifest(out, manifest)
     return SearchIndex(out, manifest, pca)
 
@@ -360,6 +387,7 @@ def _build(coll: Collection, net: SignatureNet, out: Path, settings: IndexSettin
     if already:
         print(f"{already} images of the collection are indexed already; indexing the other {len(todo)}",
               file=sys.stderr)
+        _warn_other_collections(index, seen & indexed, coll)
     embed = RegionEmbedder.of(net, tuple(index.manifest["scales"]), settings.batch_size, index.pca)
     manifest, parts = index.manifest, 0
     plan = ChunkPlan(len(todo), max(1, settings.chunk_images))
@@ -387,8 +415,29 @@ def _build(coll: Collection, net: SignatureNet, out: Path, settings: IndexSettin
               f"again).", file=sys.stderr)
     for line in note_lines(rep.notes, collection=coll.root):
         print(line, file=sys.stderr)
+    if parts or "calibration" not in manifest:
+        _store_calibration(out, manifest)
     total = sum(p["count"] for p in manifest["parts"])
     return IndexResult(len(todo) - rep.skipped, rep.skipped, total, already, parts)
+
+
+def _store_calibration(out: Path, manifest: dict) -> None:
+    """How global and region scores of unrelated images are distributed (`model.search.calibrate`), on a sample
+    of the whole index as it is now, kept in the manifest so that a query need not compute it."""
+    from model.search import calibrate
+
+    index = SearchIndex.open(out)
+    write_manifest(out, {**manifest, "calibration": calibrate(index).as_json()})
+
+
+def _warn_other_collections(index: SearchIndex, uids: set[str], coll: Collection) -> None:
+    """uids of this collection indexed from another collection: the indexed pictures are kept, say so."""
+    here = str(Path(coll.root).absolute())
+    other = sorted(u for u in uids if index.collection_of(index.number_of(u)) not in (None, here))
+    if other:
+        print(f"warning: {len(other)} uids of {coll.root} ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}) "
+              f"are in the index from another collection; their indexed pictures are kept. Give uids that are "
+              f"unique across collections, or index this one into another --out.", file=sys.stderr)
 
 
 def _take(stream, count: int) -> _Rows:

@@ -4,7 +4,15 @@ A uid without a box is answered from the index alone: its stored global signatur
 image itself is left out of the results. An image file, or a box, needs the pixels and the network: the
 picture is decoded as every stage decodes it (`data.image`: EXIF orientation applied, so a box is in the
 pixels a person sees), cropped to the box, squash-resized to the index's resolution and embedded whole,
-then whitened with the index's PCA when it has one. The network is the one the index was built with
+then whitened with the index's PCA when it has one.
+
+A box gives a second query vector too: the whole picture's feature map pooled over the box, exactly as the
+index pools its regions (each cell weighted by how much of it the box covers). The two see a detail
+differently: the crop embedded whole sees it large, at the network's resolution, as a photograph of the
+detail would be; the pooled box sees it in its context, at the scale of the picture, as the index's regions
+do, so the same detail in another print of the same picture is found even where the crop's vector drifts
+(a user's trial: a box exactly on a stored region had cosine 0.37 with it as a crop, ~1 pooled). Each image
+scores the better of the two (`model.search_service`). The network is the one the index was built with
 (its manifest records the weights and a hash of every parameter); a changed weights folder is refused,
 because its vectors could not be compared with the index's.
 """
@@ -59,6 +67,12 @@ class Query:
     size: tuple[int, int] | None  # the query image's (width, height), when its pixels were read
     exclude: int | None  # the query's own place in the index (left out of the results)
     notes: tuple[str, ...] = ()
+    pooled: np.ndarray | None = None  # (D,): a box pooled from the whole picture's feature map (module docstring)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """(n, D): every vector the query is matched with (the crop's, and the pooled box's when there is one)."""
+        return np.stack([self.vector] if self.pooled is None else [self.vector, self.pooled])
 
     def as_json(self) -> dict:
         return {"uid": self.uid, "image": self.image, "box": list(self.box) if self.box else None,
@@ -101,19 +115,73 @@ class Encoder:
         graphdef, params, rest = nnx.split(net, nnx.Param, ...)
         fn = make_embed_fn(graphdef)
         self._fn = lambda x: np.asarray(fn(params, rest, jax.numpy.asarray(x)), np.float32)
+        self._fmap_fn = _feature_map_fn(graphdef)
+        self._fmap = lambda x: np.asarray(self._fmap_fn(params, rest, jax.numpy.asarray(x)), np.float32)
+        self._gem_p = None
+        if net.pooling == "gem":
+            self._gem_p = float(np.asarray(net.pool.p[...] if net.pool.learnable else net.pool.p))
 
-    def encode(self, picture) -> np.ndarray:
-        """A PIL RGB picture -> its (D,) query vector in the index's space."""
+    def _space(self, vec: np.ndarray) -> np.ndarray:
+        vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
+        if self.index.pca is not None:
+            vec = self.index.pca.apply(vec[None])[0]
+        return vec.astype(np.float32)
+
+    def _pixels(self, picture) -> np.ndarray:
         from data.preprocess import squash_resize
 
         if self._fn is None:
             self._load()
-        res = int(self.index.manifest["resolution"])
-        pixels = np.asarray(squash_resize(picture, res), np.uint8)[None]
-        vec = self._fn(pixels)[0]
-        if self.index.pca is not None:
-            vec = self.index.pca.apply(vec[None])[0]
-        return vec.astype(np.float32)
+        return np.asarray(squash_resize(picture, int(self.index.manifest["resolution"])), np.uint8)[None]
+
+    def encode(self, picture) -> np.ndarray:
+        """A PIL RGB picture -> its (D,) query vector in the index's space."""
+        pixels = self._pixels(picture)  # loads the network on first use
+        return self._space(self._fn(pixels)[0])
+
+    def encode_pooled(self, picture, box: tuple[int, int, int, int]) -> np.ndarray:
+        """The whole picture's feature map pooled over `box` (its pixels) like the index's regions -> (D,)."""
+        pixels = self._pixels(picture)
+        fmap = self._fmap(pixels)[0]  # (s, s, C)
+        weights = box_weights(box, picture.size, fmap.shape[0])
+        if self._gem_p is None:
+            pooled = np.einsum("hwc,hw->c", fmap, weights)
+        else:
+            p = self._gem_p
+            pooled = np.einsum("hwc,hw->c", np.maximum(fmap, 1e-6) ** p, weights) ** (1.0 / p)
+        return self._space(pooled)
+
+
+def box_weights(box: tuple[int, int, int, int], size: tuple[int, int], side: int) -> np.ndarray:
+    """(side, side) weights summing to 1: how much of each feature-map cell the box covers (the map covers the
+    whole picture, squashed to a square)."""
+    x, y, w, h = box
+    width, height = size
+
+    def cover(a: float, b: float) -> np.ndarray:  # overlap of [a, b) (fractions) with each cell's span
+        edges = np.arange(side + 1) / side
+        return np.clip(np.minimum(edges[1:], b) - np.maximum(edges[:-1], a), 0.0, None)
+
+    wx, wy = cover(x / width, (x + w) / width), cover(y / height, (y + h) / height)
+    weights = np.outer(wy, wx)
+    return (weights / max(weights.sum(), 1e-12)).astype(np.float32)
+
+
+def _feature_map_fn(graphdef):
+    """jit(params, rest, uint8 images) -> the backbone's last feature map, in inference mode."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from data.preprocess import normalize
+    from model.signature import set_mode
+
+    def fmap(params, rest, images):
+        net = nnx.merge(graphdef, params, rest)
+        set_mode(net, training=False)
+        return net.backbone(normalize(images, xp=jnp)).astype(jnp.float32)
+
+    return jax.jit(fmap)
 
 
 def _read_picture(path: Path, name: str):
@@ -125,21 +193,34 @@ def _read_picture(path: Path, name: str):
         raise QueryError(f"{e}; pass another image.") from None
 
 
+def _candidate_folders(index: SearchIndex, number: int | None, collection: str | None) -> list[str]:
+    """Where to look for a uid's image: --collection, else the indexed image's collection, else every
+    collection the index was built from (a uid of images.csv that was never indexed: unreadable, or new)."""
+    if collection:
+        return [collection]
+    if number is not None:
+        return [f for f in [index.collection_of(number)] if f]
+    return list(dict.fromkeys(p["collection"] for p in index.manifest["parts"] if p.get("collection")))
+
+
 def _indexed_image_path(index: SearchIndex, uid: str, number: int | None, collection: str | None) -> Path:
     from data.collection import CollectionError, load_collection
 
-    folder = collection or (index.collection_of(number) if number is not None else None)
-    if folder is None:
-        raise QueryError(f"uid {uid!r} is not in the index {index.folder}; pass --collection C to read its image "
-                         f"from C's images.csv, or --image FILE.")
-    try:
-        coll = load_collection(folder, quiet=True)
-    except (CollectionError, OSError) as e:
-        raise QueryError(f"{folder}: cannot read the collection to find uid {uid!r}'s image ({e}); pass "
-                         f"--collection with where it is now.") from None
-    if uid not in coll:
-        raise QueryError(f"uid {uid!r} is in neither the index nor {folder}/images.csv; check the uid.")
-    return coll.image_path(uid)
+    folders = _candidate_folders(index, number, collection)
+    for folder in folders:
+        try:
+            coll = load_collection(folder, quiet=True)
+        except (CollectionError, OSError) as e:
+            raise QueryError(f"{folder}: cannot read the collection to find the image of uid {uid!r} ({e}); has it "
+                             f"moved? Pass --collection with where it is now.") from None
+        if uid in coll:
+            return coll.image_path(uid)
+    where = " or ".join(f"{f}/images.csv" for f in folders) or "no collection the index records"
+    if number is not None:
+        raise QueryError(f"uid {uid!r} is indexed, but {where} no longer lists it, so its picture cannot be read "
+                         f"for a box; pass --collection C with a collection that lists it, or --image FILE.")
+    raise QueryError(f"uid {uid!r} is in neither the index {index.folder} nor {where}; check the uid, or pass "
+                     f"--collection C to read its image from C.")
 
 
 def make_query(index: SearchIndex, *, uid: str | None = None, image: str | Path | None = None,
@@ -158,18 +239,20 @@ def make_query(index: SearchIndex, *, uid: str | None = None, image: str | Path 
             raise QueryError(f"--image {image}: no such file.")
     else:
         path = _indexed_image_path(index, uid, number, collection)
-        name = f"uid {uid}'s image {path}"
+        name = f"the image of uid {uid} ({path})"
     picture = _read_picture(path, name)
     size = picture.size
     notes: tuple[str, ...] = ()
-    if box is not None:
-        box, note = clip_box(box, picture.size, name)
-        notes = (note,) if note else ()
-        x, y, w, h = box
-        picture = picture.crop((x, y, x + w, y + h))
     encoder = encoder or Encoder(index)
+    pooled = None
     try:
+        if box is not None:
+            box, note = clip_box(box, picture.size, name)
+            notes = (note,) if note else ()
+            pooled = encoder.encode_pooled(picture, box)
+            x, y, w, h = box
+            picture = picture.crop((x, y, x + w, y + h))
         vec = encoder.encode(picture)
     except IndexError_ as e:
         raise QueryError(str(e)) from e
-    return Query(vec, uid, str(path) if image is not None else None, box, size, number, notes)
+    return Query(vec, uid, str(path) if image is not None else None, box, size, number, notes, pooled)

@@ -21,11 +21,25 @@ class Answer:
     hits: list[Hit]
 
 
+def best_of(per_vector: list[list[Hit]], k: int) -> list[Hit]:
+    """Each image's best hit over the query's vectors, the top k of them. Exact: an image among the k best by
+    its best score is among the k best of the vector that gave that score."""
+    best: dict[str, Hit] = {}
+    for hits in per_vector:
+        for h in hits:
+            if h.uid not in best or h.score > best[h.uid].score:
+                best[h.uid] = h
+    return sorted(best.values(), key=lambda h: (-h.score, h.number))[:k]
+
+
 class SearchService:
-    def __init__(self, index_dir: str | Path, *, weights: str | None = None, resident: bool = False) -> None:
+    def __init__(self, index_dir: str | Path, *, weights: str | None = None, resident: bool = False,
+                 collection: str | None = None) -> None:
         self.index = SearchIndex.open(index_dir)
         self.searcher = Searcher(self.index, resident=resident)
         self.encoder = Encoder(self.index, weights)
+        self.fallback = collection  # where hits are looked up when their recorded collection cannot be read
+        self.unreadable: set[str] = set()  # recorded collections that could not be read (moved?)
         self._collections: dict[str, object] = {}
 
     def ask(self, *, uid: str | None = None, image: str | Path | None = None,
@@ -34,8 +48,9 @@ class SearchService:
         if k < 1:
             raise QueryError(f"-k {k}: ask for at least one result.")
         query = make_query(self.index, uid=uid, image=image, box=box, collection=collection, encoder=self.encoder)
-        hits = self.searcher.search(query.vector[None], k, [query.exclude])[0]
-        return Answer(query, hits)
+        vectors = query.vectors
+        per_vector = self.searcher.search(vectors, k, [query.exclude] * len(vectors))
+        return Answer(query, best_of(per_vector, k))
 
     def collection(self, folder: str | None):
         """The collection at `folder`, read once (None when it cannot be read: callers show the uid alone)."""
@@ -51,7 +66,16 @@ class SearchService:
         return self._collections[folder]
 
     def collection_of(self, hit: Hit):
-        return self.collection(self.index.collection_of(hit.number))
+        """The hit's collection: the one the index recorded, else --collection when that lists the uid."""
+        folder = self.index.collection_of(hit.number)
+        coll = self.collection(folder)
+        if (coll is None or hit.uid not in coll) and self.fallback is not None:
+            other = self.collection(self.fallback)
+            if other is not None and hit.uid in other:
+                return other
+        if coll is None and folder is not None:
+            self.unreadable.add(folder)
+        return coll
 
     def metadata(self, hits: list[Hit], extra_uid: str | None = None, extra_collection=None) -> dict[str, dict]:
         """uid -> images.csv's columns (title, author, date, ...) for every hit (and the query's uid)."""

@@ -71,7 +71,11 @@ def annotate(collection_dir: Path, clusters_path: Path, host: str, port: int, an
     p = session.progress()
     click.echo(f"{p['total']} clusters ({p['done']} done, {p['left']} left); decisions -> {session.store.path}")
     if index_dir is not None:
-        click.echo(f"Search: {app.extensions['annotation_search'].service.index.count} images indexed in {index_dir}")
+        search = app.extensions["annotation_search"]
+        click.echo(f"Search: {search.service.index.count} images indexed in {index_dir}")
+        problem = search.weights_problem()
+        if problem:
+            click.echo(f"warning: {problem}", err=True)
     click.echo(f"Open http://{shown}:{server.server_port}/  (Ctrl-C to stop)", err=False)
     if map_dir is not None:
         click.echo(f"The map: http://{shown}:{server.server_port}/map/", err=False)

@@ -64,11 +64,27 @@ class AppSearch:
             try:
                 return self.service.ask(**kw)
             except QueryError as e:
-                abort(400, description=str(e))
+                abort(400, description=app_wording(str(e)))
+
+    def weights_problem(self) -> str | None:
+        """Why box searches will fail (the index's weights moved), said once at start-up; None when they are there."""
+        recorded = (self.service.index.manifest.get("weights") or {}).get("weights")
+        given = self.service.encoder.weights
+        where = given or recorded
+        if where and where != "random" and not Path(where).exists():
+            return (f"the weights the index was built with are not at {where}: searching a drawn box will fail "
+                    f"until the app is started with --index-weights and where they are now.")
+        return None
 
     def size_of(self, uid: str) -> tuple[int, int] | None:
         number = self.service.index.number_of(uid)
         return None if number is None else self.service.index.size_of(number)
+
+
+def app_wording(message: str) -> str:
+    """The command line's option names in a query error, as the app's (its options, the page's box)."""
+    return message.replace("--weights", "--index-weights").replace("--box", "box").replace(
+        "pass --image FILE", "search another image")
 
 
 def _box_arg() -> tuple[int, int, int, int] | None:
@@ -114,6 +130,7 @@ def _hit_json(session, search: AppSearch, hit, members: set[str], added: dict) -
     return {
         "uid": hit.uid,
         "score": round(float(hit.score), 6),
+        "similarity": round(float(hit.similarity), 6),
         "box": hit.box,
         "title": caption.get("title"),
         "author": caption.get("author"),

@@ -265,3 +265,23 @@ def test_sigkill_loses_no_acknowledged_addition(coll, search_index):
     _, c = _client(coll)
     listed = {a["id"] for cid in (2, 0, 3, 1) for a in c.get(f"/api/cluster/{cid}").get_json()["added"]}
     assert set(acked) <= listed
+
+
+def test_moved_weights_are_said_at_start_and_errors_name_the_apps_options(coll, search_index, tmp_path):
+    import shutil
+
+    copy = tmp_path / "index"
+    shutil.copytree(search_index, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["weights"] = {"weights": str(tmp_path / "moved-weights")}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    app, c = _client(coll, copy)
+    assert "--index-weights" in app.extensions["annotation_search"].weights_problem()
+    uid = coll.uids[3]
+    r = c.get(f"/api/search?uid={uid}&box=0,0,20,20")
+    assert r.status_code == 400
+    text = r.get_json()["error"] if "error" in (r.get_json() or {}) else r.get_data(as_text=True)
+    assert "--index-weights" in text and "--weights " not in text.replace("--index-weights", "")
+    assert c.get(f"/api/search?uid={uid}").status_code == 200  # a whole-image search needs no network
+    app, _ = _client(coll, search_index)
+    assert app.extensions["annotation_search"].weights_problem() is None

@@ -105,3 +105,19 @@ def test_add_to_this_cluster_journals_it_and_shows_it(page, annot_collection):
     d.find_element(By.ID, "undo").click()
     _wait(d, lambda d: "taken out" in d.find_element(By.ID, "message").text, "undo confirmed")
     assert d.find_element(By.ID, "added").get_attribute("hidden") is not None
+
+
+def test_moving_to_another_cluster_closes_the_results_so_nothing_is_added_to_the_wrong_one(page, annot_collection):
+    d = page
+    d.find_element(By.CSS_SELECTOR, "#card-1 button.like").click()
+    _wait(d, lambda d: len(_results(d)) == 15, "results shown")
+    d.find_element(By.TAG_NAME, "body").send_keys("n")  # skip: the next cluster opens
+    _wait(d, lambda d: d.find_element(By.ID, "search").get_attribute("hidden") is not None, "results closed")
+    assert not (annot_collection.root / "annotations.jsonl").exists() or \
+        "add" not in (annot_collection.root / "annotations.jsonl").read_text()
+    # a stale result's button cannot reach the new cluster either (the page's guard, driven directly)
+    d.execute_script("state.searchCluster = -999;")
+    msg = d.execute_script("""
+        const h = {uid: 'x', score: 0.5}; const b = document.createElement('button');
+        return addHit(h, {uid: 'q', box: null}, b).then(() => document.getElementById('message').textContent);""")
+    assert "found for another cluster" in msg

@@ -45,9 +45,11 @@ def test_uid_query_leaves_itself_out_and_writes_the_json_the_issue_asks_for(inde
     scores = [r["score"] for r in doc["results"]]
     assert scores == sorted(scores, reverse=True)
     for r in doc["results"]:
-        assert set(r) == {"uid", "score", "box"}
+        assert set(r) == {"uid", "score", "box", "similarity"}
         assert r["box"] is None or (len(r["box"]) == 4 and all(isinstance(v, int) for v in r["box"]))
     assert "title 0" in res.output or "title 2" in res.output  # the table shows images.csv's titles
+    cal = json.loads((idx / "manifest.json").read_text())["calibration"]
+    assert set(cal) == {"global_mean", "global_std", "region_mean", "region_std"} and cal["global_std"] > 0
 
 
 def test_an_indexed_picture_given_as_a_file_finds_itself_first(indexed):
@@ -85,7 +87,7 @@ def test_the_gallery_is_one_file_with_pictures_titles_and_boxes(indexed, tmp_pat
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--uid", "a00", "--image", "MANIFEST"], "exactly one of --uid"),
-    (["--uid", "nobody"], "is not in the index"),
+    (["--uid", "nobody"], "is in neither the index"),
     (["--uid", "a00", "--box", "1,2,3"], "expected X,Y,W,H"),
     (["--uid", "a00", "--box", "500,500,20,20"], "less than 8 x 8 pixels inside"),
     (["--uid", "a00", "--box", "0,0,0,5"], "at least 1 pixel"),
@@ -127,3 +129,84 @@ def test_box_parsing_and_clipping():
     assert parse_box("1.6,2,3,4") == (2, 2, 3, 4)
     assert clip_box((-5, -5, 20, 20), (100, 100), "x") == ((0, 0, 15, 15), clip_box((-5, -5, 20, 20), (100, 100), "x")[1])
     assert clip_box((0, 0, 20, 20), (100, 100), "x") == ((0, 0, 20, 20), None)
+
+
+def test_a_box_on_a_stored_region_pools_to_that_region_and_finds_its_twin(indexed, tmp_path):
+    """A box is also pooled from the whole picture's feature map like the index's regions, so a box drawn on a
+    region finds the same region of an identical picture even where the crop, embedded whole, drifts."""
+    from model.regions import box_in_pixels
+    from model.search_service import SearchService
+
+    coll, idx = indexed
+    twin = tmp_path / "coll"
+    shutil.copytree(coll, twin)
+    with open(twin / "images.csv", "a", encoding="utf-8") as fh:
+        fh.write("twin,images/a03.png,the same picture\n")
+    res = CliRunner().invoke(cli, ["index", "--collection", str(twin), "--weights", "random", "--arch", "resnet18",
+                                   "--resolution", str(R), "--pca", "0", "--workers", "0", "--no-progress",
+                                   "--out", str(tmp_path / "idx")])
+    assert res.exit_code == 0, res.output
+    service = SearchService(tmp_path / "idx")
+    index = service.index
+    number = index.number_of("a03")
+    region = 6
+    box = tuple(box_in_pixels(index.grid[region], index.size_of(number)))
+    answer = service.ask(uid="a03", box=box, k=3)
+    stored = index.vectors_of(number)[1][region]
+    assert float(answer.query.pooled @ stored) > 0.99  # the pooled box is the stored region
+    assert answer.hits[0].uid == "twin" and answer.hits[0].region == region and answer.hits[0].box == list(box)
+    assert answer.hits[0].similarity > 0.99
+
+
+def test_a_moved_collection_is_said_and_found_again_with_collection(indexed, tmp_path):
+    coll, idx = indexed
+    moved = tmp_path / "moved"
+    shutil.copytree(coll, moved)
+    copy = tmp_path / "idx"
+    shutil.copytree(idx, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for p in manifest["parts"]:
+        p["collection"] = str(tmp_path / "gone")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    res = _search(copy, "--uid", "a00", "-k", "2")
+    assert res.exit_code == 0 and "cannot be read (moved?)" in res.output and "pass --collection" in res.output
+    res = _search(copy, "--uid", "a00", "-k", "4", "--collection", moved, "--html", tmp_path / "g.html")
+    assert res.exit_code == 0 and "moved?" not in res.output and "title " in res.output
+    assert (tmp_path / "g.html").read_text().count("data:image/jpeg") == 5
+    res = _search(copy, "--uid", "a00", "--box", "0,0,20,20")
+    assert res.exit_code == 1 and "has it moved? Pass --collection" in res.output
+
+
+def test_uids_not_in_both_the_index_and_images_csv_get_the_right_sentence(indexed, tmp_path):
+    coll, idx = indexed
+    res = _search(idx, "--uid", "broken", "--box", "0,0,20,20")  # listed, unreadable, so never indexed
+    assert res.exit_code == 1 and "broken.jpg" in res.output and "pass another image" in res.output
+    edited = tmp_path / "coll"
+    shutil.copytree(coll, edited)
+    lines = (edited / "images.csv").read_text().splitlines()
+    (edited / "images.csv").write_text("\n".join(x for x in lines if not x.startswith("a01,")) + "\n")
+    res = _search(idx, "--uid", "a01", "--box", "0,0,20,20", "--collection", edited)
+    assert res.exit_code == 1 and "is indexed, but" in res.output and "no longer lists it" in res.output
+
+
+def test_unwritable_outputs_are_one_line_and_a_failed_first_run_leaves_no_folder(indexed, tmp_path):
+    coll, idx = indexed
+    (tmp_path / "afile").write_text("x")
+    res = _search(idx, "--uid", "a00", "--html", tmp_path / "afile" / "g.html")
+    assert res.exit_code == 1 and "cannot write it" in res.output and "Traceback" not in res.output
+    base = ["index", "--collection", str(coll), "--weights", "random", "--arch", "resnet18", "--resolution", str(R),
+            "--workers", "0", "--no-progress"]
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "afile" / "idx")])
+    assert res.exit_code == 1 and "cannot write the index there" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(cli, [*base, "--pca", "900", "--out", str(tmp_path / "new")])
+    assert res.exit_code == 1 and "--pca 900" in res.output and not (tmp_path / "new").exists()
+
+
+def test_a_one_cell_feature_map_is_warned_about_and_returns_no_box(indexed, tmp_path):
+    coll, _ = indexed
+    res = CliRunner().invoke(cli, ["index", "--collection", str(coll), "--weights", "random", "--arch", "resnet18",
+                                   "--resolution", "32", "--workers", "0", "--no-progress", "--out", str(tmp_path / "i")])
+    assert res.exit_code == 0 and "is 1 x 1 cells" in res.output and "--resolution 128" in res.output
+    res = _search(tmp_path / "i", "--uid", "a00", "--box", "0,0,30,30", "--json", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    assert all(r["box"] is None for r in json.loads((tmp_path / "r.json").read_text())["results"])

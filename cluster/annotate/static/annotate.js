@@ -72,7 +72,10 @@ function render(s) {
 
 // Show one page of a cluster; a new cluster starts with nothing ticked.
 function show(c) {
-  if (!c || !state.cluster || c.id !== state.cluster.id) state.sel = { all: false, except: new Set() };
+  if (!c || !state.cluster || c.id !== state.cluster.id) {
+    state.sel = { all: false, except: new Set() };
+    closeSearch(); // its results were judged against the cluster that was open (members, "add to this cluster")
+  }
   state.cluster = c;
   state.page = c ? c.page : 1;
   const grid = $("grid"), head = $("cluster-head"), links = $("links");
@@ -345,6 +348,7 @@ async function search(q) {
   if (q.box) url += `&box=${q.box.join(",")}`;
   if (c) url += `&cluster=${c.id}`;
   state.query = q;
+  state.searchCluster = c ? c.id : null;
   $("search").hidden = false;
   document.body.classList.add("searching");
   $("search-title").textContent = q.box ? "Where else does this detail appear?" : "More like this";
@@ -363,6 +367,9 @@ function showResults(doc) {
   $("search-query").replaceChildren(
     picture(q.uid, `/image/${encodeURIComponent(q.uid)}?size=256`, q.box, q.size),
     el("p", { text: `${doc.results.length} results for ${what}` + (state.cluster ? ` · adding to ${clusterTitle(state.cluster)}` : "") }),
+    state.cluster ? el("p", { class: "muted", text: state.cluster.decision
+      ? "An added image is joined to the members this cluster's decision grouped."
+      : "An added image is joined to the members ticked when you add it (to every member when none is): tick the ones that share the pattern first." }) : null,
     ...q.notes.map((n) => el("p", { class: "muted", text: n })));
   $("search-results").replaceChildren(...doc.results.map((h, i) => hitCard(h, i + 1, q)));
 }
@@ -373,7 +380,8 @@ function hitCard(h, rank, q) {
     pic.querySelector("img").addEventListener("click", () => zoom(h.uid, [h.uid, h.title, h.author, h.date].filter(Boolean).join(" · ")));
   }
   const text = el("div", { class: "caption" }, [
-    el("div", { class: "f-score", text: `#${rank} · score ${h.score.toFixed(3)}` + (h.box ? " · a detail matched" : " · whole image") }),
+    el("div", { class: "f-score", title: "score: standard deviations above an unrelated image's match (the ranking; the best of n unrelated images reach about sqrt(2 ln n): 3.5 among 500, 4.8 among 100,000); cosine: the matched vector's own similarity",
+      text: `#${rank} · score ${h.score.toFixed(3)} (cosine ${h.similarity.toFixed(3)})` + (h.box ? " · a detail matched" : " · whole image") }),
     h.title ? el("div", { class: "f-title", text: h.title }) : null,
     h.author ? el("div", { class: "f-author", text: h.author }) : null,
     el("div", { class: "f-date", text: [h.date, h.uid].filter(Boolean).join(" · ") }),
@@ -390,6 +398,10 @@ function hitCard(h, rank, q) {
 
 async function addHit(h, q, button) {
   if (state.busy || !state.cluster) return;
+  if (state.searchCluster !== state.cluster.id) { // never add to a cluster the results were not made for
+    say("These results were found for another cluster; search again from this one.", "error");
+    return;
+  }
   state.busy = true;
   const body = { ...decisionBody("add"), uid: h.uid, query: { uid: q.uid, box: q.box, score: h.score } };
   delete body.decision;
