@@ -39,7 +39,7 @@ def _resolution(weights: str, resolution: int | None) -> int:
     if resolution is not None:
         return resolution
     if weights == "random":
-        raise click.UsageError("pass --resolution R: random weights were trained at no resolution.")
+        raise click.UsageError("pass --resolution R: random weights have no resolution of their own.")
     recorded = recorded_resolution(weights)
     if recorded is None:
         raise click.UsageError(
@@ -247,8 +247,8 @@ def index(collection, weights, arch, seed, resolution, pooling, scales, pca_dim,
                                    f"again to index the rest.")
         err.exit_code = 130
         raise err from e
-    click.echo(f"indexed {result.added} images ({result.skipped} unreadable, {result.already} already there): "
-               f"{result.total} in {out}")
+    click.echo(f"indexed {result.added} images ({result.skipped} unreadable, {result.already} indexed before); "
+               f"the index {out} holds {result.total}")
 
 
 def _pca_option(text: str) -> tuple[int | None, bool]:

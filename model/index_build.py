@@ -243,6 +243,9 @@ def check_compatible(index: SearchIndex, fresh: dict, settings: IndexSettings) -
     diffs = [f"{k}: index {old.get(k)!r}, now {fresh.get(k)!r}" for k in _MUST_AGREE if old.get(k) != fresh.get(k)]
     if settings.pca_dim is not None and not settings.pca_auto and settings.pca_dim != old["dim"]:
         diffs.append(f"dimensions: index {old['dim']}, now --pca {settings.pca_dim}")
+    if old.get("compute_dtype", "float32") != fresh["compute_dtype"]:
+        print(f"warning: {index.folder} was computed in {old.get('compute_dtype', 'float32')}, this run computes in "
+              f"{fresh['compute_dtype']}: the vectors differ by rounding only, so they are added.", file=sys.stderr)
     if diffs:
         what = "; ".join(d if not d.startswith("parameters") else "the network's weights differ" for d in diffs)
         raise IndexError_(f"{index.folder}: was built with other settings ({what}); vectors of both could not be "

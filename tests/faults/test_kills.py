@@ -84,14 +84,16 @@ def index_view(root: Path) -> object:
     if not (root / "idx" / "manifest.json").exists():
         return None
     index = SearchIndex.open(root / "idx")
-    settings = {k: v for k, v in index.manifest.items() if k not in ("parts", "weights")}
+    settings = {k: v for k, v in index.manifest.items() if k not in ("parts", "weights", "calibration")}
     pca = (root / "idx" / "pca.npz").read_bytes() if index.pca is not None else None
+    # written once every part is: absent after a kill before it, then the finished run's
+    calibration = {"calibration": index.manifest["calibration"]} if "calibration" in index.manifest else {}
     images = {}
     for part in index.parts:
         for row, uid in enumerate(part.uids):
             images[uid] = (np.asarray(part.global_[row]).tobytes(), np.asarray(part.regions[row]).tobytes(),
                            part.sizes[row].tolist())
-    return {"settings": json.dumps(settings, sort_keys=True), "pca": pca, **images}
+    return {"settings": json.dumps(settings, sort_keys=True), "pca": pca, **calibration, **images}
 
 
 CASES = [

@@ -26,7 +26,7 @@ def indexed(tmp_path_factory):
                                    "--resolution", str(R), "--batch-size", "2", "--workers", "0", "--no-progress",
                                    "--out", str(root / "idx")])
     assert res.exit_code == 0, res.output
-    assert "indexed 5 images (1 unreadable, 0 already there): 5 in" in res.output
+    assert "indexed 5 images (1 unreadable, 0 indexed before); the index" in res.output and "holds 5" in res.output
     return coll, root / "idx"
 
 
