@@ -121,3 +121,28 @@ def test_moving_to_another_cluster_closes_the_results_so_nothing_is_added_to_the
         const h = {uid: 'x', score: 0.5}; const b = document.createElement('button');
         return addHit(h, {uid: 'q', box: null}, b).then(() => document.getElementById('message').textContent);""")
     assert "found for another cluster" in msg
+
+
+def test_a_box_may_start_just_outside_the_picture_and_a_plain_click_there_still_closes_it(page):
+    d = page
+    d.find_element(By.CSS_SELECTOR, "#card-2 .thumb img").click()
+    _wait(d, lambda d: d.execute_script("return !!(state.zoomed && state.zoomed.size)"), "size known")
+    _wait(d, lambda d: _loaded(d, "#zoom img"), "enlarged picture loaded")
+    w, h = d.execute_script("return state.zoomed.size")
+    r = d.execute_script("const r = contentRect(document.querySelector('#zoom img'));"
+                         "return [r.left, r.top, r.width, r.height];")
+    # press 12 px above-left of the picture's corner, on the backdrop, release at its centre: the top-left quarter
+    zoom = d.find_element(By.ID, "zoom")
+    zr = zoom.rect
+    ActionChains(d).move_to_element_with_offset(zoom, int(r[0] - 12 - zr["x"] - zr["width"] / 2),
+                                               int(r[1] - 12 - zr["y"] - zr["height"] / 2)).click_and_hold() \
+        .move_by_offset(int(r[2] / 2) + 12, int(r[3] / 2) + 12).release().perform()
+    _wait(d, lambda d: len(_results(d)) > 0, "detail results shown")
+    box = d.execute_script("return state.query.box")
+    assert box[0] == 0 and box[1] == 0 and abs(box[2] - w / 2) <= 3 and abs(box[3] - h / 2) <= 3
+    d.find_element(By.CSS_SELECTOR, "#card-2 .thumb img").click()
+    _wait(d, lambda d: d.find_element(By.ID, "zoom").get_attribute("hidden") is None, "enlarged again")
+    d.execute_script("document.getElementById('zoom').dispatchEvent(new MouseEvent('mousedown', {button: 0, bubbles: true}));"
+                     "window.dispatchEvent(new MouseEvent('mouseup', {bubbles: true}));"
+                     "document.getElementById('zoom').click();")
+    _wait(d, lambda d: d.find_element(By.ID, "zoom").get_attribute("hidden") is not None, "closed by a plain click")

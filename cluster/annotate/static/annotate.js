@@ -440,6 +440,7 @@ function showAdded(added) {
 
 // -- drawing a box on the enlarged picture -------------------------------------------------------
 let drag = null;  // {x0, y0, x1, y1} in client pixels while the mouse is down
+let dragged = false;  // the last press drew a box (so its click, outside the picture, does not close it)
 
 // Where the picture's pixels are on screen: the <img> box less the bands `object-fit: contain` leaves.
 function contentRect(img) {
@@ -453,6 +454,7 @@ function startDrag(ev) {
   if (ev.button !== 0) return;
   ev.preventDefault();
   drag = { x0: ev.clientX, y0: ev.clientY, x1: ev.clientX, y1: ev.clientY };
+  dragged = false;
 }
 
 function moveDrag(ev) {
@@ -479,6 +481,7 @@ function endDrag() {
   if (!drag) return;
   const d = drag;
   drag = null;
+  dragged = Math.abs(d.x1 - d.x0) >= 6 || Math.abs(d.y1 - d.y0) >= 6;
   const z = state.zoomed;
   if (!z) return;
   if (!z.size) { say("The picture's size is not known yet; draw the box again.", "error"); return; }
@@ -510,13 +513,15 @@ $("select-all").addEventListener("click", () => selectCluster(true));
 $("select-none").addEventListener("click", () => selectCluster(false));
 $("prev-page").addEventListener("click", () => goPage(state.page - 1));
 $("next-page").addEventListener("click", () => goPage(state.page + 1));
-$("zoom").addEventListener("click", (ev) => { if (ev.target === $("zoom")) closeZoom(); });
+$("zoom").addEventListener("click", (ev) => { if (ev.target === $("zoom") && !dragged) closeZoom(); dragged = false; });
 $("zoom-close").addEventListener("click", closeZoom);
 $("search-close").addEventListener("click", closeSearch);
 if (state.search) {
   $("zoom-like").addEventListener("click", () => { const u = state.zoomed.uid; closeZoom(); search({ uid: u }); });
   const img = $("zoom").querySelector("img");
   img.addEventListener("mousedown", startDrag);
+  $("zoom").addEventListener("mousedown", (ev) => { if (ev.target === $("zoom")) startDrag(ev); }); // from just outside
+
   window.addEventListener("mousemove", moveDrag);
   window.addEventListener("mouseup", endDrag);
 }
