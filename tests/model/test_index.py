@@ -173,3 +173,33 @@ def test_a_second_writer_is_refused_and_ctrl_c_is_one_line(tmp_path, coll, net, 
                                    "--resolution", "64", "--out", str(tmp_path / "i"), "--no-progress"])
     assert res.exit_code == 130 and "interrupted: the parts finished so far are kept" in res.output
     assert "Traceback" not in res.output
+
+
+_SHARDED_INDEX = """
+import sys
+import jax
+from model.registry import build as build_net
+from tests.model.search_fixtures import build
+coll, out = sys.argv[1], sys.argv[2]
+assert jax.local_device_count() == 3
+build(coll, build_net("resnet18", seed=0), out, batch_size=2)  # batches of 3: one image per device
+"""
+
+
+def test_an_index_built_over_three_devices_holds_the_one_device_vectors(coll, index_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=3", PYTHONPATH=str(root),
+               JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", _SHARDED_INDEX, str(coll), str(tmp_path / "idx")], env=env, cwd=root,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, three = SearchIndex.open(index_dir), SearchIndex.open(tmp_path / "idx")
+    assert one.uids == three.uids
+    for u in one.uids:
+        for x, y in zip(one.vectors_of(one.number_of(u)), three.vectors_of(three.number_of(u)), strict=True):
+            np.testing.assert_allclose(x, y, atol=2e-3)
