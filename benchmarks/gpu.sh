@@ -7,6 +7,7 @@
 #
 #   bash benchmarks/gpu.sh            # on the GPU machine (results in $OUT or benchmarks/out/)
 #   bash benchmarks/gpu.sh --tiny     # the same steps at toy sizes, on CPU, to know the script works
+#   ONLY_SEARCH=1 BUDGET_S=420 bash benchmarks/gpu.sh   # step 7 alone: search latency at 10^6 images
 #
 # Each step runs under its own time limit and all of them under BUDGET_S (default 480 s): a step that
 # cannot start with 30 s left is skipped and said so, so a slow compile costs one figure, never the
@@ -37,6 +38,10 @@ step() {  # step LIMIT_S NAME CMD...  (the limit shrinks to what is left of BUDG
   shift 2
   if [[ "${ONLY_SCALE:-0}" == 1 && $name != scale-* ]]; then
     echo "-- $name: skipped (ONLY_SCALE=1)" | tee -a "$LOG"
+    return
+  fi
+  if [[ "${ONLY_SEARCH:-0}" == 1 && $name != search-* ]]; then
+    echo "-- $name: skipped (ONLY_SEARCH=1)" | tee -a "$LOG"
     return
   fi
   local left=$((BUDGET_S - SECONDS))
@@ -100,5 +105,10 @@ step "$LIMIT" embed-throughput "$PY" benchmarks/embed_throughput.py "${EM[@]}"
 #    or alone: ONLY_SCALE=1 bash benchmarks/gpu.sh. Each stage prints its JSON line when done.
 if [[ $TINY == 1 ]]; then SC=(--n 2000 --dim 64); else SC=(--n 1000000 --dim 2048 --memory-budget-mb 60000); fi
 step 600 scale-1m "$PY" benchmarks/scale.py "${SC[@]}" --stages knn,optics,hdbscan,mining,retrieval,command
+# 7. Search (issue 15): exact top-k query latency over 1,000,000 images x 14 vectors x 512 (a 14 GB float16
+#    index of synthetic unit vectors, written first, deleted after), streaming and resident, batch 1 and 32.
+#    Needs jax and numpy only. Like step 6 it runs only with BUDGET_S raised, or alone: ONLY_SEARCH=1.
+if [[ $TINY == 1 ]]; then SE=(--sizes 2000 --reps 2); else SE=(--sizes 1000000 --reps 5 --max-index-gb 20); fi
+step 420 search-1m "$PY" benchmarks/search.py --part latency --dims 512 "${SE[@]}"
 echo "results: $JSONL ($(wc -l <"$JSONL") lines), log: $LOG; steps failed: $FAILED"
 exit $((FAILED > 0))

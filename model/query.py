@@ -3,18 +3,19 @@
 A uid without a box is answered from the index alone: its stored global signature is the query, and the
 image itself is left out of the results. An image file, or a box, needs the pixels and the network: the
 picture is decoded as every stage decodes it (`data.image`: EXIF orientation applied, so a box is in the
-pixels a person sees), cropped to the box, squash-resized to the index's resolution and embedded whole,
-then whitened with the index's PCA when it has one.
+pixels a person sees), squash-resized to the index's resolution and embedded; the vector is whitened with
+the index's PCA when it has one.
 
-A box gives a second query vector too: the whole picture's feature map pooled over the box, exactly as the
-index pools its regions (each cell weighted by how much of it the box covers). The two see a detail
-differently: the crop embedded whole sees it large, at the network's resolution, as a photograph of the
-detail would be; the pooled box sees it in its context, at the scale of the picture, as the index's regions
-do, so the same detail in another print of the same picture is found even where the crop's vector drifts
-(a user's trial: a box exactly on a stored region had cosine 0.37 with it as a crop, ~1 pooled). Each image
-scores the better of the two (`model.search_service`). The network is the one the index was built with
-(its manifest records the weights and a hash of every parameter); a changed weights folder is refused,
-because its vectors could not be compared with the index's.
+An image file without a box is embedded whole (a photograph of a detail is a picture of its own). A box is
+pooled from the whole picture's feature map, exactly as the index pools its regions (each cell weighted by
+how much of it the box covers), not cropped and embedded on its own: the pooled box sees the detail in its
+context and at the scale of the picture, as the index's regions do. Measured on the demo (benchmarks/
+RESULTS.md, box queries): another image of the source's pattern group came first for 37-64% of boxes
+pooled, 7-12% of the same boxes cropped and embedded, and using both lost a little to the pooled box
+alone; a user's trial found a box exactly on a stored region at cosine 0.37 from it as a crop, ~1 pooled.
+
+The network is the one the index was built with (its manifest records the weights and a hash of every
+parameter); a changed weights folder is refused, because its vectors could not be compared with the index's.
 """
 
 from __future__ import annotations
@@ -67,12 +68,6 @@ class Query:
     size: tuple[int, int] | None  # the query image's (width, height), when its pixels were read
     exclude: int | None  # the query's own place in the index (left out of the results)
     notes: tuple[str, ...] = ()
-    pooled: np.ndarray | None = None  # (D,): a box pooled from the whole picture's feature map (module docstring)
-
-    @property
-    def vectors(self) -> np.ndarray:
-        """(n, D): every vector the query is matched with (the crop's, and the pooled box's when there is one)."""
-        return np.stack([self.vector] if self.pooled is None else [self.vector, self.pooled])
 
     def as_json(self) -> dict:
         return {"uid": self.uid, "image": self.image, "box": list(self.box) if self.box else None,
@@ -244,15 +239,13 @@ def make_query(index: SearchIndex, *, uid: str | None = None, image: str | Path 
     size = picture.size
     notes: tuple[str, ...] = ()
     encoder = encoder or Encoder(index)
-    pooled = None
     try:
         if box is not None:
             box, note = clip_box(box, picture.size, name)
             notes = (note,) if note else ()
-            pooled = encoder.encode_pooled(picture, box)
-            x, y, w, h = box
-            picture = picture.crop((x, y, x + w, y + h))
-        vec = encoder.encode(picture)
+            vec = encoder.encode_pooled(picture, box)
+        else:
+            vec = encoder.encode(picture)
     except IndexError_ as e:
         raise QueryError(str(e)) from e
-    return Query(vec, uid, str(path) if image is not None else None, box, size, number, notes, pooled)
+    return Query(vec, uid, str(path) if image is not None else None, box, size, number, notes)

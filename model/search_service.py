@@ -21,17 +21,6 @@ class Answer:
     hits: list[Hit]
 
 
-def best_of(per_vector: list[list[Hit]], k: int) -> list[Hit]:
-    """Each image's best hit over the query's vectors, the top k of them. Exact: an image among the k best by
-    its best score is among the k best of the vector that gave that score."""
-    best: dict[str, Hit] = {}
-    for hits in per_vector:
-        for h in hits:
-            if h.uid not in best or h.score > best[h.uid].score:
-                best[h.uid] = h
-    return sorted(best.values(), key=lambda h: (-h.score, h.number))[:k]
-
-
 class SearchService:
     def __init__(self, index_dir: str | Path, *, weights: str | None = None, resident: bool = False,
                  collection: str | None = None) -> None:
@@ -48,9 +37,7 @@ class SearchService:
         if k < 1:
             raise QueryError(f"-k {k}: ask for at least one result.")
         query = make_query(self.index, uid=uid, image=image, box=box, collection=collection, encoder=self.encoder)
-        vectors = query.vectors
-        per_vector = self.searcher.search(vectors, k, [query.exclude] * len(vectors))
-        return Answer(query, best_of(per_vector, k))
+        return Answer(query, self.searcher.search(query.vector[None], k, [query.exclude])[0])
 
     def collection(self, folder: str | None):
         """The collection at `folder`, read once (None when it cannot be read: callers show the uid alone)."""

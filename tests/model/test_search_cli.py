@@ -14,7 +14,7 @@ from PIL import Image
 
 from model.__main__ import cli
 from model.index import SearchIndex
-from model.query import Encoder, QueryError, clip_box, make_query, parse_box
+from model.query import Encoder, QueryError, box_weights, clip_box, make_query, parse_box
 from tests.model.search_fixtures import R, write_collection
 
 
@@ -60,7 +60,7 @@ def test_an_indexed_picture_given_as_a_file_finds_itself_first(indexed):
     assert first[0] == "1" and "a03" in first and float(first[1]) > 0.99
 
 
-def test_a_box_query_embeds_the_crop_of_the_picture_as_shown(indexed, tmp_path):
+def test_a_box_query_pools_the_box_from_the_picture_as_shown(indexed, tmp_path):
     coll, idx = indexed
     index = SearchIndex.open(idx)
     enc = Encoder(index)
@@ -68,7 +68,9 @@ def test_a_box_query_embeds_the_crop_of_the_picture_as_shown(indexed, tmp_path):
     shown = Image.open(coll / "images" / "a02.jpg")
     shown = shown.transpose(Image.Transpose.ROTATE_270).convert("RGB")  # EXIF orientation 6
     assert shown.size == (40, 60) == q.size
-    np.testing.assert_allclose(q.vector, enc.encode(shown.crop((5, 10, 35, 50))), atol=1e-5)
+    np.testing.assert_allclose(q.vector, enc.encode_pooled(shown, (5, 10, 30, 40)), atol=1e-5)
+    rotated_wrongly = Image.open(coll / "images" / "a02.jpg").convert("RGB")  # 60 x 40: the stored pixels
+    assert float(q.vector @ enc.encode_pooled(rotated_wrongly, (5, 10, 30, 20))) < 0.999
     assert q.exclude == index.number_of("a02")
     res = _search(idx, "--uid", "a02", "--box", "30,50,100,100", "-k", "3", "--json", tmp_path / "b.json")
     assert res.exit_code == 0, res.output
@@ -153,7 +155,7 @@ def test_a_box_on_a_stored_region_pools_to_that_region_and_finds_its_twin(indexe
     box = tuple(box_in_pixels(index.grid[region], index.size_of(number)))
     answer = service.ask(uid="a03", box=box, k=3)
     stored = index.vectors_of(number)[1][region]
-    assert float(answer.query.pooled @ stored) > 0.99  # the pooled box is the stored region
+    assert float(answer.query.vector @ stored) > 0.99  # the pooled box is the stored region
     assert answer.hits[0].uid == "twin" and answer.hits[0].region == region and answer.hits[0].box == list(box)
     assert answer.hits[0].similarity > 0.99
 
@@ -210,3 +212,11 @@ def test_a_one_cell_feature_map_is_warned_about_and_returns_no_box(indexed, tmp_
     res = _search(tmp_path / "i", "--uid", "a00", "--box", "0,0,30,30", "--json", tmp_path / "r.json")
     assert res.exit_code == 0, res.output
     assert all(r["box"] is None for r in json.loads((tmp_path / "r.json").read_text())["results"])
+
+
+def test_box_weights_cover_the_cells_the_box_covers():
+    w = box_weights((0, 0, 50, 100), (100, 100), 4)  # the left half of a 4 x 4 map
+    np.testing.assert_allclose(w[:, :2], 1 / 8) and np.testing.assert_allclose(w[:, 2:], 0)
+    w = box_weights((10, 0, 20, 100), (80, 100), 4)  # x in [1/8, 3/8): half of cell 0, half of cell 1
+    np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(w[0, :2], [1 / 8, 1 / 8], rtol=1e-6) and np.testing.assert_allclose(w[:, 2:], 0)
