@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -247,8 +248,8 @@ def index(collection, weights, arch, seed, resolution, pooling, scales, pca_dim,
                                    f"again to index the rest.")
         err.exit_code = 130
         raise err from e
-    click.echo(f"indexed {result.added} images ({result.skipped} unreadable, {result.already} indexed before); "
-               f"the index {out} holds {result.total}")
+    click.echo(f"indexed {result.added} image{'s' * (result.added != 1)} ({result.skipped} unreadable, "
+               f"{result.already} indexed before); the index {out} holds {result.total}")
 
 
 def _pca_option(text: str) -> tuple[int | None, bool]:
@@ -272,8 +273,8 @@ def _pca_option(text: str) -> tuple[int | None, bool]:
 @click.option("--image", type=UserPath(exists=True, dir_okay=False), help="Query: an image file.")
 @click.option("--box", help="Search a detail: X,Y,W,H in pixels of the query image (as shown, EXIF applied).")
 @click.option("-k", "k", type=click.IntRange(min=1), default=20, show_default=True, help="Results.")
-@click.option("--json", "json_out", type=UserPath(dir_okay=False), help="Write the results as JSON here.")
-@click.option("--html", "html_out", type=UserPath(dir_okay=False), help="Write a self-contained gallery here.")
+@click.option("--json", "json_out", help="Write the results as JSON here ('-': to stdout, the table then to stderr).")
+@click.option("--html", "html_out", help="Write a self-contained gallery here.")
 @click.option("--collection", type=UserPath(exists=True, file_okay=False),
               help="Where to read a --uid's image when it is not in the index, or the collection has moved.")
 @click.option("--weights", type=PathOrWord("random"),
@@ -287,6 +288,8 @@ def search(index_dir, uid, image, box, k, json_out, html_out, collection, weight
 
     if (uid is None) == (image is None):
         raise click.UsageError("pass exactly one of --uid UID or --image FILE.")
+    json_out = _output_file("--json", json_out, dash=True)
+    html_out = _output_file("--html", html_out)
     try:
         service = SearchService(index_dir, weights=None if weights is None else str(weights),
                                 collection=None if collection is None else str(collection))
@@ -302,16 +305,32 @@ def search(index_dir, uid, image, box, k, json_out, html_out, collection, weight
     for folder in sorted(service.unreadable):
         click.echo(f"warning: {folder}, the collection the index recorded for some results, cannot be read (moved?): "
                    f"their titles and pictures are missing; pass --collection with where it is now.", err=True)
-    click.echo(text_table(answer.query, answer.hits, metadata))
-    try:
-        if json_out:
-            write_json(json_out, results_json(answer.query, answer.hits, index=str(index_dir), k=k))
-            click.echo(f"-> {json_out}", err=True)
-        if html_out:
-            _write_gallery(service, answer, metadata, qcoll, str(index_dir), html_out)
-            click.echo(f"-> {html_out}", err=True)
-    except OSError as e:
-        raise click.ClickException(f"{e.filename or json_out or html_out}: cannot write it ({e.strerror or e}).") from e
+    click.echo(text_table(answer.query, answer.hits, metadata), err=json_out == "-")
+    doc = results_json(answer.query, answer.hits, index=str(index_dir), k=k)
+    if json_out == "-":
+        click.echo(json.dumps(doc, indent=1, ensure_ascii=False))
+    for flag, path, write in (("--json", json_out, lambda p: write_json(p, doc)),
+                              ("--html", html_out, lambda p: _write_gallery(service, answer, metadata, qcoll,
+                                                                            str(index_dir), p))):
+        if path and path != "-":
+            try:
+                write(path)
+            except OSError as e:
+                raise click.ClickException(f"{flag} {path}: cannot write it ({e.strerror or e}).") from e
+            click.echo(f"-> {path}", err=True)
+
+
+def _output_file(flag: str, path: str | None, *, dash: bool = False) -> str | None:
+    """An output file option: a new or regular file in an existing folder (never a device or a pipe, which the
+    atomic rename would replace), or '-' (stdout) where `dash`."""
+    if path is None or (dash and path == "-"):
+        return path
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_file():
+        raise click.UsageError(f"{flag} {path}: not a regular file; give a file name" + (" or '-'" if dash else "") + ".")
+    if not p.parent.is_dir():
+        raise click.UsageError(f"{flag} {path}: the folder {p.parent} does not exist.")
+    return str(p)
 
 
 def _write_gallery(service, answer, metadata, qcoll, index_dir: str, out) -> None:

@@ -127,8 +127,12 @@ class SearchIndex:
                               f"version {manifest.get('version')!r}); build it again with this version.")
         pca = None
         if manifest.get("pca"):
-            with np.load(folder / "pca.npz") as z:
-                pca = Pca(z["mean"].astype(np.float32), z["projection"].astype(np.float32))
+            try:
+                with np.load(folder / "pca.npz") as z:
+                    pca = Pca(z["mean"].astype(np.float32), z["projection"].astype(np.float32))
+            except (OSError, ValueError, KeyError) as e:
+                raise IndexError_(f"{folder / 'pca.npz'}: cannot read the index's PCA ({e}); the index is damaged: "
+                                  f"build it again into a new --out.") from None
         index = cls(folder, manifest, pca)
         r, d = len(manifest["grid"]), manifest["dim"]
         index.parts = [_read_part(folder / "parts" / p["name"], r, d) for p in manifest["parts"]]

@@ -378,7 +378,7 @@ def _open_or_start(out: Path, fresh: dict, settings: IndexSettings, coll, paths,
 
 def _build(coll: Collection, net: SignatureNet, out: Path, settings: IndexSettings, fresh: dict) -> IndexResult:
     paths = [str(coll.image_path(r)) for r in coll.images]
-    index = _open_or_start(out, fresh, settings, coll, paths, net)
+    index = _reattach(out, _open_or_start(out, fresh, settings, coll, paths, net), coll)
     indexed = set(index.uids)
     seen: set[str] = set()
     todo = []
@@ -431,6 +431,26 @@ def _store_calibration(out: Path, manifest: dict) -> None:
 
     index = SearchIndex.open(out)
     write_manifest(out, {**manifest, "calibration": calibrate(index).as_json()})
+
+
+def _reattach(out: Path, index: SearchIndex, coll: Collection) -> SearchIndex:
+    """Parts whose collection folder is gone, and whose images this collection lists, now read from it (a moved
+    collection, indexed again into its index): said on stderr, recorded in the manifest."""
+    here = str(Path(coll.root).absolute())
+    parts, moved = [], set()
+    for entry, part in zip(index.manifest["parts"], index.parts, strict=True):
+        old = entry.get("collection")
+        if old and old != here and not Path(old).is_dir() and any(u in coll for u in part.uids[:50]):
+            entry = {**entry, "collection": here}
+            moved.add(old)
+        parts.append(entry)
+    if not moved:
+        return index
+    for old in sorted(moved):
+        print(f"note: {old} is gone; the indexed images it listed are now read from {here}", file=sys.stderr)
+    manifest = {**index.manifest, "parts": parts}
+    write_manifest(out, manifest)
+    return SearchIndex.open(out)
 
 
 def _warn_other_collections(index: SearchIndex, uids: set[str], coll: Collection) -> None:

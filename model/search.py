@@ -1,9 +1,9 @@
 """Exact search of an index: "which images hold this picture, or this detail of it?"
 
-A query is one vector (a whole image's signature, or a detail's: the crop embedded whole by the same
-network). Each indexed image scores the best of two matches: its global signature, and its best region.
-When a region wins, the hit carries that region's box in the hit's own pixels, so that a photograph of a
-detail finds the artwork it comes from and shows where; when the whole image wins, the box is None.
+A query is one vector (a whole image's signature, or a detail's: a box pooled from its picture's feature map by the
+same network, `model.query`). Each indexed image scores the better of two matches: its global signature, and its best region.
+When a region wins, the hit carries that region's box in the hit's own pixels, so that a detail is found
+where it appears inside another picture, and shown where; when the whole image wins, the box is None.
 
 Why the two are calibrated before they are compared: a region's vector pools a part of the picture, so its
 cosine with any query sits lower than a whole image's (measured on the demo: the source's best region
@@ -12,9 +12,11 @@ would let the whole image win almost always, returning no box. So each kind's sc
 footing by how it scores on *unrelated* images: on a sample of the index, the mean and standard deviation
 of global-vs-global cosines and of best-region-vs-global cosines between different images (`calibrate`,
 stored in the manifest by `model index`). `Hit.score` is the number of standard deviations by which the
-match stands above an unrelated image's (a z-score: 0 is what an unrelated image scores on average; the best
-of n unrelated images reach about sqrt(2 ln n), 3.5 among 500, 4.8 among 100,000), the better of the two kinds; `Hit.similarity` the matched vector's
-own cosine. Whole images are ranked among themselves exactly as by cosine (an affine map of it).
+match stands above an unrelated image's (a z-score: 0 is what an unrelated image scores on average), the
+better of the two kinds; `Hit.similarity` the matched vector's own cosine. Whole images are ranked among
+themselves exactly as by cosine (an affine map of it). The score is a ranking within one query, not a
+probability: an odd query (a blank picture) can stand high above everything, and the calibration is measured
+again when images are appended, so scores of runs on different versions of an index do not compare.
 
 For an index without PCA-whitening, regions are scored on the global scale (their own spread is not used):
 such vectors share one large common component (cosines of unrelated images all near 1, their spread tiny),
@@ -202,7 +204,7 @@ class Searcher:
                 whole = w < 0 or np.allclose(grid[w], (0.0, 0.0, 1.0, 1.0))  # a 1 x 1 map's only "region"
                 box = None if whole else box_in_pixels(grid[w], self.index.size_of(int(n)))
                 glob, regions = self.index.vectors_of(int(n))
-                sim = float((regions[w] if w >= 0 else glob) @ q)
+                sim = float(np.clip((regions[w] if w >= 0 else glob) @ q, -1.0, 1.0))  # float16 rows: |x| ~ 1 +- 5e-4
                 hits.append(Hit(self.index.uid_of(int(n)), float(s), box, int(w), int(n), sim))
             out.append(hits)
         return out

@@ -19,6 +19,8 @@ from model.query import Query
 from model.search import Hit
 
 META_FIELDS = ("title", "author", "date")
+LEGEND = ("score: how far the match stands above this index's unrelated images, in standard deviations (the "
+          "ranking; compare within one query); cosine: the matched vector's own similarity")
 
 
 def results_json(query: Query, hits: list[Hit], *, index: str, k: int) -> dict:
@@ -33,14 +35,13 @@ def text_table(query: Query, hits: list[Hit], metadata: dict[str, dict]) -> str:
     what = f"uid {query.uid}" if query.uid else f"image {query.image}"
     if query.box:
         what += f", box {','.join(map(str, query.box))}"
-    lines = [f"{len(hits)} results for {what}:",
+    lines = [f"{len(hits)} result{'s' * (len(hits) != 1)} for {what}:",
              f"{'rank':>4}  {'score':>7}  {'cosine':>7}  {'box':<22} uid / title"]
     for rank, h in enumerate(hits, 1):
         box = ",".join(map(str, h.box)) if h.box else "whole image"
         title = metadata.get(h.uid, {}).get("title", "")
         lines.append(f"{rank:>4}  {h.score:7.4f}  {h.similarity:7.4f}  {box:<22} {h.uid}" + (f"  {title}" if title else ""))
-    lines.append("score: standard deviations above an unrelated image's match (the ranking; the best of n unrelated "
-                 "images reach about sqrt(2 ln n): 3.5 among 500, 4.8 among 100,000); cosine: the matched vector's own similarity")
+    lines.append(LEGEND)
     return "\n".join(lines)
 
 
@@ -106,7 +107,7 @@ def gallery_html(query: Query, hits: list[Hit], *, metadata: dict[str, dict], th
     return (f"<!doctype html><html lang=en><meta charset=utf-8><title>Search: {html.escape(qname)}</title>"
             f"<style>{_STYLE}</style><h1>Where else does this appear? {html.escape(qname)}</h1>"
             f'<p>Index {html.escape(index)}: {len(hits)} results, best first; a red box is the region of the '
-            f"result that matched best (none: the whole image did).</p>"
+            f"result that matched best (none: the whole image did). {html.escape(LEGEND)}.</p>"
             f'<div class="query">{_figure(query_thumb, "query picture unreadable", query.box, query.size, qcap)}</div>'
             f'<div class="grid">{"".join(cards)}</div></html>\n')
 

@@ -23,6 +23,7 @@ holds is shown with the metadata of that collection and no thumbnail, and cannot
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 
@@ -195,8 +196,8 @@ def _query_of(body: dict) -> dict:
     if box is not None and not (isinstance(box, list) and len(box) == 4
                                 and all(isinstance(v, int) and not isinstance(v, bool) for v in box)):
         abort(400, description="'query.box' must be null or [x, y, w, h] in whole pixels.")
-    if score is not None and (not isinstance(score, int | float) or isinstance(score, bool)):
-        abort(400, description="'query.score' must be a number.")
+    if score is not None and (not isinstance(score, int | float) or isinstance(score, bool) or not math.isfinite(score)):
+        abort(400, description="'query.score' must be a finite number or null.")
     return {"uid": q["uid"], "box": box, "score": score}
 
 

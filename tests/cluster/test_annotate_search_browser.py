@@ -146,3 +146,26 @@ def test_a_box_may_start_just_outside_the_picture_and_a_plain_click_there_still_
                      "window.dispatchEvent(new MouseEvent('mouseup', {bubbles: true}));"
                      "document.getElementById('zoom').click();")
     _wait(d, lambda d: d.find_element(By.ID, "zoom").get_attribute("hidden") is not None, "closed by a plain click")
+
+
+def test_a_hits_box_is_drawn_on_its_picture_whatever_its_shape(page):
+    """The results grid stretched each picture's frame to its cell, so a box in percent of the frame hung below a
+    wide picture and off the side of a tall one. A wide and a tall hit, each with its right half as the box."""
+    d = page
+    d.find_element(By.CSS_SELECTOR, "#card-1 button.like").click()
+    _wait(d, lambda d: len(_results(d)) > 0, "results shown")
+    uid = d.find_element(By.ID, "card-1").get_attribute("data-uid")
+    rects = d.execute_script("""
+        const thumb = `/image/${encodeURIComponent(arguments[0])}?size=256`;
+        const hit = (w, h) => ({uid: arguments[0], score: 5, similarity: 0.5, box: [w / 2, 0, w / 2, h], size: [w, h],
+                                thumb, title: 'a long title that wraps '.repeat(12), author: 'an author', date: '1600',
+                                in_collection: true, in_cluster: false, added: false});
+        showResults({query: {uid: arguments[0], box: null, size: [10, 10], notes: []}, results: [hit(400, 100), hit(100, 400)]});
+        return new Promise((done) => setTimeout(() => done([...document.querySelectorAll('#search-results .hit')].map((el) => {
+          const img = el.querySelector('.pic img').getBoundingClientRect(), box = el.querySelector('.hitbox').getBoundingClientRect();
+          return [img.left, img.top, img.right, img.bottom, box.left, box.top, box.right, box.bottom]; })), 1500));""", uid)
+    assert len(rects) == 2
+    for il, it, ir, ib, bl, bt, br, bb in rects:
+        assert ir - il > 10 and ib - it > 10
+        assert abs(br - ir) <= 2 and abs(bb - ib) <= 2 and abs(bt - it) <= 2  # the box ends where the picture does
+        assert abs(bl - (il + ir) / 2) <= 2  # and starts at its middle

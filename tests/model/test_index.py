@@ -203,3 +203,19 @@ def test_an_index_built_over_three_devices_holds_the_one_device_vectors(coll, in
     for u in one.uids:
         for x, y in zip(one.vectors_of(one.number_of(u)), three.vectors_of(three.number_of(u)), strict=True):
             np.testing.assert_allclose(x, y, atol=2e-3)
+
+
+def test_a_moved_collection_indexed_again_is_reattached_to_its_index(tmp_path, net, capsys):
+    import shutil
+
+    first = write_collection(tmp_path / "c", n=3)
+    build(first, net, tmp_path / "idx")
+    moved = tmp_path / "moved"
+    shutil.move(str(first), moved)
+    capsys.readouterr()
+    res = build(moved, net, tmp_path / "idx")
+    err = capsys.readouterr().err
+    assert res.added == 0 and "is gone; the indexed images it listed are now read from" in err
+    assert "from another collection" not in err
+    index = SearchIndex.open(tmp_path / "idx")
+    assert {p["collection"] for p in index.manifest["parts"]} == {str(moved.absolute())}

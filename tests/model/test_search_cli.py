@@ -195,7 +195,13 @@ def test_unwritable_outputs_are_one_line_and_a_failed_first_run_leaves_no_folder
     coll, idx = indexed
     (tmp_path / "afile").write_text("x")
     res = _search(idx, "--uid", "a00", "--html", tmp_path / "afile" / "g.html")
-    assert res.exit_code == 1 and "cannot write it" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "does not exist" in res.output and "Traceback" not in res.output
+    res = _search(idx, "--uid", "a00", "--json", "/dev/null")  # the atomic rename would have replaced the device
+    assert res.exit_code == 2 and "not a regular file" in res.output
+    res = _search(idx, "--uid", "a00", "-k", "2", "--json", "-")
+    assert res.exit_code == 0
+    doc = json.loads(res.stdout[res.stdout.index("{"):])  # the table went to stderr
+    assert len(doc["results"]) == 2 and doc["query"]["uid"] == "a00"
     base = ["index", "--collection", str(coll), "--weights", "random", "--arch", "resnet18", "--resolution", str(R),
             "--workers", "0", "--no-progress"]
     res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "afile" / "idx")])

@@ -380,7 +380,7 @@ function hitCard(h, rank, q) {
     pic.querySelector("img").addEventListener("click", () => zoom(h.uid, [h.uid, h.title, h.author, h.date].filter(Boolean).join(" · ")));
   }
   const text = el("div", { class: "caption" }, [
-    el("div", { class: "f-score", title: "score: standard deviations above an unrelated image's match (the ranking; the best of n unrelated images reach about sqrt(2 ln n): 3.5 among 500, 4.8 among 100,000); cosine: the matched vector's own similarity",
+    el("div", { class: "f-score", title: "score: how far the match stands above this index's unrelated images, in standard deviations (the ranking; compare within one query); cosine: the matched vector's own similarity",
       text: `#${rank} · score ${h.score.toFixed(3)} (cosine ${h.similarity.toFixed(3)})` + (h.box ? " · a detail matched" : " · whole image") }),
     h.title ? el("div", { class: "f-title", text: h.title }) : null,
     h.author ? el("div", { class: "f-author", text: h.author }) : null,
