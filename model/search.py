@@ -47,6 +47,11 @@ from model.regions import box_in_pixels
 
 BLOCK_BYTES = 64 << 20  # float16 bytes of index per block
 CALIBRATION_IMAGES = 512  # images sampled by `calibrate`: ~260k pairs of unrelated images
+# A whole image this close to the query is the same picture (a copy, a re-scan): it is reported as a whole-image
+# match (no box, its whole image's cosine) even when one of its regions scores higher (regions' z-scores have
+# their own, narrower spread, so a region of an identical copy could win and a box came back where "whole
+# image" was the answer). Its rank is unchanged.
+SAME_PICTURE_COSINE = 0.95
 
 
 @dataclass(frozen=True)
@@ -127,11 +132,13 @@ def _merge_block(best, queries, global_, regions, valid, first, exclude, z, *, k
     scores, numbers, which = best
     q = queries.astype(global_.dtype)
     g_mean, g_inv, r_mean, r_inv = z
-    g = (jnp.einsum("qd,bd->qb", q, global_, preferred_element_type=jnp.float32) - g_mean) * g_inv  # (Q, B)
+    g_cos = jnp.einsum("qd,bd->qb", q, global_, preferred_element_type=jnp.float32)  # (Q, B)
+    g = (g_cos - g_mean) * g_inv
     r = jnp.einsum("qd,brd->qbr", q, regions, preferred_element_type=jnp.float32)  # (Q, B, R)
     r_best, r_arg = (r.max(-1) - r_mean) * r_inv, r.argmax(-1)
-    block_scores = jnp.maximum(g, r_best)
-    block_which = jnp.where(r_best > g, r_arg, -1)
+    same = g_cos >= SAME_PICTURE_COSINE
+    block_scores = jnp.maximum(g, r_best)  # ranked as ever; only what the hit reports changes
+    block_which = jnp.where((r_best > g) & ~same, r_arg, -1)
     block_numbers = first + jnp.arange(global_.shape[0])
     keep = valid[None, :] & (block_numbers[None, :] != exclude[:, None])
     block_scores = jnp.where(keep, block_scores, -jnp.inf)

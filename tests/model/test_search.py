@@ -8,7 +8,7 @@ import pytest
 
 from model.index import FORMAT, VERSION, SearchIndex, append_part, write_manifest
 from model.regions import box_in_pixels, region_grid
-from model.search import Calibration, Searcher, calibrate
+from model.search import SAME_PICTURE_COSINE, Calibration, Searcher, calibrate
 
 D = 16
 
@@ -41,8 +41,9 @@ def _brute(index, q, exclude=None, cal=None):
     raw_r = np.einsum("nrd,d->nr", r, q)
     sg = (g @ q - cal.global_mean) / cal.global_std
     sr = (raw_r.max(1) - cal.region_mean) / cal.region_std
+    same = g @ q >= SAME_PICTURE_COSINE
     score = np.maximum(sg, sr)
-    which = np.where(sr > sg, raw_r.argmax(1), -1)
+    which = np.where((sr > sg) & ~same, raw_r.argmax(1), -1)
     if exclude is not None:
         score[exclude] = -np.inf
     order = np.argsort(-score, kind="stable")
@@ -113,3 +114,15 @@ def test_calibration_describes_unrelated_pairs_and_lets_a_standing_out_region_wi
     assert strict.number == 4 and strict.region == -1  # regions spread 3x wider: the whole image wins
     lenient = Searcher(index, calibration=Calibration(0.0, 0.3, 0.0, 0.1)).search(q[None], 1)[0][0]
     assert lenient.number == 4 and lenient.region == 2 and lenient.box is not None
+
+
+def test_an_identical_picture_is_a_whole_image_match_even_when_a_region_scores_higher(tmp_path):
+    index = _synthetic(tmp_path / "idx")
+    glob, regions = index.vectors_of(8)
+    q = np.asarray(glob, np.float32)  # the same picture's signature, e.g. a re-scan's
+    lenient = Calibration(0.0, 0.3, 0.0, 0.01)  # regions' spread so narrow that any region would win
+    hits = Searcher(index, calibration=lenient).search(q[None], 50)[0]
+    best = next(h for h in hits if h.number == 8)
+    assert best.region == -1 and best.box is None
+    assert all(h.region >= 0 for h in hits if h.number != 8)  # the others still matched through a region
+    assert best.similarity == pytest.approx(1.0, abs=2e-3)
