@@ -21,6 +21,7 @@ It lives in `data/` because every other package may import `data/`.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -96,9 +97,18 @@ def fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+class NotARegularFileError(OSError):
+    """The output path names a device, a pipe or a socket: the rename would replace it with a plain file."""
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` to produce the file, fsync it, then rename it over `path`."""
+    """Call `write(tmp)` to produce the file, fsync it, then rename it over `path`.
+
+    Refused (NotARegularFileError, an OSError) when `path` is a device, a pipe or a socket: renaming over it
+    would put a plain file where /dev/null or a named pipe was (a user's `--json /dev/stdout` did that)."""
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise NotARegularFileError(errno.EINVAL, "not a regular file (a device or a pipe): give a file name", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in stale_temps(path):
         stale.unlink(missing_ok=True)

@@ -72,3 +72,19 @@ def test_a_folder_written_whole_gets_the_permissions_of_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+
+
+def test_a_device_or_a_pipe_is_never_replaced_by_a_plain_file(tmp_path):
+    import os
+    import stat
+
+    from data.atomic import NotARegularFileError, atomic_write_text
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(NotARegularFileError, match="not a regular file"):
+        atomic_write_text(fifo, "x")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    with pytest.raises(OSError, match="not a regular file"):
+        atomic_write_text("/dev/null", "x")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
