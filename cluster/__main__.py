@@ -86,6 +86,8 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
     except (ValueError, MemoryError) as e:
         raise click.ClickException(str(e)) from e
     plot = write_clustering(out, table, res, max_eps=max_eps, plot=plot)
+    for warning in table.params.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
     n_clusters = len(set(table.labels.tolist()) - {-1})
     click.echo(
         f"{out}: {len(table)} images, {n_clusters} clusters, {float((table.labels < 0).mean()):.1%} noise"

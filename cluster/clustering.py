@@ -20,6 +20,7 @@ from cluster.config import DBSCAN_EPS, METHODS, OpticsConfig
 from cluster.neighbours_file import neighbours_path, write_neighbours
 from cluster.optics import OpticsResult, optics
 from cluster.plots import reachability_plot
+from cluster.settings_check import setting_warnings
 from data.signatures import Signatures, load_signatures
 
 
@@ -135,8 +136,27 @@ def cluster_signatures(
         notify(notice)
     params = _provenance(signatures_path, len(sig), cfg, method, pca)
     if method == "optics":
-        return _optics_table(sig, x, cfg, params)
-    return _comparison_table(sig, x, cfg, method, params), None
+        table, res = _optics_table(sig, x, cfg, params)
+        core = res.core_distances
+    else:
+        table, res = _comparison_table(sig, x, cfg, method, params), None
+        core = _core_distances(x, cfg) if len(x) <= CORE_DISTANCES_MAX else None
+    eps = cfg.eps if cfg.eps is not None or method != "dbscan" else DBSCAN_EPS
+    table.params["warnings"] = setting_warnings(table.labels, method=method, max_eps=cfg.max_eps, eps=eps,
+                                                core_distances=core)
+    return table, res
+
+
+CORE_DISTANCES_MAX = 50_000  # DBSCAN/HDBSCAN: the neighbour distances shown in a warning, computed up to here
+
+
+def _core_distances(x: np.ndarray, cfg: OpticsConfig) -> np.ndarray:
+    """Each row's distance to its min_samples-th neighbour (itself counted, as OPTICS's core distance)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(cfg.min_samples, len(x))
+    dist, _ = NearestNeighbors(n_neighbors=k, metric=cfg.metric).fit(x).kneighbors(x)
+    return dist[:, -1]
 
 
 def write_clustering(
