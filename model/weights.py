@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -49,6 +50,9 @@ class WeightsError(ValueError):
 # reports of the failure already handled, so they are dropped; nothing else is.
 
 _ORBAX_READ_ERROR = "Encountered error while reading array index"
+# tensorstore's own error for an array it could not read from a checkpoint's OCDBT database (a file cut short,
+# missing, or not compressed data): what a read still in flight reports again, as a Future never retrieved
+_TENSORSTORE_READ_ERROR = re.compile(r'^[A-Z_]+: Error reading ".*" in OCDBT database at ', re.S)
 
 
 def _is_restore_echo(exc: BaseException | None, obj: object = None) -> bool:
@@ -56,7 +60,7 @@ def _is_restore_echo(exc: BaseException | None, obj: object = None) -> bool:
     if exc is not None:
         if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
             return True
-        if str(exc).startswith(_ORBAX_READ_ERROR):
+        if str(exc).startswith(_ORBAX_READ_ERROR) or _TENSORSTORE_READ_ERROR.match(str(exc)):
             return True
     code = getattr(obj, "cr_code", None)  # a coroutine of orbax's reader, garbage-collected unfinished
     return code is not None and "/orbax/" in code.co_filename.replace("\\", "/")
