@@ -293,14 +293,12 @@ def search(index_dir, uid, image, box, k, json_out, html_out, collection, weight
     try:
         service = SearchService(index_dir, weights=None if weights is None else str(weights),
                                 collection=None if collection is None else str(collection))
-        answer = service.ask(uid=uid, image=image, box=parse_box(box) if box else None, k=k,
-                             collection=None if collection is None else str(collection))
+        answer = service.ask(uid=uid, image=image, box=parse_box(box) if box else None, k=k)
     except (IndexError_, QueryError) as e:
         raise _fail(e) from e
     for note in answer.query.notes:
         click.echo(f"warning: {note}", err=True)
-    qcoll = service.collection(str(collection) if collection else (
-        service.index.collection_of(answer.query.exclude) if answer.query.exclude is not None else None))
+    qcoll = service.query_collection(answer.query)
     metadata = service.metadata(answer.hits, uid, qcoll)
     for folder in sorted(service.unreadable):
         click.echo(f"warning: {folder}, the collection the index recorded for some results, cannot be read (moved?): "

@@ -142,16 +142,23 @@ def chunk_rows(plan: ChunkPlan, chunks: Iterable[int], batch_size: int) -> np.nd
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
-def _elements(batches: Iterator[dict], embed: Embedder) -> Iterator[tuple[int, str, tuple, np.ndarray]]:
-    """(row, error, notes, signature) per element in order; the devices embed batch i while batch i+1 decodes."""
+def run_ahead(batches: Iterable[dict], forward) -> Iterator[tuple[dict, jax.Array]]:
+    """Each batch with `forward(batch["images"])`, one batch behind: the devices compute batch i (JAX dispatch is
+    asynchronous) while the pipeline decodes batch i + 1."""
     pending: tuple[dict, jax.Array] | None = None
     for batch in batches:
-        out = embed(batch["images"])
+        out = forward(batch["images"])
         if pending is not None:
-            yield from _unbatch(*pending)
+            yield pending
         pending = (batch, out)
     if pending is not None:
-        yield from _unbatch(*pending)
+        yield pending
+
+
+def _elements(batches: Iterator[dict], embed: Embedder) -> Iterator[tuple[int, str, tuple, np.ndarray]]:
+    """(row, error, notes, signature) per element in order; the devices embed batch i while batch i+1 decodes."""
+    for batch, out in run_ahead(batches, embed):
+        yield from _unbatch(batch, out)
 
 
 def _unbatch(batch: dict, out: jax.Array) -> Iterator[tuple[int, str, tuple, np.ndarray]]:
@@ -343,15 +350,20 @@ class StoreResult:
     written: bool  # this process wrote the store (process 0)
 
 
-def fingerprint(model: SignatureNet, coll: Collection, meta: dict, dtype: str) -> dict:
-    """What the chunks of an unfinished store depend on: the network's parameters (a hash of every array),
-    images.csv's bytes, the preprocessing, the stored dtype. A resume with any of them changed is refused."""
+def parameters_sha256(model: SignatureNet) -> str:
+    """A hash of every array of the network's state: what a store's chunks and a search index's vectors depend on."""
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(nnx.state(model)):
         h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(model: SignatureNet, coll: Collection, meta: dict, dtype: str) -> dict:
+    """What the chunks of an unfinished store depend on: the network's parameters (a hash of every array),
+    images.csv's bytes, the preprocessing, the stored dtype. A resume with any of them changed is refused."""
     csv = hashlib.sha256(Path(coll.images_file).read_bytes()).hexdigest()
     keep = ("arch", "pooling", "resolution", "dtype", "collection")
-    return {**{k: meta[k] for k in keep}, "parameters_sha256": h.hexdigest(), "images_csv_sha256": csv,
+    return {**{k: meta[k] for k in keep}, "parameters_sha256": parameters_sha256(model), "images_csv_sha256": csv,
             "store_dtype": store_dtype(dtype).name}
 
 

@@ -22,7 +22,6 @@ also shrinks the index (2048 -> 512 dimensions: 4x smaller, 4x faster to search)
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import sys
 import time
@@ -45,7 +44,7 @@ from data.collection import Collection, load_collection
 from data.image import note_lines
 from data.preprocess import normalize
 from data.signatures import ChunkPlan
-from model.embed import AXIS, chunk_rows, local_mesh
+from model.embed import AXIS, chunk_rows, local_mesh, parameters_sha256, run_ahead
 from model.index import (
     FORMAT,
     VERSION,
@@ -163,20 +162,8 @@ def _stream(paths: list[str], rows: np.ndarray, embed: RegionEmbedder, resolutio
     from data.pipeline import file_dataset  # grain only where files are read
 
     batches = file_dataset(paths, rows, resolution=resolution, batch_size=embed.batch_size, workers=workers)
-    for batch, out in _ahead(batches, embed):
+    for batch, out in run_ahead(batches, embed):
         yield from _unbatch(batch, out, report)
-
-
-def _ahead(batches, embed: RegionEmbedder) -> Iterator[tuple[dict, jax.Array]]:
-    """Each batch with its (asynchronous) result, one batch behind the pipeline."""
-    pending = None
-    for batch in batches:
-        out = embed(batch["images"])
-        if pending is not None:
-            yield pending
-        pending = (batch, out)
-    if pending is not None:
-        yield pending
 
 
 def _unbatch(batch: dict, out: jax.Array, report) -> Iterator[tuple[int, np.ndarray | None, tuple[int, int]]]:
@@ -214,13 +201,6 @@ class _Report:
 
 
 # --- the index's settings --------------------------------------------------------------------------------------
-
-
-def parameters_sha256(net: SignatureNet) -> str:
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(nnx.state(net)):
-        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-    return h.hexdigest()
 
 
 _MUST_AGREE = ("arch", "pooling", "resolution", "scales", "parameters_sha256")

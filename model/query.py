@@ -86,8 +86,7 @@ class Encoder:
         import jax
         from flax import nnx
 
-        from model.embed import make_embed_fn
-        from model.index_build import parameters_sha256
+        from model.embed import make_embed_fn, parameters_sha256
         from model.weights import WeightsError, load_or_init
 
         m = self.index.manifest

@@ -124,12 +124,12 @@ def block_images(index: SearchIndex) -> int:
 
 @partial(jax.jit, static_argnames=("k",))
 def _merge_block(best, queries, global_, regions, valid, first, exclude, z, *, k):
-    """Running top-k (scores, numbers, regions) merged with one block's best score per image.
+    """Running top-k (scores, numbers, regions, cosines) merged with one block's best score per image.
 
     queries (Q, D) float32; global_ (B, D) and regions (B, R, D), float16 or float32 (products accumulate in
     float32 either way); valid (B,) bool; first: the block's first image number; exclude (Q,) image number
     left out of each query's results (-1: none); z: `Calibration.z()`, the scores' mean and inverse spread."""
-    scores, numbers, which = best
+    scores, numbers, which, sims = best
     q = queries.astype(global_.dtype)
     g_mean, g_inv, r_mean, r_inv = z
     g_cos = jnp.einsum("qd,bd->qb", q, global_, preferred_element_type=jnp.float32)  # (Q, B)
@@ -139,14 +139,16 @@ def _merge_block(best, queries, global_, regions, valid, first, exclude, z, *, k
     same = g_cos >= SAME_PICTURE_COSINE
     block_scores = jnp.maximum(g, r_best)  # ranked as ever; only what the hit reports changes
     block_which = jnp.where((r_best > g) & ~same, r_arg, -1)
+    block_sims = jnp.where(block_which >= 0, r.max(-1), g_cos)  # the reported match's own cosine
     block_numbers = first + jnp.arange(global_.shape[0])
     keep = valid[None, :] & (block_numbers[None, :] != exclude[:, None])
     block_scores = jnp.where(keep, block_scores, -jnp.inf)
     all_scores = jnp.concatenate([scores, block_scores], 1)
     all_numbers = jnp.concatenate([numbers, jnp.broadcast_to(block_numbers, block_scores.shape)], 1)
     all_which = jnp.concatenate([which, block_which], 1)
+    all_sims = jnp.concatenate([sims, block_sims], 1)
     top, idx = jax.lax.top_k(all_scores, k)
-    return top, jnp.take_along_axis(all_numbers, idx, 1), jnp.take_along_axis(all_which, idx, 1)
+    return (top, *(jnp.take_along_axis(a, idx, 1) for a in (all_numbers, all_which, all_sims)))
 
 
 class Searcher:
@@ -183,35 +185,36 @@ class Searcher:
     def top_k(self, queries: np.ndarray, k: int, exclude: Sequence[int | None] | None = None):
         """(scores, numbers, regions) arrays (Q, k'), k' = min(k, images): each query's best images, best
         first; numbers -1 (score -inf) where fewer images qualify (an index of one image, its query left out)."""
+        return self._top_k(queries, k, exclude)[:3]
+
+    def _top_k(self, queries, k, exclude):
+        """`top_k`, and the cosine of each hit's reported match (Q, k')."""
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         nq = len(queries)
         k = max(1, min(int(k), self.index.count))
         excl = np.asarray([-1 if e is None else e for e in (exclude or [None] * nq)], np.int32)
         best = (jnp.full((nq, k), -jnp.inf, jnp.float32), jnp.full((nq, k), -1, jnp.int32),
-                jnp.full((nq, k), -1, jnp.int32))
+                jnp.full((nq, k), -1, jnp.int32), jnp.zeros((nq, k), jnp.float32))
         q, ex = jnp.asarray(queries), jnp.asarray(excl)
         z = tuple(jnp.float32(v) for v in self.calibration.z())
         for first, g, reg, valid in self._iter_blocks():
             best = _merge_block(best, q, g, reg, valid, jnp.int32(first), ex, z, k=k)
-        scores, numbers, which = (np.asarray(a) for a in best)
+        scores, numbers, which, sims = (np.asarray(a) for a in best)
         numbers = np.where(np.isfinite(scores), numbers, -1)
-        return scores, numbers, which
+        return scores, numbers, which, sims
 
     def search(self, queries: np.ndarray, k: int, exclude: Sequence[int | None] | None = None) -> list[list[Hit]]:
         """Each query's hits, best first (see `top_k`), with uids and boxes in the hits' pixels."""
-        scores, numbers, which = self.top_k(queries, k, exclude)
         grid = self.index.grid
-        queries = np.atleast_2d(np.asarray(queries, np.float32))
         out = []
-        for q, qs, qn, qw in zip(queries, scores, numbers, which, strict=True):
+        for qs, qn, qw, qc in zip(*self._top_k(queries, k, exclude), strict=True):
             hits = []
-            for s, n, w in zip(qs, qn, qw, strict=True):
+            for s, n, w, c in zip(qs, qn, qw, qc, strict=True):
                 if n < 0:
                     continue
                 whole = w < 0 or np.allclose(grid[w], (0.0, 0.0, 1.0, 1.0))  # a 1 x 1 map's only "region"
                 box = None if whole else box_in_pixels(grid[w], self.index.size_of(int(n)))
-                glob, regions = self.index.vectors_of(int(n))
-                sim = float(np.clip((regions[w] if w >= 0 else glob) @ q, -1.0, 1.0))  # float16 rows: |x| ~ 1 +- 5e-4
+                sim = float(np.clip(c, -1.0, 1.0))  # float16 rows: |x| ~ 1 +- 5e-4
                 hits.append(Hit(self.index.uid_of(int(n)), float(s), box, int(w), int(n), sim))
             out.append(hits)
         return out

@@ -36,7 +36,8 @@ class SearchService:
         """The top `k` images for a uid or an image file, restricted to `box` when given (`model.query`)."""
         if k < 1:
             raise QueryError(f"-k {k}: ask for at least one result.")
-        query = make_query(self.index, uid=uid, image=image, box=box, collection=collection, encoder=self.encoder)
+        query = make_query(self.index, uid=uid, image=image, box=box, collection=collection or self.fallback,
+                           encoder=self.encoder)
         return Answer(query, self.searcher.search(query.vector[None], k, [query.exclude])[0])
 
     def collection(self, folder: str | None):
@@ -51,6 +52,12 @@ class SearchService:
             except (CollectionError, OSError):
                 self._collections[folder] = None
         return self._collections[folder]
+
+    def query_collection(self, query):
+        """The collection of the query's image: --collection, else the one the index recorded for it (None for a
+        file query)."""
+        recorded = self.index.collection_of(query.exclude) if query.exclude is not None else None
+        return self.collection(self.fallback or recorded)
 
     def collection_of(self, hit: Hit):
         """The hit's collection: the one the index recorded, else --collection when that lists the uid."""

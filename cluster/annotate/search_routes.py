@@ -97,7 +97,7 @@ def _box_arg() -> tuple[int, int, int, int] | None:
     try:
         return parse_box(raw)
     except QueryError as e:
-        abort(400, description=str(e).replace("--box", "box"))
+        abort(400, description=app_wording(str(e)))
 
 
 def _k_arg() -> int:
@@ -166,7 +166,7 @@ def search_answer(session, search: AppSearch) -> dict:
     answer = search.ask(uid=uid, box=box, k=k, collection=str(session.collection.root))
     q = answer.query
     query = {"uid": q.uid, "box": list(q.box) if q.box else None, "size": list(q.size) if q.size else None,
-             "k": k, "cluster": cid, "notes": [n.replace("--box", "box") for n in q.notes]}
+             "k": k, "cluster": cid, "notes": [app_wording(n) for n in q.notes]}
     return {"query": query, "results": [_hit_json(session, search, h, members, added) for h in answer.hits]}
 
 
