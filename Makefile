@@ -39,7 +39,7 @@ $(RUN)/signatures.npz: $(COLL)/images.csv
 	$(PY) -m train --collection $(COLL) --preset demo --weights random --out $(RUN) $(if $(wildcard $(RUN)/config.json),--resume)
 
 $(DEMO)/clusters.csv: $(RUN)/signatures.npz
-	$(PY) -m cluster optics $< --min-samples 2 --max-eps 0.13 --xi 0.05 --metric cosine --out $@
+	$(PY) -m cluster optics $< --min-samples 2 --xi 0.05 --metric cosine --out $@
 
 $(DEMO)/quality.json: $(DEMO)/clusters.csv
 	$(PY) -m cluster evaluate $< --collection $(COLL) --json $@

@@ -1,4 +1,4 @@
-"""`python -m cluster COMMAND`: optics, evaluate, map (this module), annotate and accept (the web app).
+"""`python -m cluster COMMAND`: optics, evaluate, map, export (this module), annotate and accept (the web app).
 
 Thin: each command parses options and calls library functions that the tests call too.
 """
@@ -16,8 +16,10 @@ import click
 from cluster.accept import accept
 from cluster.annotate.cli import annotate
 from cluster.config import (
+    AUTO,
     CLUSTER_METHODS,
-    DBSCAN_EPS,
+    COMMAND_EPS,
+    COMMAND_MAX_EPS,
     ENGINES,
     METHODS,
     METRICS,
@@ -33,6 +35,20 @@ def cli() -> None:
     """Cluster signatures, judge the clusters, map the collection, annotate and accept."""
 
 
+class Threshold(click.ParamType):
+    """A distance (a number, inf) or "auto" (derived from the signatures: cluster.settings_check)."""
+
+    name = "FLOAT|auto"
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201 (click's interface)
+        if isinstance(value, float) or value == AUTO:
+            return value
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor {AUTO!r}.", param, ctx)
+
+
 @cli.command("optics")
 @click.argument("signatures", type=UserPath(exists=True, dir_okay=False))
 @click.option(
@@ -40,13 +56,25 @@ def cli() -> None:
 )
 @click.option("--method", type=click.Choice(METHODS), default=METHODS[0], show_default=True)
 @click.option("--min-samples", default=DEFAULTS.min_samples, show_default=True, type=click.IntRange(min=2))
-@click.option("--max-eps", default=DEFAULTS.max_eps, show_default=True, type=float, help="inf for no limit.")
+@click.option("--max-eps", default=COMMAND_MAX_EPS, show_default=True, type=Threshold(),
+              help="A cosine (or euclidean) distance, inf for no limit, or auto: 1.5 x the 90th percentile of each "
+              "signature's distance to its min_samples-th neighbour (printed on stderr).")  # fmt: skip
 @click.option("--xi", default=DEFAULTS.xi, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--metric", type=click.Choice(METRICS), default=DEFAULTS.metric, show_default=True)
 @click.option("--cluster-method", type=click.Choice(CLUSTER_METHODS), default=DEFAULTS.cluster_method,
               show_default=True)  # fmt: skip
-@click.option("--eps", type=float, default=None, help=f"dbscan: eps [default {DBSCAN_EPS:g}]; optics --cluster-method "
-              "dbscan: extraction eps [default max_eps].")  # fmt: skip
+@click.option("--eps", type=Threshold(), default=None, help=f"dbscan: eps [default {COMMAND_EPS}: the 25th percentile "
+              "of the neighbour distances]; optics --cluster-method dbscan: extraction eps [default auto with "
+              "--max-eps auto, else max_eps].")  # fmt: skip
+@click.option("--centre/--no-centre", default=None,
+              help="Subtract the mean signature and re-normalise the rows before clustering [default: centre, "
+              "unless an explicit --max-eps (OPTICS) or --eps (DBSCAN) is given: such a value is on the raw "
+              "signatures' scale].")  # fmt: skip
+@click.option("--collection", "collection_dir", type=UserPath(file_okay=False), default=None,
+              help="The collection whose connections constrain the clusters (--constraints).")
+@click.option("--constraints/--no-constraints", default=None,
+              help="Apply the collection's decisions: POSITIVE/DUPLICATE groups are not split, NEGATIVE pairs "
+              "never share a cluster [default: on when --collection has such connections].")  # fmt: skip
 @click.option("--pca", type=click.IntRange(min=1), default=None, help="Reduce to K dimensions (PCA) first.")
 @click.option("--engine", type=click.Choice(ENGINES), default=DEFAULTS.engine, show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULTS.precision, show_default=True,
@@ -65,38 +93,87 @@ def cli() -> None:
               "(knn) or falling back to the radius-graph engine (auto).")  # fmt: skip
 @click.option("--plot", type=UserPath(dir_okay=False), default=None,
               help="Reachability plot PNG [default: reachability.png next to --out].")  # fmt: skip
-def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_eps: float, xi: float, metric: str,
-               cluster_method: str, eps: float | None, pca: int | None, engine: str, precision: str,
+def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_eps: float | str, xi: float,
+               metric: str, cluster_method: str, eps: float | str | None, centre: bool | None,
+               collection_dir: Path | None, constraints: bool | None, pca: int | None, engine: str, precision: str,
                block_size: int, memory_budget_mb: float, knn_k: int, approximate: bool,
                plot: Path | None) -> None:  # fmt: skip
     """Cluster SIGNATURES (a signatures.npz) and write clusters.csv (+ clusters.json, reachability.png).
 
-    The default method is OPTICS equal to scikit-learn's OPTICS with the same parameters.
+    The default method is OPTICS equal to scikit-learn's OPTICS with the same parameters (on the centred
+    signatures, with max_eps from their own neighbour distances, unless told otherwise).
     """
     from cluster.clustering import cluster_signatures, write_clustering
 
     for note in _no_effect(method, engine, approximate):
         click.echo(f"warning: {note}", err=True)
-    cfg = OpticsConfig(min_samples=min_samples, max_eps=max_eps, metric=metric, cluster_method=cluster_method, xi=xi,
-                       eps=eps, engine=engine, precision=precision, block_size=block_size,
+    choice = _thresholds(method, cluster_method, max_eps, eps, centre)
+    known = _constraints(collection_dir, constraints)
+    cfg = OpticsConfig(min_samples=min_samples, max_eps=choice["max_eps"], metric=metric, cluster_method=cluster_method,
+                       xi=xi, eps=choice["eps"], engine=engine, precision=precision, block_size=block_size,
                        memory_budget_mb=memory_budget_mb, knn_k=knn_k, approximate=approximate)  # fmt: skip
     try:
         table, res = cluster_signatures(str(signatures), cfg, method=method, pca=pca,
-                                        notify=lambda text: click.echo(f"note: {text}", err=True))
+                                        notify=lambda text: click.echo(f"note: {text}", err=True),
+                                        centre=choice["centre"], max_eps_auto=choice["max_eps_auto"],
+                                        eps_auto=choice["eps_auto"], constraints=known)  # fmt: skip
     except (ValueError, MemoryError) as e:
         raise click.ClickException(str(e)) from e
-    plot = write_clustering(out, table, res, max_eps=max_eps, plot=plot)
+    ran_max_eps = float(table.params["max_eps"])  # the value chosen by auto, or the one given ("inf" reads as inf)
+    plot = write_clustering(out, table, res, max_eps=ran_max_eps, plot=plot)
     for warning in table.params.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
     n_clusters = len(set(table.labels.tolist()) - {-1})
     click.echo(
         f"{out}: {len(table)} images, {n_clusters} clusters, {float((table.labels < 0).mean()):.1%} noise"
     )
+    if "constraints" in table.params:
+        click.echo(_constraints_line(table.params["constraints"]))
     if plot is not None:
         click.echo(f"{plot}: reachability plot")
     if "engine" in table.params:  # which engine ran, exact or approximate, and why
         reason = table.params.get("reason")
         click.echo(f"engine {table.params['engine']}" + (f": {reason}" if reason else ""))
+
+
+def _thresholds(method: str, cluster_method: str, max_eps: float | str, eps: float | str | None,
+                centre: bool | None) -> dict:
+    """What --max-eps, --eps and --centre mean together (their help): values for OpticsConfig and the autos."""
+    max_eps_auto = max_eps == AUTO
+    extraction = method == "optics" and cluster_method == "dbscan"
+    eps_auto = eps == AUTO or (eps is None and (method == "dbscan" or (extraction and max_eps_auto)))
+    explicit = (method == "optics" and not max_eps_auto) or (
+        (method == "dbscan" or extraction) and eps is not None and not eps_auto)
+    return {"max_eps": DEFAULTS.max_eps if max_eps_auto else max_eps, "max_eps_auto": max_eps_auto,
+            "eps": None if eps_auto else eps, "eps_auto": eps_auto,
+            "centre": (not explicit) if centre is None else centre}
+
+
+def _constraints(collection_dir: Path | None, constraints: bool | None) -> tuple | None:
+    """The collection's must-link groups and cannot-link pairs, or None (--no-constraints, or none known)."""
+    if constraints is False:
+        return None
+    if collection_dir is None:
+        if constraints:
+            raise click.ClickException("--constraints needs --collection DIR: the collection whose connections "
+                                       "say which images belong together and which do not.")
+        return None
+    from cluster.constraints import collection_constraints
+    from data.collection import CollectionError, load_collection
+
+    try:
+        groups, pairs = collection_constraints(load_collection(collection_dir, quiet=True))
+    except CollectionError as e:
+        raise click.ClickException(str(e)) from e
+    return (groups, pairs) if constraints or groups or pairs else None
+
+
+def _constraints_line(r: dict) -> str:
+    """One line of what the constraints did (clusters.json keeps the same counts)."""
+    return (f"constraints: {r['cannot_link_pairs']} cannot-link pairs ({r['cannot_link_violated']} inside one "
+            f"cluster: {r['clusters_split']} clusters split, {r['rows_to_noise']} images to noise), "
+            f"{r['must_link_groups']} must-link groups ({r['groups_split']} split: {r['rows_moved']} images moved, "
+            f"{r['rows_kept_apart']} kept apart by a cannot-link pair)")
 
 
 def _no_effect(method: str, engine: str, approximate: bool) -> list[str]:
@@ -174,6 +251,17 @@ def _sigint_recorded():
         signal.signal(signal.SIGINT, previous)
 
 
+def _app_address(text: str) -> str:
+    """An http(s) address for the map's links to the annotation page (a trailing / added), or a usage error."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise click.BadParameter(f"{text!r} is not an http address such as http://127.0.0.1:8765/",
+                                 param_hint="--app-address")
+    return text.strip().rstrip("/") + "/"
+
+
 @cli.command("map")
 @click.argument("signatures", type=UserPath(exists=True, dir_okay=False))
 @click.option(
@@ -193,9 +281,12 @@ def _sigint_recorded():
               help="Processes making thumbnails [default: one per core].")
 @click.option("--neighbours", type=UserPath(exists=True, dir_okay=False), default=None,
               help="Neighbour lists to lay out from [default: clusters.knn.npz beside --clusters, if it fits].")
+@click.option("--app-address", default="http://127.0.0.1:8765/", show_default=True,
+              help="Where the annotation app (`cluster annotate`) will listen: a map opened from its folder links "
+                   "a clicked cluster and its lasso's selections there.")
 def map_cmd(signatures: Path, collection_dir: Path, clusters_path: Path | None, out_dir: Path, seed: int,
             n_neighbors: int, thumb_size: int, thumb_cache: Path | None, workers: int | None,
-            neighbours: Path | None) -> None:  # fmt: skip
+            neighbours: Path | None, app_address: str) -> None:  # fmt: skip
     """UMAP of SIGNATURES to 2-D: coords.csv, map.png and an interactive map.html (offline, WebGL)."""
     from cluster.clusters_file import ClustersFileError
     from cluster.mapping import MapConfig, make_map
@@ -203,7 +294,7 @@ def map_cmd(signatures: Path, collection_dir: Path, clusters_path: Path | None, 
     from data.parallel import WorkerDiedError
 
     cfg = MapConfig(seed=seed, n_neighbors=n_neighbors, thumb_size=thumb_size, thumb_cache=thumb_cache,
-                    workers=workers, neighbours=neighbours)  # fmt: skip
+                    workers=workers, neighbours=neighbours, app_address=_app_address(app_address))  # fmt: skip
     try:
         with _sigint_recorded() as caught:
             result = make_map(signatures, collection_dir, out_dir, clusters_path=clusters_path, cfg=cfg,
@@ -256,6 +347,62 @@ def report_cmd(collection_dir: Path, clusters_path: Path, run_dir: Path | None, 
     except (ClustersFileError, CollectionError, ReportError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"{out}: written")
+
+
+def _formats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    from cluster.export import FORMATS
+
+    chosen = tuple(dict.fromkeys(f.strip().lower() for f in value.split(",") if f.strip()))
+    bad = [f for f in chosen if f not in FORMATS]
+    if bad or not chosen:
+        raise click.BadParameter(f"{value!r}: give csv, iiif or csv,iiif.")
+    return chosen
+
+
+def _base_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.lower().startswith(("http://", "https://")):
+        raise click.BadParameter(f"{value!r}: give the http(s) address where the iiif folder will be served.")
+    return value
+
+
+@cli.command("export")
+@click.argument("collection_dir", type=UserPath(exists=True, file_okay=False))
+@click.option("--clusters", "clusters_path", required=True, type=UserPath(exists=True, dir_okay=False),
+              help="The clusters.csv the decisions were made on (`cluster optics`).")
+@click.option("--annotations", type=UserPath(exists=True, dir_okay=False), default=None,
+              help="The decision log [default: COLLECTION_DIR/annotations.jsonl].")
+@click.option("--proposals", type=UserPath(dir_okay=False), default=None,
+              help="The map's proposals [default: proposals.jsonl beside the decision log].")
+@click.option("--out", "out_dir", required=True, type=UserPath(file_okay=False),
+              help="Folder to write (a new one, or an older export's: it is replaced whole).")
+@click.option("--format", "formats", default="csv,iiif", show_default=True, callback=_formats,
+              help="csv (cluster_members.csv, decisions.csv, decision_connections.csv), iiif (iiif/), or both.")
+@click.option("--base-url", default=None, callback=_base_url,
+              help="The http(s) address where OUT/iiif/ will be served: the IIIF ids start with it "
+                   "[default: ids relative to the iiif folder, for local use].")
+@click.option("--iiif-image-api", "image_api", type=click.Choice(("auto", "2", "3")), default="auto",
+              show_default=True, help="Version of the images' IIIF image services (auto: as each URL suggests).")
+def export_cmd(collection_dir: Path, clusters_path: Path, annotations: Path | None, proposals: Path | None,
+               out_dir: Path, formats: tuple[str, ...], base_url: str | None, image_api: str) -> None:
+    """Export the clusters and the decisions in force as CSV with the collection's metadata, and the confirmed
+    pattern groups as IIIF Presentation 3.0 manifests (docs/annotation.md, "export")."""
+    from cluster.annotations import AnnotationError
+    from cluster.clusters_file import ClustersFileError
+    from cluster.export import ExportError, load_export, write_export
+    from data.collection import CollectionError
+
+    try:
+        data = load_export(collection_dir, clusters_path, annotations=annotations, proposals=proposals)
+        result = write_export(data, out_dir, formats=formats, base_url=base_url, service_version=image_api)
+    except (ExportError, CollectionError, ClustersFileError, AnnotationError) as e:
+        raise click.ClickException(str(e)) from e
+    except OSError as e:
+        raise click.ClickException(f"{e.filename or out_dir}: cannot write the export ({e.strerror or e}); pass "
+                                   "--out a folder you can write.") from e
+    for note in result.warnings:
+        click.echo(f"warning: {note}", err=True)
+    counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
+    click.echo(f"{out_dir}: {', '.join(result.files)} ({counts})")
 
 
 cli.add_command(annotate)

@@ -36,7 +36,9 @@ from pathlib import Path
 
 import click
 
+from cluster.agreement import POLICIES, Choice, PolicyError, choose
 from cluster.annotations import DECISION, AnnotationError, AnnotationLog, TornLineWarning, read_log
+from cluster.next_round import TrainingEffect, training_effect
 from data.atomic import atomic_write
 from data.collection import (
     ANNOTATIONS_FILE,
@@ -45,6 +47,7 @@ from data.collection import (
     DUPLICATE,
     NEGATIVE,
     POSITIVE,
+    SIMILAR,
     Collection,
     CollectionError,
     Connection,
@@ -55,6 +58,10 @@ from data.collection import (
 from data.paths import UserPath
 
 CONTRADICTORY = {frozenset((POSITIVE, NEGATIVE)), frozenset((DUPLICATE, NEGATIVE))}
+# An existing type that already says what a new edge would: the edge adds nothing and is not written (one pair
+# with two types is a `data check` warning for good). DUPLICATE (the same object) implies POSITIVE (the same
+# pattern) and SIMILAR; POSITIVE implies SIMILAR. The other way round the new type says more and is written.
+IMPLIED_BY = {POSITIVE: frozenset({DUPLICATE}), SIMILAR: frozenset({POSITIVE, DUPLICATE})}
 _ROUND = re.compile(r"^annotation:(\d+)$")
 _ENCODING_NAMES = {"cp1252": "Windows-1252", "utf-16": "UTF-16", "utf-8-sig": "UTF-8 with BOM"}
 
@@ -88,13 +95,17 @@ class AcceptReport:
     undone: int = 0
     added: Counter = field(default_factory=Counter)  # type -> rows written
     skipped: int = 0  # already present with the same type
+    implied: int = 0  # already present with a type that implies it (IMPLIED_BY): not written
+    not_overruled: int = 0  # NEGATIVE of a "wrong cluster" on a pair known (or confirmed) to share a pattern
     contradictions: list[Contradiction] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)  # uids not in images.csv
     removed: list[Removed] = field(default_factory=list)  # rows of decisions undone after they were accepted
     kept: list[Kept] = field(default_factory=list)  # such rows that a person has written in since: kept
     backup: Path | None = None
+    choice: Choice | None = None  # the --policy applied, what it left out, the clusters in disagreement
     written: bool = False
     notes: list[str] = field(default_factory=list)
+    training: TrainingEffect | None = None  # training pairs before -> after (cluster/next_round.py)
 
     def lines(self) -> list[str]:
         in_force = f"{self.decisions} decision(s) in force ({self.undone} undone)"
@@ -115,15 +126,42 @@ class AcceptReport:
             out.extend(f"  {k.row.a} {k.row.b} {k.row.type} (line {k.row.line}, decision {k.decision}): {k.reason}"
                        for k in self.kept)
         out.append(f"skipped (already present): {self.skipped}")
+        if self.implied:
+            out.append(f"skipped (already known: the pair has a type that implies it, e.g. DUPLICATE for "
+                       f"POSITIVE): {self.implied}")
+        if self.not_overruled:
+            out.append(f"skipped ('wrong cluster' NEGATIVE on a pair known or confirmed to share a pattern; the "
+                       f"verdict on a proposal does not overrule a checked link): {self.not_overruled}")
         out.append(f"contradictions (not written): {len(self.contradictions)}")
         for c in self.contradictions:
             out.append(f"  {c.a} {c.b}: annotated {c.type}, but already {c.existing} (decision {c.decision})")
         if self.unknown:
             out.append(f"edges naming uids not in images.csv (not written): {', '.join(sorted(set(self.unknown)))}")
+        out.extend(self.policy_lines())
         if self.backup:
             out.append(f"previous file backed up to {self.backup}")
+        out.extend(self.training.lines() if self.training is not None else [])
         out.extend(f"warning: {n}" for n in self.notes)
         return out
+
+
+    def policy_lines(self) -> list[str]:
+        """The --policy applied and the clusters several annotators decided differently (`cluster.agreement`)."""
+        ch = self.choice
+        if ch is None or (ch.policy == "all" and not ch.disagreements):
+            return []
+        out = [f"policy {ch.policy}: {ch.left_out} decision(s) in force left out"] if ch.policy != "all" else []
+        if ch.disagreements:
+            out.append(f"disagreements: {len(ch.disagreements)} cluster(s) decided differently by several "
+                       f"annotators (policy {ch.policy}):")
+            out.extend(d.line() for d in ch.disagreements)
+        return out
+
+
+def choose_decisions(active: list[dict], policy: str, report: AcceptReport) -> list[dict]:
+    """The decisions in force that `policy` keeps (`cluster.agreement.choose`), noted in `report`."""
+    report.choice = choose(active, policy)
+    return report.choice.decisions
 
 
 def next_round(connections: list[Connection]) -> int:
@@ -207,11 +245,31 @@ def _drop_undone(existing: list[Connection], log: AnnotationLog,
     return kept, removed
 
 
+def _skip_reason(have: set[str], t: str, weak: bool) -> str | None:
+    """Why an edge of type `t` is not written onto a pair that has the types `have` (None: write it):
+    "same" type, "implied" by one it has, a clash ("contradiction"), or "weak": a "wrong cluster" NEGATIVE
+    against a pattern link (the verdict on a whole proposal is weaker evidence than a checked pair)."""
+    if t in have:
+        return "same"
+    if have & IMPLIED_BY.get(t, frozenset()):
+        return "implied"
+    if any(frozenset((h, t)) in CONTRADICTORY for h in have):
+        return "weak" if weak else "contradiction"
+    return None
+
+
+def _pattern_claims(active: list[dict]) -> set[tuple[str, str]]:
+    """Pairs that a decision in force other than "wrong cluster" links as POSITIVE or DUPLICATE."""
+    return {(a, b) if a <= b else (b, a) for rec in active if rec.get("decision") != "wrong"
+            for a, b, t in rec["edges"] if t in (POSITIVE, DUPLICATE)}
+
+
 def _new_rows(collection: Collection, kept: list[Connection], active: list[dict], report: AcceptReport) -> list[Connection]:
     """Rows for the edges of the decisions in force that are not there yet; skips and clashes go to `report`."""
     types: dict[tuple[str, str], set[str]] = {}
     for c in kept:
         types.setdefault(c.pair, set()).add(c.type)
+    claimed = _pattern_claims(active)
     new_rows: list[Connection] = []
     source = f"annotation:{report.round}"
     for rec in active:
@@ -224,12 +282,10 @@ def _new_rows(collection: Collection, kept: list[Connection], active: list[dict]
                 continue
             key = (a, b) if a <= b else (b, a)
             have = types.setdefault(key, set())
-            if t in have:
-                report.skipped += 1
-                continue
-            clash = next((h for h in sorted(have) if frozenset((h, t)) in CONTRADICTORY), None)
-            if clash is not None:
-                report.contradictions.append(Contradiction(key[0], key[1], t, clash, rec["id"]))
+            weak = rec.get("decision") == "wrong" and t == NEGATIVE
+            why = "weak" if weak and key in claimed else _skip_reason(have, t, weak)
+            if why is not None:
+                _count_skip(report, why, key, t, have, rec["id"])
                 continue
             have.add(t)
             new_rows.append(
@@ -237,6 +293,18 @@ def _new_rows(collection: Collection, kept: list[Connection], active: list[dict]
             )
             report.added[t] += 1
     return new_rows
+
+
+def _count_skip(report: AcceptReport, why: str, key: tuple[str, str], t: str, have: set[str], decision: str) -> None:
+    if why == "same":
+        report.skipped += 1
+    elif why == "implied":
+        report.implied += 1
+    elif why == "weak":
+        report.not_overruled += 1
+    else:
+        clash = next(h for h in sorted(have) if frozenset((h, t)) in CONTRADICTORY)
+        report.contradictions.append(Contradiction(key[0], key[1], t, clash, decision))
 
 
 def _write(collection: Collection, rows: list[Connection], report: AcceptReport) -> None:
@@ -257,8 +325,9 @@ def _write(collection: Collection, rows: list[Connection], report: AcceptReport)
     report.written = True
 
 
-def accept_annotations(collection_dir: str | Path, *, round: int | None = None) -> AcceptReport:
-    """Bring connections.csv in line with the decisions in force; see the module docstring."""
+def accept_annotations(collection_dir: str | Path, *, round: int | None = None, policy: str = "all") -> AcceptReport:
+    """Bring connections.csv in line with the decisions in force; see the module docstring. `policy`: which
+    decisions count where several annotators decided one cluster (`cluster.agreement`)."""
     collection = load_collection(collection_dir)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TornLineWarning)
@@ -272,10 +341,20 @@ def accept_annotations(collection_dir: str | Path, *, round: int | None = None) 
     report.decisions = len(active)
     report.undone = len(log.undone_ids())
     kept, report.removed = _drop_undone(existing, log, report)
-    new_rows = _new_rows(collection, kept, active, report)
+    new_rows = _new_rows(collection, kept, choose_decisions(active, policy, report), report)
+    report.training = _training_effect(collection, kept + new_rows, report)
     if new_rows or report.removed:
         _write(collection, kept + new_rows, report)
     return report
+
+
+def _training_effect(collection: Collection, rows: list[Connection], report: AcceptReport) -> TrainingEffect | None:
+    """What the accepted rows change for the next training round; None (with a note) if splits.json is damaged."""
+    try:
+        return training_effect(collection, rows)
+    except ValueError as e:
+        report.notes.append(f"cannot count the next round's training pairs: {e}")
+        return None
 
 
 @click.command("accept")
@@ -283,11 +362,14 @@ def accept_annotations(collection_dir: str | Path, *, round: int | None = None) 
               help="Collection folder whose annotations.jsonl is turned into connections.csv rows.")
 @click.option("--round", "round_", type=click.IntRange(min=1), default=None,
               help="Annotation round to record in `source` [default: 1 + the highest round already there].")
-def accept(collection_dir: Path, round_: int | None) -> None:
+@click.option("--policy", default="all", show_default=True, metavar="|".join(POLICIES),
+              help="Which decisions count where several annotators decided one cluster: all of them; the latest; "
+                   "only the connections all of them asserted; or NAME's wherever NAME decided.")
+def accept(collection_dir: Path, round_: int | None, policy: str) -> None:
     """Add the annotation decisions (minus undone ones) to connections.csv; safe to run twice."""
     try:
-        report = accept_annotations(collection_dir, round=round_)
-    except (CollectionError, AnnotationError) as e:
+        report = accept_annotations(collection_dir, round=round_, policy=policy)
+    except (CollectionError, AnnotationError, PolicyError) as e:
         raise click.ClickException(str(e)) from e
     for line in report.lines():
         click.echo(line)

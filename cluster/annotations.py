@@ -14,6 +14,17 @@ alone (a decision's member set is what marks a cluster decided; no cluster has a
 never does), its edges join it to the cluster's members (`cluster.review.addition_edges`), and `query` says
 which search found it (the query image, the detail searched, the hit's score).
 
+A split (`cluster.review.SPLIT`: the cluster sorted into sub-groups in one decision) is a decision record with one
+more key, its sub-groups, each in member order: `{"kind": "decision", "decision": "split", ..., "ticked": [the
+members of all groups], "groups": [[uid, ...], [uid, ...], ...], "edges": [...]}` (`cluster.review.split_edges`:
+POSITIVE inside each group, NEGATIVE between groups). Members in no group are in neither `ticked` nor an edge
+(left undecided). An older reader ignores the key it does not know and accepts the edges as they are, so a split
+reads as a decision like the others; undo cancels it like any.
+
+Several annotators: each record names its `annotator`. Nothing is ever replaced: two annotators' decisions on the
+same cluster are both in the log and both in force (`cluster.agreement` compares them; `cluster accept --policy`
+chooses which count).
+
 The annotation page writes it (`cluster.annotate.store`), `cluster accept` reads it: this module is what
 both agree on, with no part of the web app.
 
@@ -109,6 +120,10 @@ def _check_record(rec: object, path: Path, line: int) -> dict:
     for key in ("members", "ticked", "edges"):
         if not isinstance(rec.get(key), list):
             raise AnnotationError(f"{where}: decision record without a list {key!r}.")
+    groups = rec.get("groups")
+    if groups is not None and (not isinstance(groups, list) or not all(
+            isinstance(g, list) and all(isinstance(u, str) for u in g) for g in groups)):
+        raise AnnotationError(f"{where}: 'groups' must be a list of lists of uids (a split's sub-groups).")
     for e in rec["edges"]:
         if (
             not isinstance(e, list)
@@ -217,9 +232,10 @@ def record_line(record: dict) -> bytes:
 
 
 def decision_record(*, cluster: int, decision: str, members: list[str], ticked: list[str], edges: list[list[str]],
-                    clusters_file: str, clusters_sha256: str, annotator: str) -> dict:
-    """A new decision record (fresh id, the time now) in the log's format."""
-    return {
+                    clusters_file: str, clusters_sha256: str, annotator: str,
+                    groups: list[list[str]] | None = None) -> dict:
+    """A new decision record (fresh id, the time now) in the log's format; `groups`: a split's sub-groups."""
+    rec = {
         "kind": DECISION,
         "id": new_id(),
         "time": now_iso(),
@@ -232,6 +248,9 @@ def decision_record(*, cluster: int, decision: str, members: list[str], ticked: 
         "ticked": list(ticked),
         "edges": [list(e) for e in edges],
     }
+    if groups is not None:
+        rec["groups"] = [list(g) for g in groups]
+    return rec
 
 
 def addition_record(*, cluster: int, uid: str, edges: list[list[str]], query: dict, clusters_file: str,

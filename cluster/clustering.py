@@ -11,16 +11,23 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from cluster.clusters_file import ClusterTable, file_sha256, remove_previous, write_clusters
-from cluster.config import DBSCAN_EPS, METHODS, OpticsConfig
+from cluster.config import DBSCAN_EPS, METHODS, OpticsConfig, knn_metric
 from cluster.neighbours_file import neighbours_path, write_neighbours
 from cluster.optics import OpticsResult, optics
 from cluster.plots import reachability_plot
-from cluster.settings_check import setting_warnings
+from cluster.settings_check import (
+    auto_thresholds,
+    describe_auto,
+    neighbour_distances,
+    random_pair_distances,
+    setting_warnings,
+)
 from data.signatures import Signatures, load_signatures
 
 
@@ -113,16 +120,69 @@ def long_run_notice(n: int, d: int, cfg: OpticsConfig, method: str) -> str | Non
             f"within ~0.13 in cosine distance) or --method hdbscan runs on a k-nearest-neighbour graph instead.")
 
 
+def centre_rows(x: np.ndarray) -> np.ndarray | None:
+    """Subtract the mean signature and bring every row back to unit length (in place), or None where a row
+    would vanish (it equals the mean: e.g. all signatures identical), so that the caller can say so.
+
+    Why: after fine-tuning, the signatures share one dominant direction (on the demo every cosine distance lies
+    in 0.003-0.016, the mean signature has norm 0.998), so the differences that tell groups apart are a thin
+    shell around it and density clustering sees them compressed into a few hundredths. Removing the shared
+    direction spreads them out again (docs/clustering.md, "Centring", for the measurement).
+    """
+    if not len(x):
+        return None
+    mean = x.mean(axis=0, dtype=np.float64)
+    # |x_i - mean|² without a copy of x, so that x stays as given when centring is refused
+    squares = np.einsum("ij,ij->i", x, x, dtype=np.float64) - 2.0 * (x @ mean.astype(x.dtype)) + mean @ mean
+    if squares.min() <= 1e-5 * float(np.einsum("ij,ij->", x, x, dtype=np.float64)) / len(x):  # float32 rounding
+        return None
+    x -= mean.astype(x.dtype)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def _prepare(x: np.ndarray, cfg: OpticsConfig, method: str, choices: dict, params: dict, notify) -> OpticsConfig:
+    """Centring and the thresholds from the data (`choices`: centre, max_eps_auto, eps_auto); records them."""
+    params["centre"] = False
+    if choices.get("centre"):
+        if centre_rows(x) is None:
+            params.setdefault("warnings", []).append(
+                "--centre skipped: a signature equals the mean of all (are they all the same?); clustered as given.")
+        else:
+            params["centre"] = True
+    want = {"max_eps": choices.get("max_eps_auto") and method == "optics",
+            "eps": choices.get("eps_auto") and (method == "dbscan" or cfg.cluster_method == "dbscan")}
+    if not any(want.values()):
+        return cfg
+    auto = auto_thresholds(neighbour_distances(x, cfg.min_samples, cfg.metric),
+                           random_pair_distances(x, knn_metric(cfg.metric)), len(x))  # fmt: skip
+    chosen = {name: auto[name] for name, on in want.items() if on}
+    if "eps" in chosen and method == "optics":  # the extraction eps may not exceed max_eps
+        chosen["eps"] = min(chosen["eps"], chosen.get("max_eps", cfg.max_eps))
+    params["auto"] = {**auto, "chosen": sorted(chosen)}
+    if notify is not None:
+        notify(describe_auto(auto, chosen))
+    return replace(cfg, **chosen)
+
+
 def cluster_signatures(
     signatures_path: str | Path, cfg: OpticsConfig, *, method: str = "optics", pca: int | None = None,
-    notify=None,
+    notify=None, centre: bool = False, max_eps_auto: bool = False, eps_auto: bool = False,
+    constraints: tuple[list[list[str]], list[tuple[str, str]]] | None = None,
 ) -> tuple[ClusterTable, OpticsResult | None]:
     """Signatures file -> ClusterTable (what `python -m cluster optics` writes), with provenance in params.
 
     method "optics" is `cluster.optics.optics` with `cfg` (its OpticsResult is returned too, for the plot);
     "hdbscan" and "dbscan" are scikit-learn's, for comparison (no OpticsResult). `cfg.eps` is the
     extraction eps of `cluster_method="dbscan"` for OPTICS, and DBSCAN's eps for `method="dbscan"`.
-    `notify(text)` hears, before the work starts, that a run will be long (`long_run_notice`).
+    `notify(text)` hears, before the work starts, that a run will be long (`long_run_notice`), and the
+    thresholds chosen from the data. `centre`: subtract the mean signature and re-normalise the rows first
+    (`centre_rows`, after `pca`); `max_eps_auto` / `eps_auto`: replace cfg.max_eps (OPTICS) / cfg.eps (DBSCAN, and
+    OPTICS' dbscan extraction) by values from the signatures' own neighbour distances
+    (`cluster.settings_check.auto_thresholds`); clusters.json records both (`centre`, `auto`).
+    `constraints` (must-link groups, cannot-link pairs of uids: `cluster.constraints.collection_constraints`) are
+    applied to the method's labels (`cluster.constraints.apply_constraints`); clusters.json records the counts
+    (`constraints`).
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r}: use one of {METHODS}.")
@@ -131,20 +191,49 @@ def cluster_signatures(
         raise ValueError(f"{signatures_path}: {len(sig)} signatures; clustering needs at least 2.")
     x = sig.dense()  # float32 in memory, whatever the store holds (float16 rows are upcast)
     x = reduce_pca(x, pca) if pca else x
+    prepared: dict = {}
+    cfg = _prepare(x, cfg, method, {"centre": centre, "max_eps_auto": max_eps_auto, "eps_auto": eps_auto},
+                   prepared, notify)  # fmt: skip
     notice = long_run_notice(len(sig), x.shape[1], cfg, method)
     if notice and notify is not None:
         notify(notice)
     params = _provenance(signatures_path, len(sig), cfg, method, pca)
+    params.update(prepared)
     if method == "optics":
         table, res = _optics_table(sig, x, cfg, params)
         core = res.core_distances
     else:
         table, res = _comparison_table(sig, x, cfg, method, params), None
         core = _core_distances(x, cfg) if len(x) <= CORE_DISTANCES_MAX else None
+    if constraints is not None:
+        res = _constrain(table, res, x, cfg, method, constraints)
     eps = cfg.eps if cfg.eps is not None or method != "dbscan" else DBSCAN_EPS
-    table.params["warnings"] = setting_warnings(table.labels, method=method, max_eps=cfg.max_eps, eps=eps,
-                                                core_distances=core)
+    table.params["warnings"] = prepared.get("warnings", []) + setting_warnings(
+        table.labels, method=method, max_eps=cfg.max_eps, eps=eps, core_distances=core, centred=prepared["centre"])
     return table, res
+
+
+def _min_cluster_size(cfg: OpticsConfig, n: int) -> int:
+    """The smallest piece a split cluster may leave (smaller ones become noise): OPTICS' min_cluster_size
+    (scikit-learn's rule: min_samples when not given, a fraction of n below 1), else min_samples, for every
+    method; HDBSCAN itself makes no cluster below 5, but a piece of a cluster cut by the expert's decisions may
+    be a pattern known from two images (the reason for the command's min_samples 2)."""
+    size = cfg.min_samples if cfg.min_cluster_size is None else cfg.min_cluster_size
+    return int(size) if size > 1 else max(2, int(size * n))
+
+
+def _constrain(table: ClusterTable, res: OpticsResult | None, x: np.ndarray, cfg: OpticsConfig, method: str,
+               constraints: tuple[list[list[str]], list[tuple[str, str]]]) -> OpticsResult | None:
+    """The expert's decisions applied to the table's labels (and the OpticsResult's, which the plot shows)."""
+    from cluster.constraints import apply_constraints, to_indices
+
+    groups, pairs, outside = to_indices(table.uids, *constraints)
+    tree = {"ordering": res.ordering, "reachability": res.reachability} if res is not None else {"x": x}
+    labels, report = apply_constraints(table.labels, groups, pairs, min_cluster_size=_min_cluster_size(cfg, len(table)),
+                                       metric=knn_metric(cfg.metric), **tree)  # fmt: skip
+    table.labels = labels
+    table.params["constraints"] = {**report, "connections_outside": outside}
+    return replace(res, labels=labels) if res is not None else None
 
 
 CORE_DISTANCES_MAX = 50_000  # DBSCAN/HDBSCAN: the neighbour distances shown in a warning, computed up to here

@@ -84,3 +84,13 @@ class OpticsConfig:
 # max_eps 0.13, the cosine distance the thesis's fine-tuned ResNeXt used (docs/archive.md: choosing max_eps),
 # which also keeps the radius graph small.
 COMMAND_DEFAULTS = OpticsConfig(min_samples=2, max_eps=0.13)
+
+# Issue 16: the command's distance thresholds are by default derived from the signatures themselves
+# (`cluster.settings_check.auto_thresholds`) on centred signatures (`cluster.clustering.centre_rows`); measured
+# on the demo collection (docs/clustering.md, "Settings from the data"). COMMAND_DEFAULTS.max_eps (0.13) and
+# DBSCAN_EPS stay what the library takes when it is given no value and no "auto".
+AUTO = "auto"
+COMMAND_MAX_EPS = AUTO  # `--max-eps`: "auto" or a number
+COMMAND_EPS = AUTO  # `--eps` of --method dbscan (and of OPTICS' dbscan extraction when max_eps is auto)
+# `--centre/--no-centre` when neither is given: centre unless an explicit distance threshold the method uses is
+# given (--max-eps for OPTICS, --eps for DBSCAN), since such a value was chosen on the signatures' raw scale.

@@ -100,7 +100,7 @@ def _thumb_exceptions(uids: list[str], names: dict[str, str]) -> dict[int, str]:
 
 def write_map_data(folder: Path, pts: MapPoints, meta: dict[str, list[str]], *, thumbs_dir: Path | None,
                    thumb_names: dict[str, str], unreadable: dict[str, str], title: str,
-                   final: Path | None = None) -> list[str]:  # fmt: skip
+                   final: Path | None = None, app_address: str = APP_ADDRESS) -> list[str]:  # fmt: skip
     """Write data/points.js and data/col-<j>.js into `folder`; returns the column names (uid first).
 
     `meta`: column name -> one string per point (images.csv's metadata columns). `thumbs_dir`: the thumbnail
@@ -126,7 +126,7 @@ def write_map_data(folder: Path, pts: MapPoints, meta: dict[str, list[str]], *, 
             base = thumbs_dir.resolve().as_uri() + "/"
     payload = {
         "title": title,
-        "app_address": APP_ADDRESS,
+        "app_address": app_address,  # where a map opened from its folder links to the annotation page
         "n": len(pts.uids),
         "x": b64(xy[:, 0] if len(xy) else xy, np.float32),
         "y": b64(xy[:, 1] if len(xy) else xy, np.float32),

@@ -42,7 +42,7 @@ import numpy as np
 
 from cluster.clusters_file import file_sha256, read_clusters, sidecar_path
 from cluster.layout import LayoutConfig, embed_2d
-from cluster.map_data import MapPoints, write_map_data
+from cluster.map_data import APP_ADDRESS, MapPoints, write_map_data
 from cluster.neighbours_file import neighbours_path, read_neighbours
 from cluster.plots import map_plot
 from data.atomic import atomic_dir, atomic_write, atomic_write_text
@@ -71,6 +71,7 @@ class MapConfig(LayoutConfig):
     thumb_cache: Path | None = None  # another folder for the cache (a read-only collection)
     workers: int | None = None  # thumbnail worker processes (default: data.parallel's)
     neighbours: Path | None = None  # a clusters.knn.npz to lay out from (default: the one beside --clusters)
+    app_address: str = APP_ADDRESS  # the annotation app a map opened from its folder links to (`--app-address`)
     progress: bool = True
 
     def layout(self) -> LayoutConfig:
@@ -238,7 +239,7 @@ def make_map(
         map_plot(folder / "map.png", coords, labels, grouped, links)
         write_map_data(folder, MapPoints(uids=uids, coords=coords, labels=labels, groups=groups, links=links),
                        _metadata(collection, uids), thumbs_dir=cache.folder.resolve(), thumb_names=names,
-                       unreadable=dict(bad), title=title, final=out_dir)  # fmt: skip
+                       unreadable=dict(bad), title=title, final=out_dir, app_address=cfg.app_address)  # fmt: skip
         install_viewer(folder, title)
         _check(interrupted)  # the last moment to keep the older map
 

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.clusters_file import ClusterTable, file_sha256, read_clusters
+from cluster.explain import GroupIndex, missed_groups, missed_summary
 from cluster.quality import unknown_uids, unknown_uids_message
 from cluster.review import known_inside, order_clusters
 from data.atomic import atomic_write_text
 from data.collection import Collection, load_collection
+from data.graph import pattern_groups
 from data.image import ImageReadError, jpeg_thumbnail
 from data.thumbs import QUALITY, ThumbCache, ThumbCacheError
 
@@ -162,6 +164,7 @@ def cluster_gallery(inputs: ReportInputs, collection: Collection,
             meta = collection.record(uid).meta if uid in collection else {}
             caption = " · ".join(x for x in (meta.get("title", ""), meta.get("author", "")) if x) or uid
             img = f'<img src="{uri}" alt="{_esc(uid)}">' if uri else '<div class="missing">unreadable</div>'
+            # the whole title, wrapped: what tells two versions apart is often after a comma
             cards.append(f'<figure>{img}<figcaption title="{_esc(uid)}">{_esc(caption)}</figcaption></figure>')
         more = len(members) - inputs.max_members
         extra = (f'<p class="more">showing {inputs.max_members:,} of {len(members):,} members (+{more:,} more: '
@@ -177,6 +180,34 @@ def cluster_gallery(inputs: ReportInputs, collection: Collection,
         blocks.append(f'<p class="more">showing the top {len(blocks):,} of {len(ids):,} clusters; the others are '
                       f'in the same order in the annotation app.</p>')
     return "".join(blocks), summary
+
+
+def missed_section(inputs: ReportInputs, collection: Collection, table: ClusterTable) -> tuple[str, list[dict]]:
+    """HTML of the known pattern groups no cluster found (`cluster.explain.missed_groups`: what the clustering
+    lost), the biggest first, each member with where it ended up; and the groups (for tests and JSON)."""
+    label_of = dict(zip(table.uids, table.labels.tolist(), strict=True))
+    missed = missed_groups(GroupIndex.from_map(pattern_groups(collection)), label_of)
+    head = f"<p>{_esc(missed_summary(missed))}</p>"
+    thumbs = ThumbCache.for_collection(collection)
+    blocks = []
+    for g in missed[: inputs.top_clusters]:
+        cards = []
+        for m in g["members"][: inputs.max_members]:
+            uri = _thumb_uri(thumbs, m["uid"])
+            title = collection.record(m["uid"]).meta.get("title", "") if m["uid"] in collection else ""
+            where = ("not clustered" if m["cluster"] is None else "noise" if m["cluster"] < 0
+                     else f"cluster {m['cluster']}")
+            img = f'<img src="{uri}" alt="{_esc(m["uid"])}">' if uri else '<div class="missing">unreadable</div>'
+            cards.append(f'<figure>{img}<figcaption title="{_esc(m["uid"])}">{_esc(title or m["uid"])}<span class='
+                         f'"where {"noise" if where == "noise" else ""}">{where}</span></figcaption></figure>')
+        more = (f'<p class="more">showing {inputs.max_members:,} of {g["size"]:,} members</p>'
+                if g["size"] > inputs.max_members else "")
+        blocks.append(f'<section class="cluster"><h3>group {_esc(g["name"])} <span>{g["size"]:,} images</span></h3>'
+                      f'<div class="cards">{"".join(cards)}</div>{more}</section>')
+    if len(missed) > len(blocks):
+        blocks.append(f'<p class="more">showing {len(blocks):,} of {len(missed):,} missed groups; the annotation '
+                      f'app lists them all.</p>')
+    return head + "".join(blocks), missed
 
 
 def _n_pairs(k: int) -> int:
@@ -285,7 +316,8 @@ table.kv th{text-align:left}
 .known{color:#2d6a3e} .new{color:#a4461b}
 .cards{display:flex;flex-wrap:wrap;gap:10px}
 .cards figure{margin:0;width:170px} .cards img{max-width:160px;max-height:160px;display:block}
-.cards figcaption{font-size:12px;color:#444;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.cards figcaption{font-size:12px;color:#444;overflow-wrap:anywhere}
+.cards .where{display:block;color:#8a5a2b;font-weight:600} .cards .noise{color:#b23b3b}
 .warn{background:#fff3e0;border:1px solid #e0a060;padding:6px 10px}
 .missing{width:160px;height:100px;background:#ddd;display:flex;align-items:center;justify-content:center}
 code{background:#fff;border:1px solid #ddd;padding:2px 6px;border-radius:4px}
@@ -349,6 +381,10 @@ def build_report(inputs: ReportInputs, warn: Callable[[str], None] | None = None
     gallery, _ = cluster_gallery(inputs, collection, table)
     parts.append(f"<h2>Top proposed clusters</h2><p>Largest-new-first: the clusters with the most pairs that "
                  f"nobody has connected yet come first, as in the annotation app.</p>{gallery}")
+    missed, _ = missed_section(inputs, collection, table)
+    parts.append(f"<h2>Known groups the clustering missed</h2><p>Pattern groups of connections.csv that no cluster "
+                 f"holds (at least two and half of a group's members in one cluster): what these settings lose."
+                 f"</p>{missed}")
     parts.append(
         "<h2>Next: judge the proposals</h2><p>Start the annotation app and confirm or reject clusters in the "
         f"browser:</p><p><code>python -m cluster annotate --collection {_esc(inputs.collection)} "

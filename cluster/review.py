@@ -30,7 +30,12 @@ DECISIONS: dict[str, tuple[str, str]] = {
     "duplicate": ("Duplicates", "d"),
     "wrong": ("Wrong cluster", "w"),
     "skip": ("Skip", "n"),
+    "split": ("Split into sub-groups", "p"),
 }
+
+# "split": the expert sorts members into sub-groups (each a pattern of its own); the record keeps them under
+# "groups" and its edges come from `split_edges`, not `implied_edges` (which has only the ticked members)
+SPLIT = "split"
 
 
 # the decisions whose ticked members form a group: an image added to such a decided cluster joins those
@@ -112,6 +117,16 @@ RING = 16
 # many ticked, else to this many of them (a window that moves on from one rejected member to the next, so that
 # together they reach every ticked member).
 NEGATIVES_PER_REJECTED = 32
+# wrong: each member gets a NEGATIVE edge to the next WRONG_NEXT members in member (OPTICS) order, not cyclically:
+# the pairs the clustering found closest, which are the cannot-link evidence that matters (about WRONG_NEXT * k
+# edges, each member with up to 2 * WRONG_NEXT partners).
+WRONG_NEXT = 2
+# what a decision means, shown on its button (title) on the annotation page
+DECISION_HINTS = {
+    "wrong": "Wrong cluster: these images do not share one pattern. Records NEGATIVE links between neighbouring "
+             "members (cannot-link evidence for the next round). If some do share a pattern, tick them and use "
+             "confirm-and-reject instead.",
+}
 
 
 def group_pairs(k: int) -> list[tuple[int, int]]:
@@ -143,6 +158,11 @@ def rejection_pairs(n_chosen: int, n_rest: int) -> list[tuple[int, int]]:
     return [(a, r) for a in range(n_chosen) for r in rest_of[a]]
 
 
+def wrong_pairs(k: int) -> list[tuple[int, int]]:
+    """Index pairs (i, j), i < j <= i + WRONG_NEXT, of a cluster of k judged wrong; sorted. All pairs for k <= 3."""
+    return [(i, j) for i in range(k) for j in range(i + 1, min(k, i + WRONG_NEXT + 1))]
+
+
 def implied_edges(decision: str, members: Sequence[str], ticked: Iterable[str]) -> list[list[str]]:
     """The connections a decision asserts, as `[a, b, TYPE]` with a < b; O(size) of them, never O(size^2).
 
@@ -156,22 +176,30 @@ def implied_edges(decision: str, members: Sequence[str], ticked: Iterable[str]) 
       uses a NEGATIVE pair (x, y) as an anchor's negative only for those two images, so one edge per
       rejected image would lose most of that; a bounded window keeps it O(size);
     - similar / duplicate: SIMILAR / DUPLICATE among the ticked (at least two), as for confirm;
-    - wrong, skip: nothing. "Wrong cluster" is a verdict on the proposal, not a claim about each pair
-      (the original tool stored no positive edge for it either); it is recorded so that the cluster is
-      done and the confirmation rate can be measured. Explicit NEGATIVE pairs come from confirm_reject.
+    - wrong: cannot-link evidence, NEGATIVE between each member and the next WRONG_NEXT members in member
+      (OPTICS) order (`wrong_pairs`, about 2 k edges; ticks are ignored). "Wrong cluster" says these images
+      do not share one pattern; the pairs the clustering put side by side are the ones it found closest,
+      so they are what the next clustering and training must learn to keep apart (training takes them as
+      candidates with a bounded share: train/mining.py). If some members do share a pattern, the expert
+      ticks them and uses confirm_reject instead;
+    - skip: nothing.
     Order: the POSITIVE (or other group) edges by ticked member order, then the NEGATIVE ones by ticked then
     unticked member order: for small clusters exactly the list of all pairs.
     """
     if decision not in DECISIONS:
         raise DecisionError(f"unknown decision {decision!r}; expected one of {', '.join(DECISIONS)}.")
+    if decision == SPLIT:
+        raise DecisionError("a split needs its sub-groups: assign members to groups (see `split_edges`).")
     ticked_set = set(ticked)
     unknown = ticked_set.difference(members)
     if unknown:
         raise DecisionError(f"ticked uids not in this cluster: {', '.join(sorted(unknown))}.")
     chosen = [m for m in members if m in ticked_set]
     rest = [m for m in members if m not in ticked_set]
-    if decision in ("wrong", "skip"):
+    if decision == "skip":
         return []
+    if decision == "wrong":
+        return [[*pair(members[i], members[j]), NEGATIVE] for i, j in wrong_pairs(len(members))]
     if decision == "confirm_reject":
         if not chosen or not rest:
             raise DecisionError("confirm-and-reject needs at least one ticked and one unticked member.")
@@ -182,6 +210,70 @@ def implied_edges(decision: str, members: Sequence[str], ticked: Iterable[str]) 
         raise DecisionError(f"tick at least two members for '{DECISIONS[decision][0]}'.")
     kind = {"confirm": POSITIVE, "similar": SIMILAR, "duplicate": DUPLICATE}[decision]
     return [[*pair(chosen[i], chosen[j]), kind] for i, j in group_pairs(len(chosen))]
+
+
+def split_groups(members: Sequence[str], groups: Sequence[Sequence[str]]) -> list[list[str]]:
+    """The sub-groups of a split, checked, each in member order, in the order given; or a DecisionError.
+
+    At least two non-empty groups of members of this cluster, no member in two. A group of one is allowed
+    ("this one is apart from the others"): it only gets NEGATIVE edges. Members in no group are left undecided.
+    """
+    if len(groups) < 2:
+        raise DecisionError("a split needs at least two sub-groups (assign members to groups first).")
+    on = set(members)
+    seen: set[str] = set()
+    out = []
+    for i, g in enumerate(groups, start=1):
+        chosen = set(g)
+        if not chosen:
+            raise DecisionError(f"sub-group {i} is empty.")
+        stray = chosen.difference(on)
+        if stray:
+            raise DecisionError(f"sub-group {i} names uids not in this cluster: {', '.join(sorted(stray)[:5])}.")
+        twice = chosen & seen
+        if twice or len(chosen) != len(g):
+            what = ", ".join(sorted(twice)[:5]) if twice else "a member twice"
+            raise DecisionError(f"sub-group {i} names {what}: a member can be in one sub-group only.")
+        seen |= chosen
+        out.append([m for m in members if m in chosen])
+    return out
+
+
+def split_negative_pairs(sizes: Sequence[int]) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """NEGATIVE pairs between the sub-groups of a split, as ((group, index), (group, index)), bounded O(k).
+
+    While the groups hold at most 2 * RING + 1 members together: every pair of members of two different groups.
+    Above: each member takes NEGATIVES_PER_REJECTED partners, dealt round the other groups in turn (so with up to
+    NEGATIVES_PER_REJECTED + 1 groups every member has a partner in every other group), and inside each group
+    from a counter that moves on (so together they reach every member). At most NEGATIVES_PER_REJECTED * k pairs
+    for k members, never one per pair of members.
+    """
+    k, g = sum(sizes), len(sizes)
+    out: set[tuple[tuple[int, int], tuple[int, int]]] = set()
+    if k <= 2 * RING + 1:
+        for a in range(g):
+            for b in range(a + 1, g):
+                out.update(((a, i), (b, j)) for i in range(sizes[a]) for j in range(sizes[b]))
+        return sorted(out)
+    nxt = [0] * g  # per group: the member the next partner taken from it is
+    for a in range(g):
+        for i in range(sizes[a]):
+            for t in range(NEGATIVES_PER_REJECTED):
+                b = (a + 1 + (i * NEGATIVES_PER_REJECTED + t) % (g - 1)) % g
+                j = nxt[b] % sizes[b]
+                nxt[b] += 1
+                out.add(min(((a, i), (b, j)), ((b, j), (a, i))))
+    return sorted(out)
+
+
+def split_edges(members: Sequence[str], groups: Sequence[Sequence[str]]) -> list[list[str]]:
+    """The connections a split asserts: each sub-group a confirmed group (POSITIVE `group_pairs`, nothing for a
+    group of one), NEGATIVE between the groups (`split_negative_pairs`); members in no group get no edge.
+    O(k) edges. Order: the POSITIVE edges group by group, then the NEGATIVE ones."""
+    gs = split_groups(members, groups)
+    edges = [[*pair(grp[i], grp[j]), POSITIVE] for grp in gs for i, j in group_pairs(len(grp))]
+    edges += [[*pair(gs[a][i], gs[b][j]), NEGATIVE] for (a, i), (b, j) in split_negative_pairs([len(x) for x in gs])]
+    return edges
 
 
 def addition_anchors(members: Sequence[str], decision: dict | None, ticked: Iterable[str] | None) -> list[str]:
@@ -195,8 +287,19 @@ def addition_anchors(members: Sequence[str], decision: dict | None, ticked: Iter
                             "undo that decision first.")
     if decision is not None and decision["decision"] in GROUP_DECISIONS:
         return list(decision["ticked"])
+    if decision is not None and decision["decision"] == SPLIT:
+        return _split_anchor_group(decision.get("groups") or [], set(ticked or ()))
     chosen = set(ticked or ())
     return [m for m in members if m in chosen] or list(members)
+
+
+def _split_anchor_group(groups: Sequence[Sequence[str]], ticked: set[str]) -> list[str]:
+    """The sub-group of a split cluster that the ticked members name: an added image joins one of them."""
+    hit = [g for g in groups if ticked.intersection(g)]
+    if len(hit) != 1:
+        raise DecisionError("this cluster was split into sub-groups: tick a member of the one sub-group the image "
+                            "belongs to, then add it.")
+    return list(hit[0])
 
 
 def addition_edges(uid: str, anchors: Sequence[str]) -> list[list[str]]:

@@ -39,8 +39,11 @@ def _scale(q: dict[str, float] | None, n: int, threshold: str) -> str:
 
 
 def setting_warnings(labels: np.ndarray, *, method: str, max_eps: float, eps: float | None,
-                     core_distances: np.ndarray | None = None) -> list[str]:
-    """Sentences for a clustering that put (nearly) everything in the noise or in one cluster (module docstring)."""
+                     core_distances: np.ndarray | None = None, centred: bool = False) -> list[str]:
+    """Sentences for a clustering that put (nearly) everything in the noise or in one cluster (module docstring).
+
+    `centred`: the distances are those of the centred signatures, so the value to try goes with --centre (an
+    explicit --max-eps alone would turn centring off: cluster/__main__.py)."""
     labels = np.asarray(labels)
     n = len(labels)
     if n < MIN_IMAGES:
@@ -53,16 +56,117 @@ def setting_warnings(labels: np.ndarray, *, method: str, max_eps: float, eps: fl
     else:
         threshold = f"max_eps {max_eps:g}" if np.isfinite(max_eps) else "max_eps"
     noise = float((labels < 0).mean())
+    flag = "--centre " if centred else ""
     out = []
     if noise >= NOISE_SHARE:
-        hint = (f"try --max-eps (or --eps) near {q['q90']:.3g}" if q is not None else
+        hint = (f"try {flag}--max-eps (or --eps) near {q['q90']:.3g}" if q is not None else
                 "raise --max-eps (or --eps), or look at the signatures' distances")
         out.append(f"{noise:.0%} of the {n} images are noise: {threshold} is likely below these signatures' own "
                    f"distances; {_scale(q, n, threshold)}. {hint}.")
     sizes = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0, np.int64)
     if len(sizes) and sizes.max() >= ONE_CLUSTER_SHARE * n:
-        hint = (f"try --max-eps (or --eps) near {q['median']:.3g}, or a smaller --xi" if q is not None else
+        hint = (f"try {flag}--max-eps (or --eps) near {q['median']:.3g}, or a smaller --xi" if q is not None else
                 "lower --max-eps (or --eps)")
         out.append(f"one cluster holds {int(sizes.max())} of the {n} images: {threshold} is likely above these "
                    f"signatures' own distances, so everything joins; {_scale(q, n, threshold)}. {hint}.")
     return out
+
+
+# Thresholds derived from the signatures themselves (`cluster optics --max-eps auto`, `--eps auto`): measured on
+# the demo collection (docs/clustering.md, "Settings from the data"), against its pattern groups:
+# - OPTICS' max_eps: 1.5 x the 90th percentile of the min_samples-th neighbour distances. max_eps only cuts; the
+#   xi extraction finds the valleys below it. A cluster needs its members' neighbour distances below max_eps, so
+#   the value sits above (nearly) all of them; the margin of 1.5 lets in the border points, which a core point
+#   reaches at a larger distance than their own nearest neighbour. Above it the labels no longer change on the demo
+#   (2 x and inf give the same ARI), below it (1.0 x) they start to lose members. Capped (auto_thresholds) where
+#   the 90th percentile is itself the distance of unrelated images (most images alone) or would make the radius
+#   graph dense.
+# - DBSCAN's eps: the 25th percentile. DBSCAN with min_samples 2 is single linkage cut at eps, which chains: at the
+#   median and above it joined most of the demo into one or two clusters; the 25th percentile gave the best ARI of
+#   5/10/20/25/30/40/50th on the trained signatures (centred 0.169, 0.08: 0.034).
+MAX_EPS_QUANTILE = 0.9
+MAX_EPS_FACTOR = 1.5
+EPS_QUANTILE = 0.25
+MIN_EPS = 1e-12  # scikit-learn's DBSCAN refuses eps 0 (signatures that are all duplicates); max_eps not below it
+PAIR_SAMPLE = 20_000  # random pairs whose distance says how far apart unrelated images are
+MAX_NEIGHBOURS = 200  # auto max_eps keeps the expected number of signatures within it below this (the radius
+# graph at 6 bytes an edge: 1.2 KB a signature, 1.2 GB at a million, within the default memory budget)
+PAIR_FACTOR = 0.5  # auto max_eps at most this times the median distance of random pairs
+AUTO_SAMPLE = 5000  # queries whose neighbour distance is measured (against all rows): the percentiles of a sample
+
+
+def neighbour_distances(x: np.ndarray, min_samples: int, metric: str, *, sample: int = AUTO_SAMPLE,
+                        seed: int = 0) -> np.ndarray:
+    """Each (sampled) row's distance to its min_samples-th neighbour, itself counted (OPTICS's core distance).
+
+    Exact (data.knn, on the device, against all rows); for more than `sample` rows a seeded random sample of
+    queries, whose percentiles are those of the whole within a percent or so: O(sample x n x d), never n².
+    """
+    from data.knn import knn
+
+    n = len(x)
+    k = min(min_samples, n) - 1  # the row itself is its own first neighbour, at distance 0
+    if k < 1:
+        return np.zeros(n)
+    queries = None if n <= sample else np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
+    dist, _ = knn(x, k, metric="euclidean" if metric == "minkowski" else metric, queries=queries)
+    return dist[:, -1]
+
+
+def random_pair_distances(x: np.ndarray, metric: str, *, pairs: int = PAIR_SAMPLE, seed: int = 0) -> np.ndarray:
+    """Distances of a seeded sample of random pairs of rows, O(pairs x d): how far apart unrelated images are."""
+    n = len(x)
+    if n < 2:
+        return np.zeros(0)
+    rng = np.random.default_rng(seed)
+    i, j = rng.integers(0, n, (2, pairs))
+    i, j = i[i != j], j[i != j]
+    a, b = np.asarray(x[i], np.float64), np.asarray(x[j], np.float64)
+    if metric == "cosine":
+        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+        return 1.0 - (a * b).sum(axis=1) / np.maximum(na * nb, 1e-300)
+    return np.linalg.norm(a - b, axis=1)
+
+
+def auto_thresholds(distances: np.ndarray, pair_distances: np.ndarray | None = None, n: int = 0) -> dict:
+    """max_eps and eps from the neighbour distances (the rules above), with the distribution they came from.
+
+    With `pair_distances` (`random_pair_distances`, how far apart unrelated images are), max_eps is also kept
+    (a) at most PAIR_FACTOR x their median: a pair farther apart than half the distance between two unrelated
+    images is no near-copy (this matters where most images are alone, so that the 90th percentile is itself the
+    distance between unrelated images, and 1.5 times it would take in nearly every pair); and (b) at most the
+    distance within which a signature has MAX_NEIGHBOURS others on average (the quantile MAX_NEIGHBOURS / n of
+    the random pairs, for n > MAX_NEIGHBOURS), so that OPTICS's candidate pairs stay O(n), not O(n²). The
+    `note:` says which of them capped it (`capped_by`)."""
+    d = np.asarray(distances, np.float64)
+    d = d[np.isfinite(d)]
+    q10, q50, q90, q_eps = np.quantile(d, [0.1, 0.5, MAX_EPS_QUANTILE, EPS_QUANTILE]) if len(d) else [0.0] * 4
+    rule = float(MAX_EPS_FACTOR * q90)
+    caps: dict[str, float] = {}
+    if pair_distances is not None and len(pair_distances):
+        caps["unrelated"] = float(PAIR_FACTOR * np.median(pair_distances))
+        if n > MAX_NEIGHBOURS:
+            caps["sparsity"] = float(np.quantile(pair_distances, MAX_NEIGHBOURS / n))
+    max_eps = max(min([rule, *caps.values()]), MIN_EPS)
+    capped = [name for name, value in caps.items() if value < rule and value == max_eps]
+    return {"q10": float(q10), "median": float(q50), "q90": float(q90), "measured": int(len(d)),
+            "max_eps": max_eps, "eps": max(min(float(q_eps), max_eps), MIN_EPS), "caps": caps,
+            "capped_by": capped[0] if capped else None,
+            "rule": f"max_eps = {MAX_EPS_FACTOR:g} x the {MAX_EPS_QUANTILE * 100:.0f}th percentile (at most "
+                    f"{PAIR_FACTOR:g} x the median distance of random pairs, and at most the distance within which a "
+                    f"signature has {MAX_NEIGHBOURS} others on average), eps = the {EPS_QUANTILE * 100:.0f}th "
+                    f"percentile of each signature's distance to its min_samples-th neighbour"}
+
+
+def describe_auto(auto: dict, chosen: dict[str, float]) -> str:
+    """One stderr line: the distribution and the values chosen from it."""
+    why = {"unrelated": f"{PAIR_FACTOR:g} x the median distance of random pairs",
+           "sparsity": f"the distance within which a signature has about {MAX_NEIGHBOURS} others"}
+    parts = []
+    for name, value in chosen.items():
+        capped = name == "max_eps" and auto.get("capped_by")
+        parts.append(f"{name} {value:.4g} (auto" + (f", capped at {why[capped]}" if capped else "") + ")")
+    values = ", ".join(parts)
+    return (f"{values}: each signature's distance to its min_samples-th neighbour is {auto['q10']:.4g} / "
+            f"{auto['median']:.4g} / {auto['q90']:.4g} (10th / 50th / 90th percentile, {auto['measured']} "
+            f"signatures); {auto['rule']}.")

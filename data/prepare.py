@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import shutil
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -116,6 +117,25 @@ def _bounded_map(pool: ThreadPoolExecutor, fn, items, ahead: int) -> Iterator:
 
 
 @functools.cache
+@contextlib.contextmanager
+def _scratch_tempdir(scratch: Path) -> Iterator[None]:
+    """Point `tempfile` at `scratch` while tensorflow-datasets builds its builder, then remove it.
+
+    Why: for a dataset not prepared yet, tfds's builder asks `DatasetInfo.initialize_from_bucket`, which makes a
+    `tempfile.mkdtemp("tfds")` folder for metadata it would copy from its cloud bucket (disabled here: nothing is
+    fetched) and never removes it: one empty folder left in /tmp by every preparation. Here it lands in the build
+    folder and goes with it.
+    """
+    scratch.mkdir(parents=True, exist_ok=True)
+    before = tempfile.tempdir
+    tempfile.tempdir = str(scratch)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _builder_class():
     import tensorflow_datasets as tfds
 
@@ -207,7 +227,8 @@ def prepare_collection(
         tfds.disable_progress_bar()
         # Metadata is filled while the generator runs; the dict object is written after generation.
         meta = {"max_side": max_side, "fingerprint": fp, "collection": str(coll.root.resolve())}
-        builder = _builder_class()(examples=examples(), meta=meta, data_dir=str(tmp), file_format="array_record")
+        with _scratch_tempdir(tmp / ".tfds-scratch"):
+            builder = _builder_class()(examples=examples(), meta=meta, data_dir=str(tmp), file_format="array_record")
         builder.info.metadata["skipped"] = skipped
         builder.info.metadata["uids"] = kept_uids
         builder.info.metadata["indices"] = kept_index

@@ -57,9 +57,15 @@ def cli() -> None:
 @click.option("--num-processes", type=int, default=None, help="Multi-process: number of processes.")
 @click.option("--process-id", type=int, default=None, help="Multi-process: this process's id (0-based).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs still go to metrics.jsonl).")
+@click.option("--plan", "plan_only", is_flag=True,
+              help="Print the plan (triplets and steps per epoch, total steps, the estimated time when an earlier "
+                   "run measured it) and exit without training or writing anything.")
 def run_cmd(collection, arch, weights, out, preset_name, seed, overrides, resume, resume_from, coordinator,
-            num_processes, process_id, no_progress) -> None:
+            num_processes, process_id, no_progress, plan_only) -> None:
     """Train: prepare, split, mine, train, validate each epoch, test the best, export signatures."""
+    if plan_only:
+        _print_plan(collection, out, preset_name, arch, seed, overrides, weights, resume, resume_from)
+        return
     from train.distributed import maybe_initialize
     from train.xla_flags import set_train_flags
 
@@ -83,6 +89,29 @@ def run_cmd(collection, arch, weights, out, preset_name, seed, overrides, resume
         raise click.ClickException(str(e)) from e
     if result.status != "finished":
         sys.exit(3)
+
+
+def _print_plan(collection, out, preset_name, arch, seed, overrides, weights, resume, resume_from) -> None:
+    """`--plan`: the run's cost as `python -m train` would start it (train/plan.py); nothing is written."""
+    from model.weights import WeightsError
+    from train.plan import plan_run
+    from train.run_folder import RunError, RunFolder
+
+    def warn(msg: str) -> None:
+        click.echo(f"warning: {msg}", err=True)
+
+    try:
+        if resume:
+            cfg, _ = _resumed_config(RunFolder(out), preset_name, arch, seed, overrides)
+        else:
+            cfg, _ = _new_config(preset_name, arch, seed, overrides, weights, resume_from)
+        plan = plan_run(collection, out, cfg, weights=weights, resume=resume, resume_from=resume_from, warn=warn)
+    except (RunError, WeightsError, ValueError, FileNotFoundError, KeyError) as e:
+        raise click.ClickException(str(e)) from e
+    for line in plan.lines():
+        click.echo(line)
+    click.echo("plan: unreadable images, found when the dataset is prepared, leave the pool; the run prints the "
+               "count it mined before its first step")
 
 
 def _resumed_config(run: RunFolder, preset_name: str | None, arch: str | None, seed: int | None,

@@ -67,6 +67,10 @@ class TrainConfig:
     # mining
     num_negatives: int = 10
     remine_every: int = 0  # steps; 0 = once per epoch
+    # at most this share of an anchor's num_negatives slots (at least one) is filled with its annotated NEGATIVE
+    # pairs, hardest first, rotating by epoch; the rest is mined. 0: annotated negatives are not preferred.
+    # The triplets per epoch never depend on the number of annotated negatives (train/mining.py).
+    annotated_negative_share: float = 0.5
     # optimisation
     batch_size: int = 32  # triplets per global step (3x as many images)
     epochs: int = 5
@@ -182,6 +186,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.schedule in ("cosine", "constant"), "schedule must be cosine or constant"),
         (cfg.batch_size >= 1 and cfg.epochs >= 1, "batch_size, epochs >= 1"),
         (cfg.lr > 0 and cfg.num_negatives >= 1, "lr > 0 and num_negatives >= 1"),
+        (0.0 <= cfg.annotated_negative_share <= 1.0, "annotated_negative_share must be between 0 and 1"),
         (cfg.prefetch >= 1, "prefetch must be >= 1"),
     ]
     for ok, msg in checks:

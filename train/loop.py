@@ -67,6 +67,7 @@ from train.metrics import evaluate_split
 from train.metrics_log import MetricsLog, plot_curves, val_by_epoch
 from train.mining import MiningInputs, mine_triplets, mining_inputs
 from train.optim import make_optimizer, make_schedule
+from train.plan import Plan, measured_step_time
 from train.prefetch import DevicePrefetcher, Prefetched
 from train.run_folder import NewRunUndo, RunError, RunFolder, RunStart
 from train.step import (
@@ -267,8 +268,11 @@ def _evaluate(ctx: _Context, sig: np.ndarray, split: str) -> dict:
     return evaluate_split(sig[idx], uids, ctx.group_name, ctx.split_of, split)
 
 
-def _mine(ctx: _Context, sig: np.ndarray) -> np.ndarray:
-    return mine_triplets(sig, ctx.inputs, num_negatives=ctx.cfg.num_negatives)
+def _mine(ctx: _Context, sig: np.ndarray, epoch: int) -> np.ndarray:
+    """The triplets of epoch `epoch` (0-based): its number moves the window over annotated negatives on, so a
+    resumed run, which re-mines at the same epoch ends from the same parameters, gets the same triplets."""
+    return mine_triplets(sig, ctx.inputs, num_negatives=ctx.cfg.num_negatives,
+                         annotated_share=ctx.cfg.annotated_negative_share, epoch=epoch)
 
 
 def _iterator_seed(seed: int, epoch: int, rnd: int) -> int:
@@ -422,7 +426,7 @@ def _first_round(run: _Run) -> LoopState:
     run.metrics.truncate_after(-1)  # records of an attempt killed before its first checkpoint
     run.metrics.write({"step": 0, "epoch": 0, "val": val0})
     run.console.log(_start_line(run.start_eval, val0.get("mAP")))
-    triplets = _mine(ctx, sig0)
+    triplets = _mine(ctx, sig0, 0)
     spe = _steps_per_epoch(len(triplets), ctx.cfg)
     total = spe * ctx.cfg.epochs
     state = replicate(init_state(ctx.params, ctx.rest, _optimizer(ctx, total), ctx.cfg.seed), ctx.mesh)
@@ -607,7 +611,7 @@ def _max_steps_hit(cfg: TrainConfig, ls: LoopState) -> bool:
 def _remine(run: _Run, ls: LoopState, batches: _Batches) -> None:
     """New triplets from the current parameters; the new round's iterator starts from its beginning."""
     sig = _embed_all(run.ctx, run.embed_fn, ls.state.params, ls.state.rest)
-    ls.triplets, ls.round = _mine(run.ctx, sig), ls.round + 1
+    ls.triplets, ls.round = _mine(run.ctx, sig, ls.epoch), ls.round + 1
     batches.close()
     ls.data_state = None
     batches.open(ls)
@@ -628,7 +632,7 @@ def _end_epoch(run: _Run, ls: LoopState, batches: _Batches, losses: _LossLog, st
                     f"recall@10 {val.get('recall@10', float('nan')):.4f}")
     more = ls.epoch < run.cfg.epochs
     if more:
-        ls.triplets = _mine(run.ctx, sig)
+        ls.triplets = _mine(run.ctx, sig, ls.epoch)
     _checkpoint(run, ls, losses, val_map=vmap)
     if more and (stop.requested or _max_steps_hit(run.cfg, ls)):
         run.console.log(f"stopped at step {ls.step} (end of epoch {ls.epoch}); continue with --resume")
@@ -799,6 +803,16 @@ def _finish(run: _Run, ls: LoopState, status: str, losses: list[float]) -> RunRe
 # --- the run ------------------------------------------------------------------------------------------------------
 
 
+def _log_plan(run: _Run, ls: LoopState, measured_in: str | Path | None) -> None:
+    """Before the first step: triplets and steps per epoch, total steps, the estimated time (train/plan.py)."""
+    inputs = run.ctx.inputs
+    plan = Plan(len(ls.triplets), run.cfg.batch_size, run.cfg.epochs, positives=len(inputs.positives),
+                negatives=len(inputs.negatives), done_steps=ls.step,
+                step_time=measured_step_time(measured_in, run.cfg), fixed_steps_per_epoch=ls.steps_per_epoch)
+    for line in plan.lines():
+        run.console.log(line)
+
+
 def run_training(
     collection_dir: str | Path,
     run_dir: str | Path,
@@ -829,6 +843,7 @@ def run_training(
             undo.remove_created()
         raise
     del model  # the run's context holds its parameters
+    _log_plan(run, ls, folder.root if resume else resume_from)
     status, losses = _train(run, ls)
     return _finish(run, ls, status, losses)
 

@@ -5,6 +5,15 @@ similarity of the current signatures) in the whole negative pool, excluding the 
 every member of its pattern group (the POSITIVE component, joined with DUPLICATE edges, so a 2-hop
 pattern mate or a duplicate scan of a mate is never a "negative" - the original's bug).
 
+Annotated NEGATIVE pairs (the expert's "confirm, reject the rest", "wrong cluster") are mining CANDIDATES
+with a bounded share, not extra triplets: every (anchor, partner) gets exactly `num_negatives` triplets
+whatever the number of annotated negatives; an anchor with annotated negatives fills up to
+`annotated_share` of its slots (at least one) with them, hardest first by the current signatures,
+rotating through them from epoch to epoch when there are more than slots; the rest are mined as above.
+So the steps per epoch depend on the POSITIVE pairs only (`planned_triplets` counts them without
+signatures). Before, each annotated pair added one triplet per partner of each end: 414 annotated
+negatives turned 4 steps per epoch into 210.
+
 The search is `data.knn.knn` (cosine, `exclude_groups` = the pattern group, `allowed` = the pool): the
 device keeps the gallery resident and runs fixed-shape tiles of `query_block` x `gallery_block` rows with a
 running top-(k + margin) per query; the host rechecks the candidates in float64 and certifies them (rows that
@@ -25,7 +34,8 @@ blocks), so one compilation serves every epoch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,21 +145,75 @@ def mining_inputs(
     )
 
 
+def annotated_slots(num_negatives: int, share: float, available: int) -> int:
+    """How many of an anchor's `num_negatives` slots its `available` annotated negatives fill.
+
+    floor(share * num_negatives), at least one when the anchor has any (and share > 0), at most
+    `available`; share 0 turns annotated negatives off (they are then ordinary pool images).
+    """
+    if available <= 0 or share <= 0:
+        return 0
+    return min(available, num_negatives, max(1, math.floor(share * num_negatives + 1e-9)))
+
+
+def _partners(pos: np.ndarray) -> dict[int, list[int]]:
+    partners: dict[int, list[int]] = {}
+    for a, b in pos:
+        partners.setdefault(int(a), []).append(int(b))
+        partners.setdefault(int(b), []).append(int(a))
+    return partners
+
+
+def _annotated_of(negatives: np.ndarray, anchors: Container[int]) -> dict[int, list[int]]:
+    """anchor -> its annotated NEGATIVE partners (both ends of each pair), sorted, for the anchors given."""
+    out: dict[int, set[int]] = {}
+    for x, y in negatives:
+        for s, t in ((int(x), int(y)), (int(y), int(x))):
+            if s in anchors:
+                out.setdefault(s, set()).add(t)
+    return {s: sorted(ts) for s, ts in out.items()}
+
+
+def _annotated_window(signatures: np.ndarray, x: int, cands: list[int], slots: int, epoch: int) -> list[int]:
+    """`slots` of x's annotated negatives: all of them if they fit, else a window of the hardest-first ranking
+    (float64 cosine to x by the current signatures, ties to the smaller index) that moves on by `slots` each
+    epoch, so that over ceil(len / slots) epochs every one is used."""
+    if len(cands) <= slots:
+        return list(cands)
+    v = np.asarray(signatures[np.asarray([x, *cands])], np.float64)
+    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    sims = v[1:] @ v[0]
+    ranked = [cands[i] for i in sorted(range(len(cands)), key=lambda i: (-sims[i], cands[i]))]
+    start = (epoch * slots) % len(ranked)
+    return [ranked[(start + t) % len(ranked)] for t in range(slots)]
+
+
 def mine_triplets(
     signatures: np.ndarray,
     inputs: MiningInputs,
     *,
     num_negatives: int = 10,
+    annotated_share: float = 0.5,
+    epoch: int = 0,
     query_block: int = 1024,
     gallery_block: int = 8192,
 ) -> np.ndarray:
     """Triplets (anchor, positive, negative) as an (M, 3) int64 array of collection indices.
 
-    For each training connection (a, b) and each end x in {a, b} with partner p: the
-    `num_negatives` nearest pool images to x outside x's group give triplets (x, p, c). Every
-    annotated NEGATIVE pair (x, y) gives (x, p, y) for each training partner p of x, and
-    symmetrically for y: the annotators' negatives are always used. Rows are sorted, so the
-    result depends only on the signatures and the inputs.
+    For each training connection (a, b) and each end x in {a, b} with partner p, x gets exactly
+    `num_negatives` negatives c, the same for each of its partners, giving triplets (x, p, c):
+    - annotated NEGATIVE pairs are candidates, with a bounded share: if x has m annotated negatives, the
+      first s = `annotated_slots(num_negatives, annotated_share, m)` slots (at least one, at most
+      floor(share * num_negatives)) take them, hardest first (cosine by the current signatures); when
+      m > s, the window of s moves on through the ranking with `epoch` (deterministic: a resumed run
+      mines the same), so every annotated negative comes round;
+    - the other slots take the nearest pool images outside x's group, as always (skipping the chosen
+      annotated ones).
+    So the triplets per epoch are sum over anchors of partners x min(num_negatives, pool images outside
+    the anchor's group) (`planned_triplets`): they depend on the POSITIVE pairs only, never on how many
+    NEGATIVE pairs were annotated (before, each annotated pair gave one more triplet per partner: 414 of
+    them turned 4 steps per epoch into 210). Rows are sorted, so the result depends only on the
+    signatures, the inputs and `epoch`.
     """
     pos = inputs.positives
     if len(pos) == 0:
@@ -159,18 +223,32 @@ def mine_triplets(
         signatures, anchors, inputs.group, num_negatives, pool=inputs.pool,
         query_block=query_block, gallery_block=gallery_block,
     )
-    neg_of = {int(a): [int(c) for c in row if c >= 0] for a, row in zip(anchors, nn, strict=True)}
-    partners: dict[int, list[int]] = {}
-    for a, b in pos:
-        partners.setdefault(int(a), []).append(int(b))
-        partners.setdefault(int(b), []).append(int(a))
-    rows: set[tuple[int, int, int]] = set()
-    for x, ps in partners.items():
-        for p in ps:
-            for c in neg_of[x]:
-                rows.add((x, p, c))
-    for x, y in inputs.negatives:
-        for s, t in ((int(x), int(y)), (int(y), int(x))):
-            for p in partners.get(s, ()):
-                rows.add((s, p, t))
+    partners = _partners(pos)
+    annotated = _annotated_of(inputs.negatives, partners)
+    rows: list[tuple[int, int, int]] = []
+    for x, row in zip(anchors, nn, strict=True):
+        x = int(x)
+        cands = annotated.get(x, [])
+        chosen = _annotated_window(signatures, x, cands,
+                                   annotated_slots(num_negatives, annotated_share, len(cands)), epoch)
+        taken = set(chosen)
+        mined = [int(c) for c in row if c >= 0 and int(c) not in taken][:num_negatives - len(chosen)]
+        rows.extend((x, p, c) for p in partners[x] for c in chosen + mined)
     return np.asarray(sorted(rows), np.int64).reshape(-1, 3)
+
+
+def planned_triplets(inputs: MiningInputs, num_negatives: int) -> int:
+    """The number of triplets `mine_triplets` returns for `inputs`, without signatures: each anchor's
+    partners x min(num_negatives, pool images outside its group). It fixes the steps per epoch."""
+    pos = inputs.positives
+    if len(pos) == 0:
+        return 0
+    group = np.asarray(inputs.group)
+    pool = np.asarray(inputs.pool, bool)
+    in_pool_by_group: dict[int, int] = {}
+    for g in group[pool]:
+        in_pool_by_group[int(g)] = in_pool_by_group.get(int(g), 0) + 1
+    total_pool = int(pool.sum())
+    partners = _partners(pos)
+    return sum(len(ps) * min(num_negatives, total_pool - in_pool_by_group.get(int(group[x]), 0))
+               for x, ps in partners.items())

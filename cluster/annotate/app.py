@@ -4,16 +4,22 @@ Routes
 - `GET /`                      the page (HTML; the script fetches the state below);
 - `GET /api/state`             progress, the current cluster's first page (or null when all are done), the last
                                decision;
-- `GET /api/cluster/<id>?page=N`  one page (`queue.PAGE_SIZE` members, their metadata, the links that touch them)
+- `GET /api/cluster/<id>?page=N` (or `?uid=U`: the page holding U)  one page (`queue.PAGE_SIZE` members, their metadata, the links that touch them)
                                of a cluster or proposal, e.g. opened from the map; a big cluster never comes whole;
 - `POST /api/decision`         `{"cluster": id, "decision": name, "ticked": [uid, ...]}`, or `"unticked"` instead
                                of `"ticked"` (every other member is ticked: a "select all" of a big cluster);
 - `POST /api/proposal`         `{"uids": [...], "note": "..."}`: a selection made on the map, queued as a new
                                cluster (negative id) and journaled in proposals.jsonl (see `store.ProposalStore`);
-- `POST /api/undo`             `{"decision": id}` (must be the last decision still in force);
+- `POST /api/decision` with `"decision": "split"`: `"groups": [[uid, ...], ...]` (the sub-groups) and optionally
+                               `"rest_group": true` (the members in no group form one more);
+- `POST /api/undo`             `{"decision": id}` (must be the last decision still in force; with `independent`,
+                               the last of this annotator's);
+- `GET /api/disagreements`     the clusters several annotators decided differently (`cluster.agreement`);
 - `GET /api/search`, `GET /api/search/size`, `POST /api/add`: search by image or detail and add a hit to the
                                cluster (`search_routes`; answered only when the app was started with an index);
-- `GET /image/<uid>?size=256`  a resized JPEG of one image of the collection.
+- `GET /image/<uid>?size=256`  a resized JPEG of one image of the collection;
+- `GET /api/missed`, `GET /api/match`: known groups no cluster found, where an image's regions match the other
+                               members' (`explain_routes`, which also adds `explain` to each card of a cluster view).
 
 Safety, for a server that only ever needs to talk to the expert's own browser:
 - images are looked up by uid in images.csv; no part of the request is ever used as a path;
@@ -44,13 +50,23 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
 from cluster.accept import undo_note
+from cluster.agreement import disagreements
+from cluster.annotate.explain_routes import Explainer, add_explain_routes
 from cluster.annotate.map_routes import add_map_routes
-from cluster.annotate.queue import PageError, ReviewQueue, ticked_from
+from cluster.annotate.queue import PAGE_SIZE, PageError, ReviewQueue, ticked_from
 from cluster.annotate.search_routes import AppSearch, add_search_routes
 from cluster.annotate.store import AnnotationStore, ProposalStore
 from cluster.annotations import AnnotationError
 from cluster.clusters_file import file_sha256, read_clusters
-from cluster.review import DECISIONS, DecisionError, implied_edges
+from cluster.review import (
+    DECISION_HINTS,
+    DECISIONS,
+    SPLIT,
+    DecisionError,
+    implied_edges,
+    split_edges,
+    split_groups,
+)
 from data.collection import Collection, load_collection
 from data.image import ImageReadError, is_damaged, jpeg_thumbnail
 from data.thumbs import ThumbCache, ThumbCacheError
@@ -173,8 +189,12 @@ class UidConverter(BaseConverter):
 class AnnotationSession:
     """Everything the routes need: the review queue (clusters and proposals, `queue.ReviewQueue`), the logs."""
 
-    def __init__(self, collection_dir: str | Path, clusters_path: str | Path, annotator: str) -> None:
+    def __init__(self, collection_dir: str | Path, clusters_path: str | Path, annotator: str,
+                 signatures_path: str | Path | None = None, independent: bool = False) -> None:
         self.collection = load_collection(collection_dir)
+        # independent: this annotator judges every cluster, whatever others decided (their verdicts are compared:
+        # `cluster.agreement`), and undoes only their own decisions; else a cluster anyone decided is done
+        self.independent = independent
         self.clusters_path = Path(clusters_path).resolve()
         table = read_clusters(self.clusters_path)
         self.clusters_sha256 = file_sha256(self.clusters_path)
@@ -193,13 +213,15 @@ class AnnotationSession:
         for c in self.collection.connections:
             if c.a != c.b:
                 self.known.setdefault(c.pair, set()).add(c.type)
-        self.queue = ReviewQueue(self.clusters, self.known, self.clusters_sha256)
+        self.queue = ReviewQueue(self.clusters, self.known, self.clusters_sha256,
+                                 annotator if independent else None)
         self.store = AnnotationStore(self.collection.root)
         self.proposal_store = ProposalStore(self.collection.root)
         self._proposal_notes: list[str] = []
         self._left_out: set[int] = set()  # proposals of the file with fewer than two uids still in the collection
         self._queue_proposals()
         self.thumbs = _Thumbs(self.collection)
+        self.explain = Explainer(self, table, signatures_path)  # what the cards explain (explain_routes)
 
     # -- state -------------------------------------------------------------------------------------
     def _queue_proposals(self) -> None:
@@ -253,14 +275,14 @@ class AnnotationSession:
     def cluster_view(self, cid: int, page: int = 1) -> dict:
         self.sync()
         try:
-            return self.queue.view(cid, page, self._describe)
+            return self.explain.annotate_view(self.queue.view(cid, page, self._describe))
         except PageError as e:
             abort(404, description=str(e))
 
     def state(self) -> dict:
         self.sync()
         cur = self.queue.current()
-        last = self.store.last_active_decision()
+        last = self.store.last_active_decision(self._undoer())
         return {
             "progress": self.queue.progress(),
             "cluster": None if cur is None else self.cluster_view(cur),
@@ -268,26 +290,36 @@ class AnnotationSession:
             if last is None
             else {"id": last["id"], "cluster": last["cluster"], "decision": last["decision"]},
             "annotator": self.annotator,
+            "independent": self.independent,
             "clusters_sha256": self.clusters_sha256,
             "notes": self.notes(),
         }
 
     # -- actions -----------------------------------------------------------------------------------
-    def decide(self, cid: int, decision: str, ticked: list[str] | None, unticked: list[str] | None = None) -> dict:
+    def decide(self, cid: int, decision: str, ticked: list[str] | None, unticked: list[str] | None = None,
+               groups: list[list[str]] | None = None, rest_group: bool = False) -> dict:
+        """Record a decision on cluster `cid`. A split comes with its `groups` (`cluster.review.split_edges`);
+        with `rest_group`, the members in none of them form one more group."""
         with self.store.lock:
             self.sync()
             if cid not in self.queue:
                 abort(404, description=f"cluster {cid} is not in {self.clusters_path.name} nor a proposal.")
             members = self.queue.clusters[cid]
             if self.queue.is_done(cid):
-                abort(409, description=f"cluster {cid} is already decided; undo that decision first.")
+                abort(409, description=self._decided_message(cid))
             if unticked is not None:
                 stray = set(unticked).difference(members)
                 if stray:
                     abort(400, description=f"unticked uids not in this cluster: {', '.join(sorted(stray)[:5])}.")
             ticked = ticked_from(members, ticked, unticked)
             try:
-                edges = implied_edges(decision, members, ticked)
+                if decision == SPLIT:
+                    groups = split_groups(members, _with_rest(members, groups or [], rest_group))
+                    ticked = [u for g in groups for u in g]
+                    edges = split_edges(members, groups)
+                else:
+                    groups = None
+                    edges = implied_edges(decision, members, ticked)
             except DecisionError as e:
                 abort(400, description=str(e))
             ticked_set = set(ticked)
@@ -300,7 +332,28 @@ class AnnotationSession:
                 clusters_file=str(self.clusters_path),
                 clusters_sha256=self.clusters_sha256,
                 annotator=self.annotator,
+                groups=groups,
             )
+
+    def _undoer(self) -> str | None:
+        """Whose decisions undo may cancel: this annotator's when independent, else anyone's (the last in the file)."""
+        return self.annotator if self.independent else None
+
+    def _decided_message(self, cid: int) -> str:
+        done = self.queue.decision_of(cid)
+        who = done.get("annotator") if done else None
+        if who and who != self.annotator:
+            return (f"cluster {cid} is already decided by {who} ({done['decision']}); undo that decision first, or "
+                    "start `cluster annotate` with --independent to give your own verdict on every cluster.")
+        return f"cluster {cid} is already decided; undo that decision first."
+
+    def disagreements(self) -> dict:
+        """The clusters several annotators decided differently (`cluster.agreement`), for the page's view."""
+        self.sync()
+        active = self.store.log.active_decisions()
+        found = disagreements(active)
+        return {"annotators": sorted({r.get("annotator", "?") for r in active}),
+                "disagreements": [d.summary() | {"in_queue": d.cluster in self.queue} for d in found]}
 
     def propose(self, uids: list[str], note: str) -> tuple[int, bool]:
         """Queue a selection made on the map as a proposal: (its cluster id, whether it is new). The same
@@ -323,7 +376,7 @@ class AnnotationSession:
 
     def undo(self, decision_id: str) -> dict:
         with self.store.lock:
-            last = self.store.last_active_decision()
+            last = self.store.last_active_decision(self._undoer())
             if last is None:
                 abort(409, description="there is no decision to undo.")
             if last["id"] != decision_id:
@@ -334,6 +387,15 @@ class AnnotationSession:
         """What to tell the expert when the undone decision was already accepted into connections.csv."""
         undone = next((r for r in self.store.log.records if r["id"] == decision_id), None)
         return undo_note(self.collection.root, undone) if undone is not None else None
+
+
+def _with_rest(members: list[str], groups: list[list[str]], rest_group: bool) -> list[list[str]]:
+    """The groups of a split, plus (with `rest_group`) the members in none of them as one more group."""
+    if not rest_group:
+        return groups
+    assigned = {u for g in groups for u in g}
+    rest = [m for m in members if m not in assigned]
+    return [*groups, rest] if rest else groups
 
 
 def _json_body(limit: int = MAX_BODY) -> dict:
@@ -474,6 +536,23 @@ def _decision_request(body: dict, session: AnnotationSession) -> tuple[int, str,
     return cid, name, (ticked if unticked is not None or ticked is not None else []), unticked
 
 
+def _split_request(body: dict) -> dict:
+    """A split's sub-groups (`groups`: lists of uids) and whether the members in no group form one more
+    (`rest_group`: what the page sends when most of a big cluster is one group), as keyword arguments of
+    `decide`; {} when the body has neither. A 400 when they are not lists of uid strings."""
+    groups, rest = body.get("groups"), body.get("rest_group", False)
+    if groups is None and not rest:
+        return {}
+    if groups is None:
+        groups = []
+    if not isinstance(groups, list) or not all(isinstance(g, list) and all(isinstance(u, str) for u in g)
+                                               for g in groups):
+        abort(400, description="'groups' must be a list of lists of uid strings (the sub-groups of a split).")
+    if not isinstance(rest, bool):
+        abort(400, description="'rest_group' must be true or false.")
+    return {"groups": groups, "rest_group": rest}
+
+
 def _proposal_request(body: dict) -> tuple[list[str], str]:
     """(uids, note) of a POST /api/proposal body, or a 400."""
     uids = body.get("uids")
@@ -492,6 +571,14 @@ def _page_arg() -> int:
     return int(raw)
 
 
+def _page_of(members: list[str], uid: str, cid: int) -> int:
+    """The page of a cluster that shows `uid` (`?uid=`: an image clicked on the map), or a 404 saying where it is not."""
+    try:
+        return members.index(uid) // PAGE_SIZE + 1
+    except ValueError:
+        abort(404, description=f"image {uid!r} is not a member of cluster {cid}.")
+
+
 def _add_routes(app: Flask, session: AnnotationSession) -> None:
     """The routes of the module docstring, each a thin call into `session`."""
 
@@ -499,7 +586,8 @@ def _add_routes(app: Flask, session: AnnotationSession) -> None:
     def index():
         return render_template(
             "index.html",
-            decisions=[{"name": k, "label": v[0], "key": v[1]} for k, v in DECISIONS.items()],
+            decisions=[{"name": k, "label": v[0], "key": v[1], "hint": DECISION_HINTS.get(k, "")}
+                       for k, v in DECISIONS.items()],
             collection=session.collection.root.name,
             collection_path=str(session.collection.root),
             clusters_file=session.clusters_path.name,
@@ -518,11 +606,14 @@ def _add_routes(app: Flask, session: AnnotationSession) -> None:
             session.sync()
             if cid not in session.queue:
                 abort(404, description=f"cluster {cid} is not in {session.clusters_path.name} nor a proposal.")
+            if request.args.get("uid"):  # an image clicked on the map: the page that holds it
+                page = _page_of(session.queue.clusters[cid], request.args["uid"], cid)
             return jsonify(session.cluster_view(cid, page))
 
     @app.post("/api/decision")
     def decision():
-        rec = session.decide(*_decision_request(_json_body(LARGE_BODY), session))
+        body = _json_body(LARGE_BODY)
+        rec = session.decide(*_decision_request(body, session), **_split_request(body))
         with session.store.lock:
             return jsonify({"ok": True, "id": rec["id"], "n_edges": len(rec["edges"]), "state": session.state()})
 
@@ -533,6 +624,11 @@ def _add_routes(app: Flask, session: AnnotationSession) -> None:
             resp = jsonify({"ok": True, "cluster": cid, "new": new, "view": session.cluster_view(cid)})
         resp.status_code = 201 if new else 200
         return resp
+
+    @app.get("/api/disagreements")
+    def disagreements_route():
+        with session.store.lock:
+            return jsonify(session.disagreements())
 
     @app.post("/api/undo")
     def undo():
@@ -569,13 +665,16 @@ def create_app(
     map_dir: str | Path | None = None,
     index_dir: str | Path | None = None,
     index_weights: str | None = None,
+    signatures_path: str | Path | None = None,
+    independent: bool = False,
 ) -> Flask:
     """Build the app. `bound_host` is the address the server listens on; requests must name it (or a
     loopback name) in their Host header. Binding to a wildcard address turns that check off. `map_dir`: a
     folder written by `cluster map`, served at /map/ (`map_routes`). `index_dir`: a search index (`python -m
     model index`), opened with the network `index_weights` (default: the one it records) for the page's
-    search (`search_routes`); without it the app never imports the network."""
-    session = AnnotationSession(collection_dir, clusters_path, annotator)
+    search (`search_routes`); without it the app never imports the network. `signatures_path`: the signatures the
+    cards' nearest-member distances come from (default: the file clusters.json names; `explain_routes`)."""
+    session = AnnotationSession(collection_dir, clusters_path, annotator, signatures_path, independent)
     search = AppSearch(index_dir, index_weights) if index_dir is not None else None
     app = Flask(__name__)
     # one byte of slack so that `_json_body` sees an oversized chunked body and answers 413 itself
@@ -593,6 +692,7 @@ def create_app(
     app.after_request(_security_headers)
     _add_routes(app, session)
     add_search_routes(app, session, search, lambda: _json_body(LARGE_BODY), _uid_list)
+    add_explain_routes(app, session, search)
     if map_dir is not None:
         add_map_routes(app, session.collection, map_dir)
     return app

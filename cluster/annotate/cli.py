@@ -43,8 +43,16 @@ def _default_annotator() -> str:
                    "detail drawn on the enlarged picture, and 'add to this cluster'.")
 @click.option("--index-weights", default=None,
               help="The weights the index was built with, when they moved [default: the path it records].")
+@click.option("--signatures", "signatures_path", type=UserPath(exists=True, dir_okay=False), default=None,
+              help="The signatures the clustering used, for each card's nearest-member distance [default: the "
+                   "file clusters.json names].")
+@click.option("--independent", is_flag=True, default=False,
+              help="Judge every cluster yourself, whatever other annotators decided (their verdicts are compared "
+                   "in the page's disagreements view and by `cluster accept --policy`); undo cancels only your own "
+                   "decisions. Without it a cluster anyone decided is done (experts share the work).")
 def annotate(collection_dir: Path, clusters_path: Path, host: str, port: int, annotator: str | None,
-             map_dir: Path | None, index_dir: Path | None, index_weights: str | None) -> None:  # fmt: skip
+             map_dir: Path | None, index_dir: Path | None, index_weights: str | None,
+             signatures_path: Path | None, independent: bool) -> None:  # fmt: skip
     """Review proposed clusters in the browser; every decision is appended to DIR/annotations.jsonl."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     if index_weights is not None and index_dir is None:
@@ -53,13 +61,16 @@ def annotate(collection_dir: Path, clusters_path: Path, host: str, port: int, an
         index_weights = str(Path(index_weights).expanduser())
     try:
         app = create_app(collection_dir, clusters_path, annotator or _default_annotator(), bound_host=host,
-                         map_dir=map_dir, index_dir=index_dir, index_weights=index_weights)  # fmt: skip
+                         map_dir=map_dir, index_dir=index_dir, index_weights=index_weights,
+                         signatures_path=signatures_path, independent=independent)  # fmt: skip
     except (CollectionError, ClustersFileError, AnnotationError, AnnotateSetupError, MapSetupError,
             SearchSetupError) as e:
         raise click.ClickException(str(e)) from e
     session = app.extensions["annotation_session"]
     for note in session.notes():
         click.echo(f"warning: {note}", err=True)
+    if session.explain.nearest.note:
+        click.echo(f"warning: {session.explain.nearest.note}", err=True)
     if host in WILDCARD_HOSTS:
         click.echo(f"warning: listening on {host or 'all addresses'}: anyone who can reach this machine can "
                    "annotate and see the images.", err=True)

@@ -37,6 +37,7 @@ APP_JS = """window.MAPAPP = {  // served by the annotation app (cluster/annotate
   proposal: "/api/proposal",
   open: body => "/#cluster=" + body.cluster,
   cluster: id => "/#cluster=" + id,
+  image: (id, uid) => "/#cluster=" + id + (uid === undefined ? "" : "&uid=" + encodeURIComponent(uid)),
 };
 """
 _COLUMN = re.compile(r"col-(\d{1,6})\.js")

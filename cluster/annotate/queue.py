@@ -11,6 +11,10 @@ Pure bookkeeping (no flask), sized for archives: 10^6 images, 10^5 clusters, a 5
   log read again from disk): which member sets are decided, and the annotated edges inside each cluster.
 - The page receives one page of a cluster (`PAGE_SIZE` members) and the links that touch it, never all
   members of a big cluster.
+- Several annotators: every decision is indexed under its annotator too. By default a cluster is done when anyone
+  decided it (experts share the work); a queue made for one annotator (`annotator=`, the app's `--independent`)
+  counts only that annotator's decisions, so each one judges every cluster and their verdicts can be compared
+  (`cluster.agreement`). A view lists the other annotators' verdicts on the cluster either way.
 - Proposals (selections made on the map, `proposals.jsonl`) come first in the queue, in the order they were
   made: the expert asked for them. Their cluster ids are negative (see `cluster.annotations`).
 """
@@ -46,7 +50,7 @@ class ReviewQueue:
     """Clusters (clusters.csv) and proposals in review order, with their known links and decided state."""
 
     def __init__(self, clusters: dict[int, list[str]], known: Mapping[tuple[str, str], set[str]],
-                 clusters_sha256: str | None = None) -> None:
+                 clusters_sha256: str | None = None, annotator: str | None = None) -> None:
         self.clusters = clusters  # clusters.csv's, then proposals added under their negative ids
         self.known = known
         self.home: dict[str, int] = {u: cid for cid, ms in clusters.items() for u in ms}
@@ -65,6 +69,9 @@ class ReviewQueue:
         for cid, key in self.keys.items():
             self.by_key.setdefault(key, []).append(cid)
         self._decided: dict[bytes, dict] = {}
+        self.annotator = annotator  # None: a cluster anyone decided is done; else only this annotator's count
+        self._verdicts: dict[bytes, dict[str, dict]] = {}  # member set -> annotator -> their latest decision
+        self._mine: dict[bytes, dict] = {}  # member set -> this queue's annotator's latest decision (if annotator)
         self._annotated: dict[int, list[Link]] = {}
         # images added from a search, per cluster: cid -> uid -> its "add" record. An addition names its cluster
         # by id, which means the same images only under the clusters file it was made with (or a proposal's id)
@@ -125,7 +132,13 @@ class ReviewQueue:
         if rec.get("decision") == ADD:
             self._index_addition(rec)
         else:
-            self._decided[members_key(rec["members"])] = rec
+            key = members_key(rec["members"])
+            self._decided[key] = rec
+            by = self._verdicts.setdefault(key, {})
+            by.pop(rec.get("annotator", "?"), None)
+            by[rec.get("annotator", "?")] = rec
+            if self.annotator is not None and rec.get("annotator") == self.annotator:
+                self._mine[key] = rec
         for a, b, t in rec["edges"]:
             ha = self._homes(a)
             if not ha:
@@ -152,7 +165,7 @@ class ReviewQueue:
         fresh = seen is None or seen[0] is not log or seen[1] > len(records) or any(
             r["kind"] != DECISION for r in records[seen[1]:])
         if fresh:
-            self._decided, self._annotated, self._added = {}, {}, {}
+            self._decided, self._annotated, self._added, self._verdicts, self._mine = {}, {}, {}, {}, {}
             for rec in log.active_decisions():
                 self._index(rec)
         else:
@@ -162,14 +175,23 @@ class ReviewQueue:
             self._version += 1
         self._seen = (log, len(records))
 
+    def _done_keys(self) -> Mapping[bytes, dict]:
+        """The member sets decided, as this queue counts them (by anyone, or by its own annotator)."""
+        return self._decided if self.annotator is None else self._mine
+
     def decision_of(self, cid: int) -> dict | None:
-        return self._decided.get(self.keys[cid])
+        """The decision that makes this cluster done for this queue (the latest; its annotator's own)."""
+        return self._done_keys().get(self.keys[cid])
+
+    def verdicts_of(self, cid: int) -> dict[str, dict]:
+        """Each annotator's latest decision in force on this cluster (annotator -> record), first decided first."""
+        return self._verdicts.get(self.keys[cid], {})
 
     def is_done(self, cid: int) -> bool:
-        return self.keys[cid] in self._decided
+        return self.decision_of(cid) is not None
 
     def progress(self) -> dict:
-        done = sum(len(self.by_key.get(k, ())) for k in self._decided)
+        done = sum(len(self.by_key.get(k, ())) for k in self._done_keys())
         return {"done": done, "left": len(self) - done, "total": len(self)}
 
     def current(self) -> int | None:
@@ -214,7 +236,10 @@ class ReviewQueue:
             "page_size": PAGE_SIZE,
             "members": [{"n": number[u], "uid": u, **describe(u)} for u in shown],
             "links": links,
-            "decision": None if done is None else {"id": done["id"], "decision": done["decision"]},
+            "decision": None if done is None else {"id": done["id"], "decision": done["decision"],
+                                                   "annotator": done.get("annotator")},
+            "verdicts": [{"annotator": who, "decision": r["decision"], "id": r["id"], "ticked": len(r["ticked"])}
+                         for who, r in self.verdicts_of(cid).items()],
             "added": [{"uid": u, "id": r["id"], "query": r.get("query"), **describe(u)}
                       for u, r in self.added(cid).items()],
         }

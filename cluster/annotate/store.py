@@ -276,10 +276,13 @@ class AnnotationStore:
         """Append an undo record of the decision `decision_id`; returns it."""
         return self.append(undo_record(decision_id, annotator))
 
-    def last_active_decision(self) -> dict | None:
+    def last_active_decision(self, annotator: str | None = None) -> dict | None:
+        """The last decision in force (of `annotator` only, when given: what their undo may cancel)."""
         with self.lock:
             self.refresh()
             active = self.log.active_decisions()
+            if annotator is not None:
+                active = [r for r in active if r.get("annotator") == annotator]
             return active[-1] if active else None
 
 

@@ -148,19 +148,32 @@ function listInto(box, rows, page, again) {
 }
 function members(c) { const out = []; for (let i = 0; i < N; i++) if (C[i] === c) out.push(i); return out; }
 
+// The annotation page's address: the app's own page when it serves the map; opened from the folder, the address
+// given at map build time (`cluster map --app-address`), or the one typed in a selection's "app at" box.
+function appAddress() { return (localStorage.getItem("map-app-address") || D.app_address).replace(/\/?$/, "/"); }
+function judgeLink(i) {
+  const hash = `#cluster=${C[i]}` + (uid(i) === undefined ? "" : "&uid=" + encodeURIComponent(uid(i)));
+  const a = el("a", `judge cluster ${C[i]} in the annotation page`, "judge");
+  if (APP) { a.href = APP.image(C[i], uid(i)); return [a]; }
+  a.href = appAddress() + hash; a.target = "_blank"; a.rel = "noopener";
+  return [a, el("div", `opens ${appAddress()} in a new tab: start the annotation app there first ` +
+    "(python -m cluster annotate --collection DIR --clusters the clusters.csv of this map), or serve this map " +
+    "from it (--map MAP_DIR)", "small")];
+}
 function showPoint(i) {
   sel.replaceChildren();
   const head = el("div");
   describe(i, head); sel.appendChild(head);
-  if (C[i] < 0) return;
+  if (C[i] < 0) {
+    sel.appendChild(el("div", "noise: in no cluster, so there is nothing to judge in the annotation page; select it " +
+      "with the images it belongs with (lasso) and judge them as a proposal", "small"));
+    return;
+  }
   const rows = members(C[i]);
   sel.appendChild(el("h3", `Cluster ${C[i]} (${rows.length} images)`));
   const pick = el("button", "select this cluster"); pick.type = "button";
   pick.onclick = () => sp.select(rows);
-  sel.appendChild(pick);
-  if (APP) {  // served by the annotation app: judge this cluster there
-    const a = el("a", " judge it in the annotation page"); a.href = APP.cluster(C[i]); sel.appendChild(a);
-  }
+  sel.append(pick, ...judgeLink(i));  // judge this cluster there, at the page of this image
   const box = el("div"); sel.appendChild(box);
   const go = p => listInto(box, rows, p, go); go(0);
 }
@@ -204,7 +217,7 @@ function showSelection(rows) {
   row.append(open, csv, clear);
   if (!APP) {
     const addr = el("input"); addr.id = "app-addr"; addr.size = 28;
-    addr.value = localStorage.getItem("map-app-address") || D.app_address;
+    addr.value = appAddress();
     row.append(el("span", "app at", "small"), addr);
   }
   sel.append(row, note);

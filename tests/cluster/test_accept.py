@@ -25,10 +25,11 @@ def test_accept_adds_rows_once_with_round_and_time(annot_collection):
     d2 = _decide(store, u[6:9], u[7:9], [[u[7], u[8], "SIMILAR"]], "similar")
     d3 = _decide(store, u[9:11], u[9:11], [[u[9], u[10], "DUPLICATE"]], "duplicate")
     store.undo(d3["id"], "ada")
-    # u0-u1 is POSITIVE in connections.csv: the NEGATIVE is a contradiction
+    # u0-u1 is POSITIVE in connections.csv: the NEGATIVE is a contradiction; u2-u3 is DUPLICATE there, which
+    # implies POSITIVE: already known, not written (issue 16: `data check` warned about it for good)
     rep = accept_annotations(annot_collection.root)
     assert rep.round == 1 and rep.decisions == 2 and rep.undone == 1
-    assert dict(rep.added) == {"POSITIVE": 3, "SIMILAR": 1}
+    assert dict(rep.added) == {"POSITIVE": 2, "SIMILAR": 1} and rep.implied == 1
     assert [(c.a, c.b, c.type, c.existing) for c in rep.contradictions] == [
         (*sorted((u[0], u[1])), "NEGATIVE", "POSITIVE")]
     assert rep.contradictions[0].decision == d1["id"]
@@ -38,8 +39,7 @@ def test_accept_adds_rows_once_with_round_and_time(annot_collection):
     assert [(c.a, c.b, c.type) for c in after[: len(before)]] == [(c.a, c.b, c.type) for c in before]
     new = after[len(before):]
     assert {(c.a, c.b, c.type) for c in new} == {
-        (*sorted((u[1], u[2])), "POSITIVE"), (*sorted((u[1], u[3])), "POSITIVE"),
-        (*sorted((u[2], u[3])), "POSITIVE"), (*sorted((u[7], u[8])), "SIMILAR")}
+        (*sorted((u[1], u[2])), "POSITIVE"), (*sorted((u[1], u[3])), "POSITIVE"), (*sorted((u[7], u[8])), "SIMILAR")}
     assert all(c.source == "annotation:1" for c in new)
     assert {c.annotated_at for c in new} == {d1["time"], d2["time"]}
     assert all(c.split is None for c in new)  # splits are assigned by data.splits
@@ -47,14 +47,15 @@ def test_accept_adds_rows_once_with_round_and_time(annot_collection):
     # running again adds nothing and leaves the file (and the backups) alone
     text = (annot_collection.root / "connections.csv").read_text()
     rep2 = accept_annotations(annot_collection.root)
-    assert not rep2.added and not rep2.written and rep2.skipped == 4 and len(rep2.contradictions) == 1
+    assert not rep2.added and not rep2.written and rep2.skipped == 3 and rep2.implied == 1
+    assert len(rep2.contradictions) == 1
     assert (annot_collection.root / "connections.csv").read_text() == text
     assert len(list(annot_collection.root.glob("connections.csv.bak-*"))) == 1
 
     # a later decision is the next round
     _decide(store, u[9:11], u[9:11], [[u[9], u[10], "POSITIVE"]])
     rep3 = accept_annotations(annot_collection.root)
-    assert rep3.round == 2 and dict(rep3.added) == {"POSITIVE": 1} and rep3.skipped == 4
+    assert rep3.round == 2 and dict(rep3.added) == {"POSITIVE": 1} and rep3.skipped == 3
     assert _rows(annot_collection)[-1].source == "annotation:2"
     assert len(list(annot_collection.root.glob("connections.csv.bak-*"))) == 2
 
@@ -265,3 +266,105 @@ def test_accept_writes_existing_rows_back_cell_for_cell(annot_collection):
     assert after[0] == before[0] + ",source,annotated_at"
     assert after[1:4] == [line + ",," for line in before[1:4]]  # as they were, plus the two new empty cells
     assert after[4].startswith(",".join(sorted(u[9:11])) + ",POSITIVE,,annotation:1,")
+
+
+def test_known_pairs_are_not_written_again_and_check_stays_clean(annot_collection):
+    """Issue 16: confirming a cluster wrote POSITIVE onto a pair already DUPLICATE (`data check` then warned for
+    good); a "wrong cluster" NEGATIVE on a known POSITIVE pair was a contradiction reported at every accept."""
+    from cluster.__main__ import cli
+    from cluster.review import implied_edges
+    from data.__main__ import cli as data_cli
+
+    u = annot_collection.uids  # connections.csv: u0-u1 POSITIVE, u2-u3 DUPLICATE, u6-u7 POSITIVE
+    store = AnnotationStore(annot_collection.root)
+    members = u[:4]
+    store.decide(cluster=2, decision="confirm", members=members, ticked=members,
+                 edges=implied_edges("confirm", members, members), clusters_file="clusters.csv",
+                 clusters_sha256="0" * 64, annotator="ada")
+    wrong = u[6:9]
+    store.decide(cluster=0, decision="wrong", members=wrong, ticked=[], edges=implied_edges("wrong", wrong, []),
+                 clusters_file="clusters.csv", clusters_sha256="0" * 64, annotator="ada")
+    runner = CliRunner()
+    r = runner.invoke(cli, ["accept", "--collection", str(annot_collection.root)])
+    assert r.exit_code == 0, r.output
+    # 6 pairs of u0..u3: u0-u1 present, u2-u3 implied by DUPLICATE, 4 written; wrong: u6-u8 and u7-u8 written
+    assert "added: 2 NEGATIVE, 4 POSITIVE" in r.output
+    assert "skipped (already known: the pair has a type that implies it, e.g. DUPLICATE for POSITIVE): 1" in r.output
+    assert "'wrong cluster' NEGATIVE on a pair known or confirmed to share a pattern" in r.output
+    assert "contradictions (not written): 0" in r.output
+    rows = {(c.a, c.b): c.type for c in _rows(annot_collection)}
+    assert rows[tuple(sorted((u[2], u[3])))] == "DUPLICATE"
+    assert rows[tuple(sorted((u[6], u[8])))] == "NEGATIVE" and rows[tuple(sorted((u[6], u[7])))] == "POSITIVE"
+    check = runner.invoke(data_cli, ["check", str(annot_collection.root), "--no-decode", "--no-progress"])
+    assert check.exit_code == 0, check.output
+    assert "problems: 0 errors, 0 warnings" in check.output, check.output
+
+
+def test_accept_says_what_the_next_training_round_gets(annot_collection):
+    """Issue 16: 414 NEGATIVE pairs from one decision turned 4 steps per epoch into 210 with no warning; accept
+    now says what the accepted decisions change for training: POSITIVE pairs (they drive the steps) and the
+    NEGATIVE pairs training can use (mining candidates that add no steps)."""
+    import json
+
+    from cluster.__main__ import cli
+    from cluster.review import implied_edges
+
+    u = annot_collection.uids
+    # every image in train, so that the figures do not depend on the split hash
+    (annot_collection.root / "splits.json").write_text(json.dumps({"version": 1, "split_of": dict.fromkeys(u, "train")}))
+    store = AnnotationStore(annot_collection.root)
+
+    def decide(cid, decision, members, ticked):
+        store.decide(cluster=cid, decision=decision, members=members, ticked=ticked,
+                     edges=implied_edges(decision, members, ticked), clusters_file="clusters.csv",
+                     clusters_sha256="0" * 64, annotator="ada")
+
+    decide(2, "confirm_reject", u[:6], u[:2])  # u0-u1 known; 4 rejected x 2 ticked NEGATIVE pairs
+    decide(0, "confirm", u[6:9], u[6:9])  # u6-u7 known; u6-u8, u7-u8 new
+    r = CliRunner().invoke(cli, ["accept", "--collection", str(annot_collection.root)])
+    assert r.exit_code == 0, r.output
+    # before: 6 POSITIVE pairs (0-1, 6-7, 11-12, 12-13, 11-13, 14-15) and 1 NEGATIVE (4-5)
+    assert "training POSITIVE pairs: 6 -> 8 (they drive the steps per epoch" in r.output
+    assert "annotated NEGATIVE pairs training can use: 1 -> 9 (mining candidates" in r.output
+    assert "they add no steps" in r.output and "--plan" in r.output
+    # a second run: nothing changes, and it says so in the same terms
+    r = CliRunner().invoke(cli, ["accept", "--collection", str(annot_collection.root)])
+    assert "training POSITIVE pairs: 8 -> 8" in r.output and "annotated NEGATIVE pairs training can use: 9 -> 9" in r.output
+
+
+def test_a_wrong_cluster_accepted_then_undone_takes_its_negatives_out(annot_collection):
+    """Issue 16: "wrong cluster" now records NEGATIVE links; accept writes them, and an undo takes them out."""
+    from cluster.__main__ import cli
+    from cluster.review import implied_edges
+
+    u = annot_collection.uids
+    store = AnnotationStore(annot_collection.root)
+    members = u[11:14] + u[14:16]  # u11-u13 are known POSITIVE among themselves, u14-u15 too
+    rec = store.decide(cluster=1, decision="wrong", members=members, ticked=[],
+                       edges=implied_edges("wrong", members, []), clusters_file="clusters.csv",
+                       clusters_sha256="0" * 64, annotator="ada")
+    runner = CliRunner()
+    r = runner.invoke(cli, ["accept", "--collection", str(annot_collection.root)])
+    assert r.exit_code == 0, r.output
+    # neighbour pairs: 11-12, 11-13, 12-13 (known POSITIVE: not overruled), 12-14, 13-14, 13-15, 14-15 (known)
+    assert "added: 3 NEGATIVE" in r.output and "contradictions (not written): 0" in r.output
+    negatives = {c.pair for c in _rows(annot_collection) if c.type == "NEGATIVE"}
+    assert {tuple(sorted((u[12], u[14]))), tuple(sorted((u[13], u[14]))), tuple(sorted((u[13], u[15])))} <= negatives
+    store.undo(rec["id"], "ada")
+    r = runner.invoke(cli, ["accept", "--collection", str(annot_collection.root)])
+    assert r.exit_code == 0 and "removed (their decision was undone after it was accepted): 3" in r.output
+    assert {c.pair for c in _rows(annot_collection) if c.type == "NEGATIVE"} == negatives - {
+        tuple(sorted((u[12], u[14]))), tuple(sorted((u[13], u[14]))), tuple(sorted((u[13], u[15])))}
+
+
+def test_a_damaged_splits_file_does_not_stop_accept(annot_collection):
+    """The training summary reads splits.json; a damaged one is named in a warning, the rows are still written."""
+    from cluster.__main__ import cli
+
+    u = annot_collection.uids
+    (annot_collection.root / "splits.json").write_text("{not json")
+    _decide(AnnotationStore(annot_collection.root), u[6:9], u[7:9], [[u[7], u[8], "POSITIVE"]])
+    r = CliRunner().invoke(cli, ["accept", "--collection", str(annot_collection.root)])
+    assert r.exit_code == 0, r.output
+    assert "added: 1 POSITIVE" in r.output and "Traceback" not in r.output
+    assert "warning: cannot count the next round's training pairs:" in r.output and "splits.json" in r.output

@@ -83,7 +83,7 @@ def test_confirm_appends_decision_with_edges_and_moves_on(annot_collection):
         ("confirm_reject", 2, {"POSITIVE": 1, "NEGATIVE": 2 * 4}),
         ("similar", 3, {"SIMILAR": 3}),
         ("duplicate", 2, {"DUPLICATE": 1}),
-        ("wrong", 0, {}),
+        ("wrong", 0, {"NEGATIVE": 2 * 6 - 3}),  # issue 16: each member with its next two in member order
         ("skip", 1, {}),
     ],
 )
@@ -98,7 +98,9 @@ def test_each_decision_stores_its_edges(annot_collection, decision, n_ticked, ex
     for a, b, t in rec["edges"]:
         counts[t] = counts.get(t, 0) + 1
         assert a < b
-        if t == "NEGATIVE":
+        if decision == "wrong":
+            assert abs(members.index(a) - members.index(b)) <= 2
+        elif t == "NEGATIVE":
             assert (a in ticked) != (b in ticked)
         else:
             assert a in ticked and b in ticked
@@ -236,6 +238,9 @@ def test_page_lists_every_decision_with_its_key(annot_collection):
         assert f'data-decision="{name}" data-key="{key}"' in html
     assert "<kbd>u</kbd> Undo" in html
     assert "http" not in html.replace("http-equiv", "")  # nothing loaded from the network
+    # issue 16: what "wrong cluster" records is said on its button
+    assert 'title="Wrong cluster: these images do not share one pattern.' in html
+    assert "tick them and use confirm-and-reject instead" in html
 
 
 def test_torn_last_line_is_cut_off_and_reported(annot_collection):
@@ -328,7 +333,8 @@ def test_torn_line_appearing_while_running_is_cut_before_the_next_decision(annot
     acked.append(r.get_json()["id"])
     res = CliRunner().invoke(cli, ["accept", "--collection", str(annot_collection.root)])
     assert res.exit_code == 0, res.output
-    assert "added: 1 POSITIVE" in res.output
+    # issue 16: "wrong" on cluster 0 (3 members) asserts NEGATIVE between neighbours, bar its known POSITIVE pair
+    assert "added: 2 NEGATIVE, 1 POSITIVE" in res.output
     _, c2 = _app(annot_collection)  # a restarted server resumes where the first one was
     s = c2.get("/api/state").get_json()
     assert s["progress"]["done"] == 3 and s["last_decision"]["id"] == acked[-1]

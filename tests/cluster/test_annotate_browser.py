@@ -8,6 +8,7 @@ is made that way).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -71,6 +72,18 @@ def _wait(driver, cond, what, timeout=15):
 
 def _wait_cluster(driver, cid):
     _wait(driver, lambda d: _text(d, "#cluster-head h2") == f"Cluster {cid}", f"cluster {cid} shown")
+
+
+@contextlib.contextmanager
+def opened(driver, collection, first_cluster: int = 2, **server_options):
+    """The app on `collection` (Server's options), its page open in `driver` at its first cluster; stopped after."""
+    server = Server(collection, **server_options)
+    try:
+        driver.get(server.url)
+        _wait_cluster(driver, first_cluster)
+        yield server
+    finally:
+        server.stop()
 
 
 def _key(driver, key):
@@ -226,6 +239,52 @@ def test_a_big_cluster_page_by_page_select_all_and_a_proposal_from_the_map(brows
         _key(d, "w")
         _wait(d, lambda d: _records(type(annot_collection)(root=root, clusters=None, uids=uids))[-1]["cluster"] == -2,
               "the proposal judged")
+    finally:
+        server.stop()
+    severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
+    assert not severe, severe
+
+
+@pytest.mark.slow
+def test_split_by_keyboard_cursor_and_the_disagreements_panel(browser, annot_collection):
+    """j / k move a focus cursor, space ticks, g makes the ticked a sub-group, p splits; then another annotator's
+    other verdict on that cluster shows in the disagreements panel."""
+    d = browser
+    server = Server(annot_collection, independent=True)
+    try:
+        d.get(server.url)
+        cid = EXPECTED_QUEUE[0]
+        _wait_cluster(d, cid)
+        for key in ("j", " ", "j", " ", "g"):  # cursor on #1, tick, #2, tick, group 1
+            _key(d, key)
+        assert "cursor" in d.find_element(By.ID, "card-2").get_attribute("class")
+        for key in (Keys.ARROW_DOWN, " ", "k", "j", "j", " ", "g"):  # #3 ticked, up to #2, down to #4, ticked
+            _key(d, key)  # group 2: #3 and #4
+        chips = {c.find_element(By.XPATH, "..").get_attribute("id"): c.text
+                 for c in d.find_elements(By.CSS_SELECTOR, ".card .group-chip")}
+        assert chips == {"card-1": "group 1", "card-2": "group 1", "card-3": "group 2", "card-4": "group 2"}
+        assert _text(d, "#group-count") == "4 in 2 sub-groups" and _text(d, "#tick-count") == "0 of 6 ticked"
+        groups = [[_uid_of(d, 1), _uid_of(d, 2)], [_uid_of(d, 3), _uid_of(d, 4)]]
+        _key(d, "p")
+        _wait_cluster(d, EXPECTED_QUEUE[1])
+        rec = _records(annot_collection)[-1]
+        assert rec["decision"] == "split" and rec["annotator"] == "ada"
+        assert sorted(map(sorted, rec["groups"])) == sorted(map(sorted, groups))
+        assert "Saved" in _text(d, "#message")
+    finally:
+        server.stop()
+    # bob, judging independently, calls the same cluster wrong: the panel lists the disagreement
+    bob = create_app(annot_collection.root, annot_collection.clusters, "bob", independent=True).test_client()
+    assert bob.post("/api/decision", json={"cluster": cid, "decision": "wrong", "ticked": []}).status_code == 200
+    server = Server(annot_collection, independent=True)
+    try:
+        d.get(server.url + f"#cluster={cid}")
+        _wait_cluster(d, cid)
+        assert "bob: wrong" in _text(d, "#cluster-head")
+        d.find_element(By.ID, "show-disagreements").click()
+        _wait(d, lambda d: d.find_element(By.ID, "disagreements").is_displayed(), "disagreements panel shown")
+        item = d.find_element(By.CSS_SELECTOR, f"#disagreements li[data-cluster='{cid}']")
+        assert "ada: split (2 groups)" in item.text and "bob: wrong" in item.text and "decisions differ" in item.text
     finally:
         server.stop()
     severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]

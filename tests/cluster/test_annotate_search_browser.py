@@ -11,7 +11,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
 from tests.cluster.map_browser import chromium
-from tests.cluster.test_annotate_browser import FLAGS, Server, _wait, _wait_cluster
+from tests.cluster.test_annotate_browser import FLAGS, _wait, opened
 from tests.cluster.test_annotate_search import search_index  # noqa: F401  (the session's index fixture)
 
 pytestmark = pytest.mark.slow
@@ -25,13 +25,8 @@ def browser():
 
 @pytest.fixture
 def page(browser, annot_collection, search_index):  # noqa: F811
-    server = Server(annot_collection, index_dir=search_index)
-    try:
-        browser.get(server.url)
-        _wait_cluster(browser, 2)
+    with opened(browser, annot_collection, index_dir=search_index):
         yield browser
-    finally:
-        server.stop()
 
 
 def _results(d):

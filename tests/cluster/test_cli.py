@@ -157,10 +157,14 @@ def test_optics_options_offer_what_the_library_accepts_with_its_defaults():
     for name, choices in (("method", METHODS), ("metric", METRICS), ("cluster_method", CLUSTER_METHODS),
                           ("engine", ENGINES), ("precision", PRECISIONS)):
         assert tuple(opts[name].type.choices) == choices, name
-    for name in ("min_samples", "max_eps", "xi", "metric", "cluster_method", "engine", "precision", "block_size",
+    for name in ("min_samples", "xi", "metric", "cluster_method", "engine", "precision", "block_size",
                  "memory_budget_mb"):
         assert opts[name].default == getattr(COMMAND_DEFAULTS, name), name
-    assert opts["eps"].default is None and f"{DBSCAN_EPS:g}" in opts["eps"].help
+    from cluster.config import COMMAND_EPS, COMMAND_MAX_EPS
+
+    assert opts["max_eps"].default == COMMAND_MAX_EPS == "auto"  # issue 16: from the signatures' own distances
+    assert opts["eps"].default is None and f"default {COMMAND_EPS}" in opts["eps"].help
+    assert DBSCAN_EPS == 0.08  # the library's DBSCAN eps when it is given neither a value nor auto
 
 
 def test_optics_command_with_no_options_equals_the_library_with_the_command_defaults(files):
@@ -171,7 +175,7 @@ def test_optics_command_with_no_options_equals_the_library_with_the_command_defa
     out = tmp / "plain.csv"
     r = CliRunner().invoke(cli, ["optics", str(tmp / "sig.npz"), "--out", str(out)])
     assert r.exit_code == 0, r.output
-    table, res = cluster_signatures(tmp / "sig.npz", COMMAND_DEFAULTS)
+    table, res = cluster_signatures(tmp / "sig.npz", COMMAND_DEFAULTS, centre=True, max_eps_auto=True)
     written = read_clusters(out)
     np.testing.assert_array_equal(written.labels, table.labels)
     np.testing.assert_array_equal(written.order, res.order)
@@ -189,7 +193,12 @@ def test_dbscan_eps_default_is_one_figure(files, extra):
     out = tmp / "db.csv"
     r = CliRunner().invoke(cli, ["optics", str(tmp / "sig.npz"), "--out", str(out), "--method", "dbscan", *extra])
     assert r.exit_code == 0, r.output
-    eps = float(extra[1]) if extra else DBSCAN_EPS
-    assert read_clusters(out).params["eps"] == eps
+    params = read_clusters(out).params
+    if extra:  # an explicit eps is used as given, on the signatures as they are
+        assert params["eps"] == float(extra[1]) and params["centre"] is False and "auto" not in params
+    else:  # issue 16: eps from the (centred) signatures' own neighbour distances
+        assert params["centre"] is True and params["eps"] == params["auto"]["eps"] and params["auto"]["chosen"] == ["eps"]
+        auto, _ = cluster_signatures(tmp / "sig.npz", COMMAND_DEFAULTS, method="dbscan", centre=True, eps_auto=True)
+        np.testing.assert_array_equal(auto.labels, read_clusters(out).labels)
     table, res = cluster_signatures(tmp / "sig.npz", COMMAND_DEFAULTS, method="dbscan")
-    assert res is None and table.params["eps"] == DBSCAN_EPS
+    assert res is None and table.params["eps"] == DBSCAN_EPS  # the library without auto: its fixed default

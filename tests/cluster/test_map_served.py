@@ -21,9 +21,89 @@ pytestmark = pytest.mark.slow  # UMAP, then a browser
 def served(tmp_path_factory):
     tmp, root, uids = make_tiny(tmp_path_factory.mktemp("served"))
     make_map(tmp / "sig.npz", root, tmp / "map", clusters_path=tmp / "clusters.csv",
-             cfg=MapConfig(n_neighbors=5, workers=1, progress=False))  # fmt: skip
+             cfg=MapConfig(n_neighbors=5, workers=1, progress=False, app_address=BUILT_FOR))  # fmt: skip
     app = create_app(root, tmp / "clusters.csv", "ada", map_dir=tmp / "map")
     return tmp, root, uids, app
+
+
+BUILT_FOR = "http://127.0.0.1:9/annotate/"  # the app's address given when the map was made (`--app-address`)
+
+
+class _Served:
+    """`app` on a free loopback port, in a thread (a context manager)."""
+
+    def __init__(self, app):
+        self.httpd = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/"
+
+    def __enter__(self):
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _click_point(driver, i):
+    """What a click on point i does (regl-scatterplot selects it; the side panel shows its cluster)."""
+    driver.execute_script(f"MAP.sp.select([{i}])")
+    wait_for(driver, "document.querySelector('#sel a.judge')", 10)
+    return driver.execute_script("const a = document.querySelector('#sel a.judge'); return [a.getAttribute('href'), "
+                                 "a.target, document.getElementById('sel').textContent];")
+
+
+def test_a_click_on_the_served_map_opens_the_annotation_page_at_that_cluster_and_image(served):
+    tmp, root, uids, app = served
+    with _Served(app) as srv, chromium() as driver:
+        driver.get(srv.url + "map/")
+        wait_for(driver, "window.MAP && MAP.drawn")
+        wait_for(driver, "!document.getElementById('status').textContent.includes('loading')")
+        href, target, text = _click_point(driver, 4)  # u04: cluster 1
+        assert href == "/#cluster=1&uid=u04" and target == "" and "judge cluster 1" in text
+        driver.find_element("css selector", "#sel a.judge").click()
+        wait_for(driver, "document.querySelector('#cluster-head h2') && "
+                         "document.querySelector('#cluster-head h2').textContent === 'Cluster 1'", 20)
+        assert wait_for(driver, "document.querySelector('.card.focus') && document.querySelector('.card.focus').dataset.uid", 10) == "u04"
+        errors = [e for e in severe(driver) if "/image/u07" not in e["message"]]
+        assert not errors, errors
+        driver.get(srv.url + "map/")
+        wait_for(driver, "window.MAP && MAP.drawn")
+        wait_for(driver, "!document.getElementById('status').textContent.includes('loading')")
+        driver.execute_script("MAP.sp.select([33])")  # u33: noise, no cluster to judge
+        wait_for(driver, "document.getElementById('sel').textContent.includes('noise: in no cluster')", 10)
+        assert not driver.find_elements("css selector", "#sel a.judge")
+
+
+def test_a_click_on_the_map_opened_from_its_folder_links_to_the_address_given_when_it_was_made(served):
+    tmp, root, uids, app = served
+    plain = create_app(root, tmp / "clusters.csv", "ada")  # the app started on its own, no --map
+    with _Served(plain) as srv, chromium() as driver:
+        driver.get((tmp / "map" / "map.html").resolve().as_uri())
+        wait_for(driver, "window.MAP && MAP.drawn")
+        wait_for(driver, "!document.getElementById('status').textContent.includes('loading')")
+        href, target, text = _click_point(driver, 3)  # u03: cluster 0
+        assert href == BUILT_FOR + "#cluster=0&uid=u03" and target == "_blank"
+        assert "start the annotation app there first" in text and BUILT_FOR in text
+        # the app runs elsewhere: the address typed in the map's "app at" box is used from then on
+        driver.execute_script(f"localStorage.setItem('map-app-address', {srv.url!r})")
+        href, _, _ = _click_point(driver, 6)
+        assert href == srv.url + "#cluster=0&uid=u06"
+        driver.get(href)
+        wait_for(driver, "document.querySelector('#cluster-head h2') && "
+                         "document.querySelector('#cluster-head h2').textContent === 'Cluster 0'", 20)
+        assert wait_for(driver, "document.querySelector('.card.focus') && document.querySelector('.card.focus').dataset.uid", 10) == "u06"
+
+
+def test_the_map_command_checks_the_app_address(served, tmp_path):
+    from cluster.__main__ import cli
+
+    tmp, root, uids, app = served
+    assert f'"app_address":"{BUILT_FOR}"' in (tmp / "map" / "data" / "points.js").read_text()
+    r = CliRunner().invoke(cli, ["map", str(tmp / "sig.npz"), "--collection", str(root), "--out", str(tmp_path / "m"),
+                                 "--app-address", "127.0.0.1:8765"])  # fmt: skip
+    assert r.exit_code == 2 and "--app-address" in r.output and "not an http address" in r.output
+    assert not (tmp_path / "m").exists()
 
 
 def test_the_map_files_and_thumbnails_are_served_and_nothing_else(served):

@@ -118,3 +118,21 @@ def test_the_map_link_works_from_wherever_the_report_is_written(annot_collection
     page = (tmp_path / "elsewhere" / "r.html").read_text(encoding="utf-8")
     href = re.search(r"href='([^']*map\.html)'", page).group(1)
     assert (tmp_path / "elsewhere" / href).resolve() == (mapdir / "map.html").resolve()
+
+
+def test_the_report_lists_the_known_groups_no_cluster_found(annot_collection, tmp_path):
+    from data.collection import Connection, write_connections
+    from tests.cluster.conftest import KNOWN
+
+    u = annot_collection.uids
+    write_connections(annot_collection.root / "connections.csv",
+                      [Connection(u[a], u[b], t) for a, b, t in KNOWN] + [Connection(u[8], u[10], "POSITIVE")])
+    out = tmp_path / "report.html"
+    res = CliRunner().invoke(cli, ["report", "--collection", str(annot_collection.root), "--clusters",
+                                   str(annot_collection.clusters), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    page = out.read_text()
+    section = page[page.index("Known groups the clustering missed"):]
+    assert "2 known pattern group(s) of 4 images" in section
+    assert f"group {min(u[8], u[10])}" in section and f"group {min(u[14], u[15])}" in section
+    assert "cluster 0</span>" in section and "cluster 3</span>" in section and section.count(">noise</span>") == 2

@@ -39,7 +39,24 @@ def test_implied_edges():
     e = implied_edges("confirm_reject", m, ["u1", "u4"])
     assert [x for x in e if x[2] == "POSITIVE"] == [["u1", "u4", "POSITIVE"]]
     assert sorted(x[:2] for x in e if x[2] == "NEGATIVE") == [["u1", "u2"], ["u1", "u3"], ["u2", "u4"], ["u3", "u4"]]
-    assert implied_edges("wrong", m, []) == [] and implied_edges("skip", m, m) == []
+    assert implied_edges("skip", m, m) == []
+    # wrong cluster (issue 16): cannot-link evidence, each member with its next two in member (OPTICS) order
+    assert implied_edges("wrong", m, []) == [
+        ["u1", "u3", "NEGATIVE"], ["u2", "u3", "NEGATIVE"], ["u1", "u2", "NEGATIVE"], ["u1", "u4", "NEGATIVE"],
+        ["u2", "u4", "NEGATIVE"]]
+    assert implied_edges("wrong", m, ["u1"]) == implied_edges("wrong", m, [])  # ticks do not change it
+
+
+def test_wrong_cluster_edges_are_linear_and_join_neighbours_in_member_order():
+    from cluster.review import WRONG_NEXT
+
+    members = [f"m{i:05d}" for i in range(5000)]
+    edges = implied_edges("wrong", members, [])
+    assert len(edges) == WRONG_NEXT * len(members) - WRONG_NEXT * (WRONG_NEXT + 1) // 2
+    assert {e[2] for e in edges} == {"NEGATIVE"}
+    position = {m: i for i, m in enumerate(members)}
+    assert all(0 < abs(position[a] - position[b]) <= WRONG_NEXT for a, b, _ in edges)
+    assert implied_edges("wrong", ["a", "b"], []) == [["a", "b", "NEGATIVE"]]
 
 
 @pytest.mark.parametrize(
@@ -136,7 +153,7 @@ def test_decision_edges_equal_the_old_ones_on_small_clusters(seed):
     ticked = [m for m in members if rng.random() < 0.6] or members[:2]
     if len(ticked) < 2:
         ticked = members[:2]
-    for decision in ("confirm", "similar", "duplicate", "wrong", "skip"):
+    for decision in ("confirm", "similar", "duplicate", "skip"):  # "wrong" writes edges since issue 16
         assert implied_edges(decision, members, ticked) == _old_implied_edges(decision, members, ticked)
     if len(ticked) < len(members):
         assert implied_edges("confirm_reject", members, ticked) == _old_implied_edges(

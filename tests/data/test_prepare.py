@@ -79,3 +79,17 @@ def test_source_reopens_eagerly_when_unpickled(collection_factory):
     src = open_prepared(root / "prepared")
     copy = pickle.loads(pickle.dumps(src))
     assert copy._ds is not None and copy[1] == src[1]
+
+
+def test_preparing_leaves_nothing_in_the_system_temp_folder(collection_factory, tmp_path, monkeypatch):
+    import tempfile
+
+    root = collection_factory(["a", "b"], [("a", "b")])
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    res = prepare_collection(root, max_side=32)
+    assert res.num_images == 2
+    assert list(system_tmp.iterdir()) == []  # tensorflow-datasets' empty "tmp...tfds" folder used to stay here
+    assert tempfile.tempdir == str(system_tmp)
+    assert not (root / "prepared" / ".tfds-scratch").exists()

@@ -293,6 +293,10 @@ def accept(ws):
     return ["cluster", "accept", "--collection", str(ws.coll)]
 
 
+def export(ws):
+    return ["cluster", "export", str(ws.coll), "--clusters", str(ws.clusters), "--out", str(ws.root / "export")]
+
+
 def csv_name(name):
     return lambda ws: [name]
 
@@ -390,6 +394,14 @@ FAULTS = [
           lambda ws: ["ghost_999"], exit=OK),
     Fault("cluster accept", "excel cp1252 connections.csv", connections_cp1252, accept,
           csv_name("connections.csv"), exit=EITHER),
+    # cluster export
+    Fault("cluster export", "damaged middle line of the log", annotations_bad_middle_line, export,
+          lambda ws: ["annotations.jsonl", ":1"], outputs=lambda ws: [ws.root / "export"]),
+    Fault("cluster export", "damaged middle line of the map's proposals", proposals_bad_middle_line, export,
+          lambda ws: ["proposals.jsonl", ":1"], outputs=lambda ws: [ws.root / "export"]),
+    Fault("cluster export", "clusters of other images", clusters_unknown_uid, export, lambda ws: ["ghost_999"],
+          outputs=lambda ws: [ws.root / "export"]),
+    Fault("cluster export", "excel cp1252 images.csv", images_cp1252, export, csv_name("images.csv"), exit=EITHER),
 ]
 
 # What each stage may legitimately change in the workspace (its outputs); everything else is the user's.

@@ -108,6 +108,7 @@ CASES = [
          ["q.json"]),
     Case("cluster accept", ["cluster", "accept", "--collection", "coll"], [], rewrites={"coll/connections.csv"}),
     Case("data splits", ["data", "splits", "coll", "--out", "splits.json"], ["splits.json"]),
+    Case("cluster export", ["cluster", "export", "coll", "--clusters", "clusters.csv", "--out", "export"], ["export"]),
     Case("cluster report", ["cluster", "report", "--collection", "coll", "--clusters", "clusters.csv", "--run", "run",
                             "--out", "report.html"], ["report.html"]),
     Case("model embed", ["model", "embed", "--weights", "random", "--arch", "resnet18", "--collection", "coll",

@@ -72,3 +72,11 @@ def test_throughput_fields():
     assert apply_overrides(c, ["remat=true", "prefetch=4"]).remat
     with pytest.raises(ValueError, match="prefetch"):
         apply_overrides(c, ["prefetch=0"])
+
+
+def test_annotated_negative_share_is_a_field_with_bounds():
+    """Issue 16: the share of an anchor's negatives that annotated NEGATIVE pairs may fill (train/mining.py)."""
+    assert preset("fast").annotated_negative_share == 0.5
+    assert apply_overrides(preset("demo"), ["annotated_negative_share=0.25"]).annotated_negative_share == 0.25
+    with pytest.raises(ValueError, match="annotated_negative_share must be between 0 and 1"):
+        apply_overrides(preset("demo"), ["annotated_negative_share=1.5"])

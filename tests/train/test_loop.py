@@ -516,3 +516,35 @@ def test_a_new_round_that_fails_before_training_leaves_no_run_folder(reference_r
                        *_set_args(apply_overrides(CFG, {"batch_size": 100000}))])
         assert res.exit_code == 1 and "lower --set batch_size" in res.output, res.output
     assert not (tmp_path / "new").exists() and list((tmp_path / "empty").iterdir()) == []
+
+
+def test_a_run_says_its_cost_before_its_first_step(reference_run, tiny_collection, tmp_path, cli_env):
+    """Issue 16: a round's steps per epoch grew 50-fold without a word. `--plan` prints the cost and exits; the
+    run prints the same before its first step; a new round estimates its time from the step time measured in
+    the metrics.jsonl of the run it continues from."""
+    ref_out, ref = reference_run
+    out = tmp_path / "next"
+    args = ["--collection", str(tiny_collection), "--resume-from", str(ref_out), "--out", str(out),
+            *_set_args(apply_overrides(CFG, {"max_steps": 1}))]
+    plan = cli_env([*args, "--plan"])
+    assert plan.exit_code == 0, plan.output
+    assert f"5 steps per epoch (batch 8) x 2 epochs = {ref.step} steps" in plan.output
+    assert "plan: estimated" in plan.output and "metrics.jsonl" in plan.output
+    assert not out.exists()
+    res = cli_env(args)
+    assert res.exit_code == 3, res.output
+    lines = res.output.splitlines()
+    first = next(k for k, line in enumerate(lines) if line.startswith("plan: 40 triplets per epoch"))
+    assert "= 10 steps" in lines[first] and lines[first + 1].startswith("plan: estimated")
+    assert first < next(k for k, line in enumerate(lines) if line.startswith("stopped at step 1"))
+
+
+def test_plan_of_a_resume_counts_the_steps_done_and_writes_nothing(stopped_run, cli_env):
+    """`--resume --plan`: the run's own settings, the steps already done, the time left from its own step time."""
+    coll, out = stopped_run
+    before = _snapshot(out)
+    res = cli_env(["--collection", str(coll), "--out", str(out), "--resume", "--plan"])
+    assert res.exit_code == 0, res.output
+    assert "5 steps per epoch (batch 8) x 2 epochs = 10 steps, 2 done" in res.output
+    assert "plan: estimated" in res.output and "(8 x " in res.output and str(out / "metrics.jsonl") in res.output
+    assert _snapshot(out) == before

@@ -228,3 +228,59 @@ def test_evaluate_refuses_uids_that_are_not_in_the_collection_unless_told_to_lea
     assert res.exit_code == 0, res.output
     assert "left out 1 uid(s) that are not in the collection: 'ghost'" in res.stderr
     assert json.loads(res.stdout)["num_signatures"] == 6
+
+
+# --- issue 16: the cost of a run before it starts ----------------------------------------------------------------
+
+
+def _plan_args(coll, out):
+    return ["--collection", str(coll), "--out", str(out), "--preset", "demo", "--set", "resolution=32",
+            "--set", "batch_size=8", "--set", "epochs=2", "--set", "num_negatives=1", "--plan"]
+
+
+def _plan_figures(output: str) -> tuple[int, int, int]:
+    import re
+
+    m = re.search(r"plan: (\d+) triplets per epoch.*?; (\d+) steps per epoch \(batch 8\) x 2 epochs = (\d+) steps",
+                  output)
+    assert m, output
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+def test_plan_prints_the_cost_and_writes_nothing_and_negatives_add_no_steps(tmp_path):
+    """`python -m train ... --plan`: triplets and steps per epoch, total steps, then exit 0 without a run folder.
+    400 annotated NEGATIVE pairs (one confirm-and-reject of a big cluster) do not change the steps: before
+    issue 16 each one added a triplet per partner of its ends (4 -> 210 steps per epoch)."""
+    from data.collection import read_connections
+    from tests.train.conftest import build_tiny_collection
+
+    coll = build_tiny_collection(tmp_path / "coll")
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, _plan_args(coll, out))
+    assert res.exit_code == 0, res.output
+    # 10 train groups of 3 in a chain: 20 POSITIVE pairs, 40 (anchor, partner), 1 negative each
+    assert _plan_figures(res.output) == (40, 5, 10)
+    assert "no step time measured yet" in res.output
+    assert not out.exists()
+    conns = read_connections(coll / "connections.csv")
+    train = sorted({u for c in conns if c.split == "train" for u in (c.a, c.b)})
+    others = train + [f"distractor_{d:03d}" for d in range(10)]
+    known = {c.pair for c in conns}
+    extra = [Connection(a, b, "NEGATIVE") for a in train for b in others
+             if a < b and a[:7] != b[:7] and (a, b) not in known][:400]
+    assert len(extra) == 400
+    write_connections(coll / "connections.csv", conns + extra)
+    res = CliRunner().invoke(cli, _plan_args(coll, out))
+    assert res.exit_code == 0, res.output
+    assert _plan_figures(res.output) == (40, 5, 10)
+    assert "401 annotated NEGATIVE pairs are mining candidates, not extra steps" in res.output
+    assert not out.exists()
+
+
+def test_plan_refuses_what_the_run_would_refuse(tmp_path):
+    from tests.train.conftest import build_tiny_collection
+
+    coll = build_tiny_collection(tmp_path / "coll", groups=(0, 3, 3))  # no training group
+    res = CliRunner().invoke(cli, _plan_args(coll, tmp_path / "run"))
+    assert res.exit_code != 0 and "no POSITIVE connection falls in the train split" in res.output
+    assert "Traceback" not in res.output

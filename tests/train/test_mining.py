@@ -119,3 +119,79 @@ def test_mining_is_the_float64_brute_force_with_ties_on_a_float16_memmap(tmp_pat
     for row, q in enumerate(queries):
         np.testing.assert_array_equal(idx[row], _exact_brute(sig, q, group, k, pool))
     assert np.all(np.diff(sims, axis=1) <= 0)
+
+
+# --- annotated negatives: candidates with a bounded share (issue 16) ------------------------------------------
+
+
+def _inputs_with_negatives(num_neg: int, seed: int = 0):
+    """40 images: groups {0,1,2} and {3,4} in training, the rest distractors; `num_neg` annotated NEGATIVE pairs
+    between the grouped images and distractors."""
+    rng = np.random.default_rng(seed)
+    n = 40
+    group = -1 - np.arange(n)
+    group[[0, 1, 2]] = 0
+    group[[3, 4]] = 1
+    pos = np.array([[0, 1], [1, 2], [3, 4]], np.int64)
+    every = [(a, b) for a in (0, 1, 3) for b in range(5, n)]  # 105 possible pairs, a random num_neg of them
+    pairs = [every[i] for i in sorted(rng.permutation(len(every))[:num_neg])]
+    neg = np.asarray(pairs[:num_neg], np.int64).reshape(-1, 2)
+    sig = _unit(rng.normal(size=(n, 8)))
+    return sig, MiningInputs(positives=pos, group=group, negatives=neg, pool=np.ones(n, bool))
+
+
+def test_triplet_count_does_not_depend_on_the_annotated_negatives():
+    from train.mining import planned_triplets
+
+    counts = set()
+    for num_neg in (0, 1, 5, 30, 60):
+        sig, inp = _inputs_with_negatives(num_neg)
+        t = mine_triplets(sig, inp, num_negatives=4)
+        counts.add(len(t))
+        assert len(t) == planned_triplets(inp, 4)
+        assert len({tuple(r) for r in t}) == len(t)  # no row twice
+    # 3 positive pairs, 2 ends each, 4 negatives: 24 triplets whatever the number of annotated negatives
+    assert counts == {24}
+
+
+def test_annotated_negatives_appear_within_their_share_and_rotate_by_epoch():
+    sig, inp = _inputs_with_negatives(30)
+    mine = {int(y) for x, y in inp.negatives if x == 0}
+    assert len(mine) > 4
+    seen: set[int] = set()
+    for epoch in range(len(mine)):
+        t = mine_triplets(sig, inp, num_negatives=4, annotated_share=0.5, epoch=epoch)
+        for p in (1,):  # anchor 0's only partner
+            negs = [int(c) for a, b, c in t if a == 0 and b == p]
+            assert len(negs) == 4
+            annotated = [c for c in negs if c in mine]
+            # half the slots are annotated; a mined neighbour may happen to be annotated too, never fewer
+            assert len(annotated) >= 2
+            seen.update(annotated)
+    assert seen == mine  # rotating through every annotated negative over the epochs
+    # the first epoch takes the hardest (most similar) two
+    ranked = sorted(mine, key=lambda y: (-float(sig[y] @ sig[0]), y))
+    t0 = mine_triplets(sig, inp, num_negatives=4, epoch=0)
+    assert set(ranked[:2]) <= {int(c) for a, b, c in t0 if a == 0}
+
+
+def test_annotated_share_bounds_and_at_least_one_slot():
+    from train.mining import annotated_slots
+
+    assert annotated_slots(10, 0.5, 414) == 5
+    assert annotated_slots(10, 0.5, 3) == 3
+    assert annotated_slots(1, 0.5, 9) == 1  # at least one slot when the anchor has any
+    assert annotated_slots(10, 0.0, 9) == 0  # share 0: off
+    assert annotated_slots(10, 1.0, 0) == 0
+    sig, inp = _inputs_with_negatives(30)
+    t = mine_triplets(sig, inp, num_negatives=1, annotated_share=0.5)
+    mine = {int(y) for x, y in inp.negatives if x == 0}
+    assert [int(c) for a, b, c in t if a == 0][0] in mine
+
+
+def test_mining_with_annotated_negatives_is_deterministic():
+    sig, inp = _inputs_with_negatives(30)
+    a = mine_triplets(sig, inp, num_negatives=4, epoch=3)
+    b = mine_triplets(sig.copy(), inp, num_negatives=4, epoch=3)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, mine_triplets(sig, inp, num_negatives=4, epoch=4))  # the window moved on

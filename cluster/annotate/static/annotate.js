@@ -7,6 +7,8 @@
 const state = {
   cluster: null, page: 1, last: null, busy: false, sha: null,
   sel: { all: false, except: new Set() },  // ticked(uid) = all XOR except.has(uid)
+  groups: new Map(),  // a split's sub-groups being made: uid -> group number (1, 2, ...)
+  cursor: -1,  // the keyboard's focus: index of a card of the visible page (-1: none)
   search: document.body.dataset.search === "1",  // the server was started with --index
   query: null,  // the last search: {uid, box}
   zoomed: null,  // the enlarged picture: {uid, size: [w, h] in its own pixels, once known}
@@ -61,6 +63,8 @@ function render(s) {
   $("annotator").textContent = s.annotator ? "annotator: " + s.annotator : "";
   state.last = s.last_decision;
   state.sha = s.clusters_sha256;
+  state.annotator = s.annotator;
+  state.independent = !!s.independent;
   state.total = p.total;
   $("undo").disabled = !s.last_decision;
   if (s.notes && s.notes.length) {
@@ -74,8 +78,10 @@ function render(s) {
 function show(c) {
   if (!c || !state.cluster || c.id !== state.cluster.id) {
     state.sel = { all: false, except: new Set() };
+    state.groups = new Map();
     closeSearch(); // its results were judged against the cluster that was open (members, "add to this cluster")
   }
+  if (!c || !state.cluster || c.id !== state.cluster.id || c.page !== state.page) state.cursor = -1;
   state.cluster = c;
   state.page = c ? c.page : 1;
   const grid = $("grid"), head = $("cluster-head"), links = $("links");
@@ -94,6 +100,7 @@ function show(c) {
   if (c.decision) {
     head.appendChild(el("span", { class: "decided", text: `already decided: ${c.decision.decision} (undo it to change)` }));
   }
+  showVerdicts(c, head);
   if (location.hash) head.appendChild(el("a", { href: "#", class: "back", text: "back to the queue" }));
   $("page-info").textContent = `page ${c.page} of ${fmt(c.pages)} · members ${fmt((c.page - 1) * c.page_size + 1)}–` +
     `${fmt(Math.min(c.page * c.page_size, c.size))} of ${fmt(c.size)}`;
@@ -125,7 +132,8 @@ function card(m, partners) {
   img.addEventListener("error", () => { img.replaceWith(el("div", { class: "broken", text: "image unreadable" })); });
   if (!m.unreadable) img.addEventListener("click", () => zoom(m.uid, `#${m.n} · ` + metaText(m.meta)));
   const caption = el("div", { class: "caption" });
-  for (const [label, value] of m.caption) caption.appendChild(el("div", { class: "f-" + label, text: value, title: label }));
+  // every field in full (long ones wrap): what tells two versions apart is often after a comma
+  for (const [label, value] of m.caption) caption.appendChild(el("div", { class: "f-" + label, text: value, title: `${label}: ${value}` }));
   if (!m.caption.length) caption.appendChild(el("div", { class: "f-uid", text: m.uid }));
   const badges = el("div", { class: "badges" });
   for (const q of partners) {
@@ -137,8 +145,114 @@ function card(m, partners) {
   }
   const label = el("label", { class: "tick", for: "tick-" + m.n }, [box, el("span", { class: "num", text: String(m.n) })]);
   const like = state.search && !m.unreadable ? likeButton(m.uid) : null;
+  const match = state.search && !m.unreadable && state.cluster && state.cluster.size > 1 ? matchButton(m) : null;
+  const tools = like || match ? el("div", { class: "card-tools" }, [like, match]) : null;
   return el("article", { class: "card", id: "card-" + m.n, "data-uid": m.uid, title: m.uid },
-    [el("div", { class: "thumb" }, [img]), label, caption, badges, like]);
+    [el("div", { class: "thumb" }, [img]), label, caption, badges, explainBox(m), tools]);
+}
+
+// -- why this image is in the proposal (GET /api/cluster's `explain`, see cluster/annotate/explain_routes.py) --
+const fmtD = (x) => (x === null || x === undefined) ? "–" : x < 0.001 && x > 0 ? x.toExponential(1) : x.toFixed(4);
+
+function explainBox(m) {
+  const e = m.explain;
+  if (!e) return null;
+  const box = el("div", { class: "explain" });
+  const dist = [];
+  if (e.nearest) dist.push(`nearest #${e.nearest.n ?? "?"} at ${fmtD(e.nearest.distance)}`);
+  dist.push(`reach ${fmtD(e.reachability)}`, `core ${fmtD(e.core_distance)}`);
+  box.appendChild(el("div", { class: "x-dist", text: dist.join(" · "), title: "what joined it to this proposal: the " +
+    "cosine distance to its nearest other member (" + (e.nearest ? e.nearest.uid : "signatures not available") +
+    "), and its OPTICS reachability and core distance from clusters.csv" }));
+  for (const [type, p] of Object.entries(e.partners || {})) box.appendChild(partnerList(type, p));
+  if (e.group) {
+    box.appendChild(el("div", { class: "x-group", text: `known group ${e.group.name}: ${e.group.in_cluster} of ${e.group.size} here`,
+      title: `pattern group ${e.group.name} (connections.csv): ${e.group.size} images, ${e.group.in_cluster} of them in this proposal` }));
+  }
+  return box;
+}
+
+// a known connection type: its count, and on expand (or hover) the partners by number in this cluster or uid, with titles
+function partnerList(type, p) {
+  const names = p.shown.map((q) => (q.n ? `#${q.n}` : q.uid) + (q.title ? ` — ${q.title}` : ""));
+  const more = p.count > p.shown.length ? `… and ${fmt(p.count - p.shown.length)} more` : null;
+  const d = el("details", { class: `x-partners t-${type.toLowerCase()}-text`, title: [...names, more].filter(Boolean).join("\n") });
+  d.appendChild(el("summary", { text: `${fmt(p.count)} known ${type}` }));
+  const ul = el("ul");
+  for (const t of names) ul.appendChild(el("li", { text: t }));
+  if (more) ul.appendChild(el("li", { class: "muted", text: more }));
+  d.appendChild(ul);
+  return d;
+}
+
+// "matching regions" (the app runs with --index): where this image's stored regions best match each other member
+// of the page shown, drawn as boxes on both pictures in the side panel
+function matchButton(m) {
+  const b = el("button", { type: "button", class: "ghost match", text: "matching regions",
+    title: "which regions of this image match the other members (from the search index's stored regions)" });
+  b.addEventListener("click", (ev) => { ev.stopPropagation(); showMatches(m); });
+  return b;
+}
+
+async function showMatches(m) {
+  const c = state.cluster;
+  if (!c) return;
+  $("search").hidden = false;
+  document.body.classList.add("searching");
+  state.query = null;
+  $("search-title").textContent = `Where #${m.n} matches the others`;
+  $("search-query").replaceChildren(el("p", { class: "muted", text: "comparing the stored regions…" }));
+  $("search-results").replaceChildren();
+  try {
+    const doc = await call("GET", `/api/match?uid=${encodeURIComponent(m.uid)}&cluster=${c.id}&page=${c.page}`);
+    $("search-query").replaceChildren(el("p", { text: `#${m.n} (${m.uid}) against the ${doc.pairs.length} other members of ` +
+      `this page, best matching pair of regions first; the yellow boxes are the two regions that match best.` }));
+    $("search-results").replaceChildren(...doc.pairs.map((p) => matchCard(m, doc, p)));
+  } catch (e) {
+    $("search-query").replaceChildren(el("p", { class: "error", text: e.message }));
+  }
+}
+
+function matchCard(m, doc, p) {
+  const thumb = (u) => `/image/${encodeURIComponent(u)}?size=256`;
+  const pics = el("div", { class: "pair" }, [picture(m.uid, thumb(m.uid), p.box, doc.size),
+    picture(p.uid, thumb(p.uid), p.other_box, p.other_size)]);
+  return el("article", { class: "hit match-pair", "data-uid": p.uid }, [pics, el("div", { class: "caption" }, [
+    el("div", { class: "f-score", text: `#${m.n} ↔ #${p.n} · regions cosine ${p.regions.toFixed(3)} · whole images ${p.whole.toFixed(3)}` }),
+  ])]);
+}
+
+// -- known pattern groups the clustering did not find (GET /api/missed), listed once under the page --
+async function loadMissed() {
+  let doc;
+  try { doc = await call("GET", "/api/missed"); } catch (e) { return; }
+  const box = $("missed");
+  box.replaceChildren();
+  box.hidden = false;
+  const d = el("details", { open: "" });
+  d.appendChild(el("summary", { text: `Known groups the clustering missed (${fmt(doc.total)})` }));
+  d.appendChild(el("p", { class: "muted", text: doc.summary }));
+  for (const g of doc.groups) d.appendChild(missedGroup(g));
+  if (doc.total > doc.groups.length) {
+    d.appendChild(el("p", { class: "muted", text: `… and ${fmt(doc.total - doc.groups.length)} smaller groups (GET /api/missed?limit=1000 lists up to 1,000)` }));
+  }
+  box.appendChild(d);
+}
+
+function missedGroup(g) {
+  const ul = el("ul");
+  for (const m of g.members.slice(0, 40)) {
+    const where = m.cluster === null || m.cluster === undefined ? el("span", { class: "muted", text: "not clustered" })
+      : m.cluster < 0 ? el("span", { class: "noise", text: "noise" })
+      : el("a", { href: `#cluster=${m.cluster}&uid=${encodeURIComponent(m.uid)}`, text: `cluster ${m.cluster}` });
+    const img = el("img", { src: `/image/${encodeURIComponent(m.uid)}?size=256`, alt: m.uid, loading: "lazy" });
+    img.addEventListener("click", () => zoom(m.uid, [m.uid, m.title].filter(Boolean).join(" · ")));
+    ul.appendChild(el("li", { "data-uid": m.uid, title: m.uid + (m.title ? " — " + m.title : "") }, [
+      img, el("span", { class: "m-title", text: m.title || m.uid }), where]));
+  }
+  const more = g.members.length > 40 ? el("p", { class: "muted", text: `… and ${g.members.length - 40} more` }) : null;
+  return el("section", { class: "missed-group", "data-group": g.name }, [
+    el("h4", { text: `${g.name} · ${fmt(g.size)} images` }), ul, more]);
 }
 
 function showLinks(c, links) {
@@ -169,6 +283,102 @@ function showTicks() {
   }
   const c = state.cluster;
   $("tick-count").textContent = c ? `${fmt(tickedCount())} of ${fmt(c.size)} ticked` : "";
+  showGroups();
+}
+
+// -- several annotators: the verdicts on this cluster, and the clusters decided differently ----------------------
+function showVerdicts(c, head) {
+  const vs = c.verdicts || [];
+  if (!vs.length) return;
+  head.appendChild(el("span", { class: "verdicts", text: "decided by " + vs.map((v) => `${v.annotator}: ${v.decision}`).join(" · ") }));
+}
+
+async function showDisagreements() {
+  const box = $("disagreements");
+  if (!box.hidden) { box.hidden = true; return; }
+  let doc;
+  try { doc = await call("GET", "/api/disagreements"); } catch (e) { say(e.message, "error"); return; }
+  const list = el("ul");
+  for (const d of doc.disagreements) {
+    const who = d.annotators.map((a) => `${a.annotator}: ${a.decision}` + (a.groups ? ` (${a.groups.length} groups)` : ` (${a.ticked} ticked)`)).join(" · ");
+    list.appendChild(el("li", { "data-cluster": String(d.cluster) }, [
+      d.in_queue ? el("a", { href: `#cluster=${d.cluster}`, text: `cluster ${d.cluster}` }) : el("span", { text: `cluster ${d.cluster} (another clusters file)` }),
+      el("span", { text: ` · ${fmt(d.size)} images · ${who}` }),
+      el("div", { class: "muted", text: d.differs.join("; ") })]));
+  }
+  box.replaceChildren(el("h3", { text: `Disagreements (${doc.disagreements.length}) · annotators: ${doc.annotators.join(", ") || "none"}` }),
+    doc.disagreements.length ? list : el("p", { class: "muted", text: "No cluster was decided differently by two annotators." }));
+  box.hidden = false;
+}
+
+// -- a split: members sorted into sub-groups, each a pattern of its own ------------------------------------------
+function showGroups() {
+  for (const card of document.querySelectorAll(".card")) {
+    const g = state.groups.get(card.dataset.uid);
+    let chip = card.querySelector(".group-chip");
+    if (!g) { if (chip) chip.remove(); continue; }
+    if (!chip) {
+      chip = el("button", { type: "button", class: "group-chip", title: "sub-group of this member (click: take it out)" });
+      const uid = card.dataset.uid;
+      chip.addEventListener("click", (ev) => { ev.stopPropagation(); state.groups.delete(uid); showTicks(); });
+      card.appendChild(chip);
+    }
+    chip.textContent = "group " + g;
+    chip.dataset.group = String(g);
+    chip.className = `group-chip g-${((g - 1) % 6) + 1}`;
+  }
+  const n = new Set(state.groups.values()).size;
+  $("group-count").textContent = n ? `${fmt(state.groups.size)} in ${n} sub-group${n === 1 ? "" : "s"}` : "";
+  for (const card of document.querySelectorAll(".card")) card.classList.toggle("cursor", card.id === cursorCardId());
+}
+
+function groupTicked() {  // the ticked members become a new sub-group (and are unticked)
+  const c = state.cluster;
+  if (!c || c.decision) return;
+  if (state.sel.all) {
+    say("A sub-group is made of members ticked one by one or page by page (not “select all”): make groups of the " +
+      "few, then tick “the rest is a group”.", "error");
+    return;
+  }
+  if (!state.sel.except.size) { say("Tick the members of the new sub-group first.", "error"); return; }
+  const g = Math.max(0, ...state.groups.values()) + 1;
+  for (const uid of state.sel.except) state.groups.set(uid, g);
+  say(`Sub-group ${g}: ${fmt(state.sel.except.size)} member(s). Split the cluster with p when every group is made.`, "ok");
+  state.sel = { all: false, except: new Set() };
+  showTicks();
+}
+
+function splitBody(body) {
+  const byGroup = new Map();
+  for (const [uid, g] of state.groups) { if (!byGroup.has(g)) byGroup.set(g, []); byGroup.get(g).push(uid); }
+  body.groups = [...byGroup.keys()].sort((a, b) => a - b).map((g) => byGroup.get(g));
+  body.rest_group = $("rest-group").checked;
+  return body;
+}
+
+// -- the keyboard's focus cursor: j / k (or ↓ / ↑) move it over the cards, space ticks the card it is on --------
+function cursorCardId() {
+  const m = state.cluster && state.cluster.members[state.cursor];
+  return m ? "card-" + m.n : null;
+}
+
+async function moveCursor(d) {
+  const c = state.cluster;
+  if (!c || !c.members.length) return;
+  let i = state.cursor < 0 ? (d > 0 ? 0 : c.members.length - 1) : state.cursor + d;
+  if (i >= c.members.length && c.page < c.pages) { await goPage(c.page + 1); i = 0; }
+  else if (i < 0 && c.page > 1) { await goPage(c.page - 1); i = state.cluster.members.length - 1; }
+  state.cursor = Math.max(0, Math.min(i, state.cluster.members.length - 1));
+  showTicks();
+  const card = $(cursorCardId());
+  if (card) card.scrollIntoView({ block: "nearest" });
+}
+
+function tickCursor() {
+  const m = state.cluster && state.cluster.members[state.cursor];
+  if (!m) return;
+  setTick(m.uid, !isTicked(m.uid));
+  showTicks();
 }
 
 function toggleNumber(i) {  // i-th member of the visible page (1..10)
@@ -230,7 +440,7 @@ function decisionBody(name) {
   const body = { cluster: state.cluster.id, decision: name, clusters_sha256: state.sha };
   if (state.sel.all) body.unticked = [...state.sel.except];
   else body.ticked = [...state.sel.except];
-  return body;
+  return name === "split" ? splitBody(body) : body;
 }
 
 async function decide(name) {
@@ -306,15 +516,24 @@ async function load() {
     const view = await propose(p[1]);
     if (view) { s = await call("GET", "/api/state"); s.cluster = view; }
   }
-  const m = location.hash.match(/^#cluster=(-?\d+)$/);
+  // "#cluster=ID&uid=U" (an image clicked on the map): the page of the cluster that holds U, its card marked
+  const m = location.hash.match(/^#cluster=(-?\d+)(?:&uid=(.+))?$/);
   if (m && !p) {
     try {
-      s.cluster = await call("GET", "/api/cluster/" + m[1]);
+      s.cluster = await call("GET", "/api/cluster/" + m[1] + (m[2] ? "?uid=" + m[2] : ""));
     } catch (e) {
       say(`Cluster ${m[1]}: ${e.message}`, "error");
     }
   }
   render(s);
+  if (m && m[2]) markCard(decodeURIComponent(m[2]));
+}
+
+function markCard(uid) {
+  const card = [...document.querySelectorAll(".card")].find((c) => c.dataset.uid === uid);
+  if (!card) return;
+  card.classList.add("focus");
+  card.scrollIntoView({ block: "center" });
 }
 
 // -- search (the server was started with --index) ------------------------------------------------
@@ -498,6 +717,10 @@ document.addEventListener("keydown", (ev) => {
   if (ev.key === "ArrowRight" || ev.key === "PageDown") { ev.preventDefault(); goPage(state.page + 1); return; }
   if (ev.key === "ArrowLeft" || ev.key === "PageUp") { ev.preventDefault(); goPage(state.page - 1); return; }
   if (ev.key === "A") { selectCluster(tickedCount() < (state.cluster ? state.cluster.size : 0)); return; }
+  if (ev.key === "ArrowDown" || ev.key === "j") { ev.preventDefault(); moveCursor(1); return; }
+  if (ev.key === "ArrowUp" || ev.key === "k") { ev.preventDefault(); moveCursor(-1); return; }
+  if (ev.key === " " && state.cursor >= 0) { ev.preventDefault(); tickCursor(); return; }
+  if (ev.key === "g") { groupTicked(); return; }
   const k = ev.key.toLowerCase();
   if (/^[0-9]$/.test(k)) { toggleNumber(k === "0" ? 10 : Number(k)); ev.preventDefault(); return; }
   if (k === "a") { togglePage(); return; }
@@ -511,6 +734,8 @@ $("undo").addEventListener("click", undo);
 $("tick-all").addEventListener("click", togglePage);
 $("select-all").addEventListener("click", () => selectCluster(true));
 $("select-none").addEventListener("click", () => selectCluster(false));
+$("new-group").addEventListener("click", groupTicked);
+$("show-disagreements").addEventListener("click", showDisagreements);
 $("prev-page").addEventListener("click", () => goPage(state.page - 1));
 $("next-page").addEventListener("click", () => goPage(state.page + 1));
 $("zoom").addEventListener("click", (ev) => { if (ev.target === $("zoom") && !dragged) closeZoom(); dragged = false; });
@@ -527,3 +752,4 @@ if (state.search) {
 }
 window.addEventListener("hashchange", load);
 load();
+loadMissed();

@@ -1,0 +1,65 @@
+"""What accepted decisions change for the next training round, said by `python -m cluster accept`.
+
+Why: one "confirm, reject the rest" on a 55-image cluster once wrote 414 NEGATIVE pairs, and the next round
+went from 4 to 210 steps per epoch without a word. Training now takes annotated NEGATIVE pairs as mining
+candidates with a bounded share of each anchor's negatives (train/mining.py), so only the POSITIVE pairs of
+the train split drive the number of steps; accept shows both counts before -> after, so that the cost of the
+next round is known before it starts (`python -m train ... --plan` gives the exact steps).
+
+Counted with data/ only (cluster/ never imports train/), as training counts them: POSITIVE pairs usable in
+the train split (`data.splits`, with the collection's saved splits.json, so a held-out group stays held
+out), and distinct NEGATIVE pairs whose ends are both outside the val and test groups and not in one
+pattern group (training ignores the others).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from data.collection import NEGATIVE, Collection, Connection
+from data.splits import assign_splits, load_previous
+
+
+@dataclass(frozen=True)
+class TrainingPairs:
+    positives: int  # POSITIVE pairs the train split uses
+    negatives: int  # annotated NEGATIVE pairs training can use
+
+
+def training_pairs(collection: Collection, previous: dict[str, str] | None) -> TrainingPairs:
+    """The pairs the next training round takes from `collection` (see the module docstring)."""
+    split = assign_splits(collection, previous)
+    group = {m: name for name, members in split.groups.items() for m in members}
+
+    def usable(c: Connection) -> bool:
+        ends_ok = all(u in collection and split.split_of.get(u, "train") == "train" for u in (c.a, c.b))
+        return c.type == NEGATIVE and c.a != c.b and ends_ok and group.get(c.a, c.a) != group.get(c.b, c.b)
+
+    negatives = {c.pair for c in collection.connections if usable(c)}
+    return TrainingPairs(len(split.connections("train")), len(negatives))
+
+
+@dataclass(frozen=True)
+class TrainingEffect:
+    before: TrainingPairs
+    after: TrainingPairs
+
+    def lines(self) -> list[str]:
+        b, a = self.before, self.after
+        return [
+            "for the next training run (train split; `python -m train ... --plan` gives its exact steps):",
+            f"  training POSITIVE pairs: {b.positives} -> {a.positives} (they drive the steps per epoch: each "
+            f"gives 2 x num_negatives triplets)",
+            f"  annotated NEGATIVE pairs training can use: {b.negatives} -> {a.negatives} (mining candidates, at "
+            f"most annotated_negative_share of each image's negatives: they add no steps)",
+        ]
+
+
+def training_effect(collection: Collection, rows: list[Connection]) -> TrainingEffect:
+    """Training pairs of `collection` as it is, and with `rows` as its connections (what accept writes).
+
+    A damaged splits.json raises the ValueError of `data.splits.load_splits` (it names the file)."""
+    previous = load_previous(collection)
+    after = dataclasses.replace(collection, connections=list(rows))
+    return TrainingEffect(training_pairs(collection, previous), training_pairs(after, previous))

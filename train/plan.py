@@ -1,0 +1,133 @@
+"""The cost of a training run before it starts: triplets and steps per epoch, total steps, and an estimate of
+the wall time from a step time measured before.
+
+Why: one round of annotation (414 NEGATIVE pairs from a single "confirm, reject the rest") once turned 4
+steps per epoch into 210 (100 s -> 17 min) and nobody was told. Mining now keeps the triplets per epoch
+independent of the annotated negatives (train/mining.py), and every run says what it will cost before its
+first step; `python -m train ... --plan` says it and exits without training.
+
+The triplet count needs no signatures (`train.mining.planned_triplets`): each anchor gets min(num_negatives,
+pool images outside its group) negatives per partner. `--plan` does not prepare the dataset, so images that
+turn out unreadable then (they leave the pool) are not known to it; the run itself prints the count it mined.
+
+The step time: from the metrics.jsonl of the run being resumed, or of the run a new round continues from
+(`--resume-from`), when that run used the same architecture, resolution and compute type: the median of its
+logged images per second, scaled to this run's batch size. Validation and mining at each epoch end come on top.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from data.collection import load_collection
+from data.paths import resolve_path
+from data.splits import assign_splits, load_previous
+from train.config import TrainConfig
+from train.metrics_log import read_metrics
+from train.mining import mining_inputs, planned_triplets
+
+_SAME_SPEED = ("arch", "resolution", "compute_dtype", "remat")
+
+
+@dataclass(frozen=True)
+class StepTime:
+    seconds: float
+    source: Path  # the metrics.jsonl it was measured in
+
+
+@dataclass(frozen=True)
+class Plan:
+    triplets: int
+    batch_size: int
+    epochs: int
+    positives: int = 0  # training POSITIVE pairs (0: not counted, e.g. in a resumed run)
+    negatives: int = 0  # annotated NEGATIVE pairs usable as candidates
+    done_steps: int = 0
+    step_time: StepTime | None = None
+    fixed_steps_per_epoch: int = 0  # a resumed run's, from its checkpoint (0: triplets // batch_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.fixed_steps_per_epoch or self.triplets // self.batch_size
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    def lines(self) -> list[str]:
+        pairs = (f" from {self.positives} training POSITIVE pairs; {self.negatives} annotated NEGATIVE pairs are "
+                 f"mining candidates, not extra steps" if self.positives else "")
+        out = [f"plan: {self.triplets} triplets per epoch{pairs}; {self.steps_per_epoch} steps per epoch (batch "
+               f"{self.batch_size}) x {self.epochs} epochs = {self.total_steps} steps"
+               + (f", {self.done_steps} done" if self.done_steps else "")]
+        left = max(0, self.total_steps - self.done_steps)
+        if self.step_time is None:
+            out.append("plan: no step time measured yet (a --resume or --resume-from run estimates its time from "
+                       "the metrics.jsonl of that run)")
+        else:
+            out.append(f"plan: estimated {_duration(left * self.step_time.seconds)} of training steps ({left} x "
+                       f"{self.step_time.seconds:.3g} s, the step time measured in {self.step_time.source}), plus "
+                       f"validation and mining at each epoch end")
+        return out
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def measured_step_time(run_dir: str | Path | None, cfg: TrainConfig) -> StepTime | None:
+    """The step time of `cfg`'s batch measured in an earlier run's metrics.jsonl (see the module docstring);
+    None if there is no such run, it logged no speed, or it ran another network, resolution or precision."""
+    if run_dir is None:
+        return None
+    from train.run_folder import RunError, RunFolder
+
+    folder = RunFolder(run_dir)
+    try:
+        saved = folder.source_record().get("config") or {}
+    except RunError:
+        return None
+    if any(k in saved and saved[k] != getattr(cfg, k) for k in _SAME_SPEED):
+        return None
+    try:
+        speeds = [float(r["img_per_s"]) for r in read_metrics(folder.metrics)
+                  if isinstance(r.get("img_per_s"), int | float) and r["img_per_s"] > 0]
+    except (OSError, ValueError):
+        return None
+    if not speeds:
+        return None
+    return StepTime(3 * cfg.batch_size / statistics.median(speeds), folder.metrics)
+
+
+def plan_run(collection_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, *, weights: str, resume: bool,
+             resume_from: str | Path | None, warn: Callable[[str], None]) -> Plan:
+    """What `python -m train` with these arguments would do, computed without preparing, embedding or writing:
+    the same checks of the collection and of what the run starts from, the same splits and mining inputs."""
+    from train.loop import refuse_invalid_collection
+    from train.run_folder import RunError, RunFolder
+
+    folder = RunFolder(run_dir)
+    collection = load_collection(resolve_path(collection_dir), quiet=True)
+    refuse_invalid_collection(collection, warn)
+    start = folder.start(cfg, collection, weights, resume=resume, resume_from=resume_from, warn=warn)
+    previous = start.previous_splits if start.previous_splits is not None else load_previous(collection)
+    assignment = assign_splits(collection, previous)
+    inputs = mining_inputs(collection, assignment.split_of, train_connections=assignment.connections("train"))
+    if len(inputs.positives) == 0:
+        raise RunError(f"{collection.connections_file}: no POSITIVE connection falls in the train split; "
+                       "add connections (or annotate) before training.")
+    triplets = planned_triplets(inputs, cfg.num_negatives)
+    if triplets < cfg.batch_size:
+        raise RunError(f"{triplets} triplets < batch_size {cfg.batch_size}: lower --set batch_size.")
+    done = 0
+    if resume:
+        done = max((int(r.get("step", 0)) for r in read_metrics(folder.metrics, warn)), default=0)
+    return Plan(triplets, cfg.batch_size, cfg.epochs, positives=len(inputs.positives), negatives=len(inputs.negatives),
+                done_steps=done, step_time=measured_step_time(folder.root if resume else resume_from, cfg))
