@@ -104,11 +104,16 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
     signatures, with max_eps from their own neighbour distances, unless told otherwise).
     """
     from cluster.clustering import cluster_signatures, write_clustering
+    from cluster.clusters_file import ClustersFileError, check_out
 
+    try:
+        check_out(out)
+    except ClustersFileError as e:
+        raise click.ClickException(str(e)) from e
     for note in _no_effect(method, engine, approximate):
         click.echo(f"warning: {note}", err=True)
     choice = _thresholds(method, cluster_method, max_eps, eps, centre)
-    known = _constraints(collection_dir, constraints)
+    known, collection = _constraints(collection_dir, constraints)
     cfg = OpticsConfig(min_samples=min_samples, max_eps=choice["max_eps"], metric=metric, cluster_method=cluster_method,
                        xi=xi, eps=choice["eps"], engine=engine, precision=precision, block_size=block_size,
                        memory_budget_mb=memory_budget_mb, knn_k=knn_k, approximate=approximate)  # fmt: skip
@@ -119,6 +124,7 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
                                         eps_auto=choice["eps_auto"], constraints=known)  # fmt: skip
     except (ValueError, MemoryError) as e:
         raise click.ClickException(str(e)) from e
+    _refuse_other_collection(table.uids, collection)
     ran_max_eps = float(table.params["max_eps"])  # the value chosen by auto, or the one given ("inf" reads as inf)
     plot = write_clustering(out, table, res, max_eps=ran_max_eps, plot=plot)
     for warning in table.params.get("warnings", []):
@@ -149,23 +155,37 @@ def _thresholds(method: str, cluster_method: str, max_eps: float | str, eps: flo
             "centre": (not explicit) if centre is None else centre}
 
 
-def _constraints(collection_dir: Path | None, constraints: bool | None) -> tuple | None:
-    """The collection's must-link groups and cannot-link pairs, or None (--no-constraints, or none known)."""
+def _constraints(collection_dir: Path | None, constraints: bool | None) -> tuple[tuple | None, object]:
+    """The collection's must-link groups and cannot-link pairs, or None (--no-constraints, or none known), and the
+    collection (None without --collection, or with --no-constraints)."""
     if constraints is False:
-        return None
+        return None, None
     if collection_dir is None:
         if constraints:
             raise click.ClickException("--constraints needs --collection DIR: the collection whose connections "
                                        "say which images belong together and which do not.")
-        return None
+        return None, None
     from cluster.constraints import collection_constraints
     from data.collection import CollectionError, load_collection
 
     try:
-        groups, pairs = collection_constraints(load_collection(collection_dir, quiet=True))
+        collection = load_collection(collection_dir, quiet=True)
     except CollectionError as e:
         raise click.ClickException(str(e)) from e
-    return (groups, pairs) if constraints or groups or pairs else None
+    groups, pairs = collection_constraints(collection)
+    return ((groups, pairs) if constraints or groups or pairs else None), collection
+
+
+def _refuse_other_collection(uids: list[str], collection) -> None:
+    """Signatures of another collection would be clustered with none of its decisions applied, silently."""
+    if collection is None:
+        return
+    from cluster.quality import unknown_uids_message
+
+    unknown = [u for u in uids if u not in collection]
+    if unknown:
+        raise click.ClickException(unknown_uids_message(
+            unknown, collection, "the collection's connections cannot constrain them and nothing was written"))
 
 
 def _constraints_line(r: dict) -> str:
@@ -173,7 +193,8 @@ def _constraints_line(r: dict) -> str:
     return (f"constraints: {r['cannot_link_pairs']} cannot-link pairs ({r['cannot_link_violated']} inside one "
             f"cluster: {r['clusters_split']} clusters split, {r['rows_to_noise']} images to noise), "
             f"{r['must_link_groups']} must-link groups ({r['groups_split']} split: {r['rows_moved']} images moved, "
-            f"{r['rows_kept_apart']} kept apart by a cannot-link pair)")
+            f"{r['rows_kept_apart']} kept apart by a cannot-link pair, "
+            f"{r.get('groups_reformed', 0)} made a cluster again after the cuts)")
 
 
 def _no_effect(method: str, engine: str, approximate: bool) -> list[str]:
@@ -396,6 +417,12 @@ def export_cmd(collection_dir: Path, clusters_path: Path, annotations: Path | No
         result = write_export(data, out_dir, formats=formats, base_url=base_url, service_version=image_api)
     except (ExportError, CollectionError, ClustersFileError, AnnotationError) as e:
         raise click.ClickException(str(e)) from e
+    except KeyboardInterrupt as e:  # click's bare "Aborted!" would not say what is left in --out
+        err = click.ClickException(f"interrupted: {out_dir} holds the older export (if there was one) or the whole "
+                                   "new one, never a mix (the folder is replaced in one step); run the same command "
+                                   "again.")
+        err.exit_code = 130  # the shell's code for a process stopped by SIGINT
+        raise err from e
     except OSError as e:
         raise click.ClickException(f"{e.filename or out_dir}: cannot write the export ({e.strerror or e}); pass "
                                    "--out a folder you can write.") from e

@@ -161,7 +161,7 @@ def _prepare(x: np.ndarray, cfg: OpticsConfig, method: str, choices: dict, param
         chosen["eps"] = min(chosen["eps"], chosen.get("max_eps", cfg.max_eps))
     params["auto"] = {**auto, "chosen": sorted(chosen)}
     if notify is not None:
-        notify(describe_auto(auto, chosen))
+        notify(describe_auto(auto, chosen, centred=bool(params.get("centre"))))
     return replace(cfg, **chosen)
 
 

@@ -155,6 +155,36 @@ def recorded_plot(path: str | Path) -> Path | None:
     return path.parent / plot if isinstance(plot, str) and plot else None
 
 
+def _first_row(path: Path) -> list[str]:
+    """The first CSV row of a file (undecodable bytes replaced), [] for an empty one."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096).decode("utf-8", errors="replace").lstrip("\ufeff")
+    return [h.strip() for h in next(csv.reader(io.StringIO(head.splitlines()[0] if head else "")), [])]
+
+
+def check_out(path: str | Path) -> None:
+    """Refuse an --out whose writing would replace a file that is not a clustering's: a clustering run again
+    replaces its clusters.csv and clusters.json, and `--out COLLECTION/images.csv` once replaced a museum's
+    images.csv. Raises ClustersFileError naming the file and what to pass instead."""
+    path = Path(path)
+    side = sidecar_path(path)
+    if side == path:
+        raise ClustersFileError(f"--out {path}: its clusters.json would be the file itself; pass --out a .csv "
+                                f"file (e.g. {path.with_suffix('.csv')}).")
+    if path.is_file() and _first_row(path) != list(COLUMNS):
+        raise ClustersFileError(f"--out {path}: the file exists and is not a clusters.csv (its first line is not "
+                                f"{','.join(COLUMNS)}), and clustering would replace it; pass --out a new file or "
+                                "a clusters.csv written by `python -m cluster optics`.")
+    if side.is_file():
+        try:
+            ours = isinstance(json.loads(side.read_text(encoding="utf-8")), dict)
+        except (OSError, ValueError):
+            ours = False
+        if not ours:
+            raise ClustersFileError(f"--out {path}: {side} exists and is not a clusters.json, and clustering would "
+                                    "replace it; pass --out a file in another folder or with another name.")
+
+
 def remove_previous(path: str | Path, *also: Path) -> list[Path]:
     """Remove an earlier clustering written at `path`: clusters.csv first (so a clusters.json or plot never sits
     beside a clusters.csv of another run), then its clusters.json and plot, then `also` (the files the new run

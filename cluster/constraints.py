@@ -25,7 +25,12 @@ Applied after any method's labels, as pure functions on row indices (`apply_cons
    together: its members join the cluster holding most of them (ties: the smaller label), each one only where
    none of its cannot-link partners is in that cluster (the cannot-link rule wins: its members stay apart
    rather than making a proposal the expert has rejected). A group all in the noise is left there (nothing was
-   split). A cluster left smaller than min_cluster_size by the moves becomes noise.
+   split), unless step 1 put it there (a member was in a cluster before the cuts): the group then becomes a
+   cluster of its own (each member only where no cannot-link partner is already in it; at least
+   min_cluster_size). Without this, a split whose sub-groups interleave in OPTICS order (every neighbour pair a
+   cannot-link pair, so the cuts leave single images) dropped every confirmed sub-group into the noise, and a
+   known pair proposed with an outsider that the expert rejected ("wrong cluster") was never proposed again.
+   A cluster left smaller than min_cluster_size by the moves becomes noise.
 
 Time and memory O(n + constraints + the sizes of the clusters that hold a cannot-link pair), never n²; the one
 exception is the spanning tree for non-OPTICS methods, O(s² d) time (O(s d) memory) for a cluster of s members
@@ -209,18 +214,43 @@ def _partners(pairs: np.ndarray) -> dict[int, list[int]]:
     return out
 
 
+def _reform(group: np.ndarray, before: np.ndarray, labels: np.ndarray, partners: dict[int, list[int]],
+            min_size: int) -> bool:
+    """A group that the cuts of step 1 left all in the noise, and that had a row in a cluster before them, becomes
+    a new cluster: all its rows, as must-link brings a group's noise rows into its cluster (those clustered before
+    first; a row whose cannot-link partner is already in it stays out). False when none was clustered before, or
+    fewer than min_size rows are left."""
+    was_clustered = before[group] >= 0
+    if not was_clustered.any():
+        return False
+    rows: list[int] = []
+    taken: set[int] = set()
+    for row in np.concatenate([group[was_clustered], group[~was_clustered]]).tolist():
+        if not taken.intersection(partners.get(row, ())):
+            rows.append(row)
+            taken.add(row)
+    if len(rows) < min_size:
+        return False
+    labels[rows] = int(max(labels.max(), before.max())) + 1
+    return True
+
+
 def _apply_must_link(labels: np.ndarray, groups: Sequence[np.ndarray], pairs: np.ndarray, min_size: int,
-                     report: dict) -> np.ndarray:
-    """Step 2 of the module docstring: a split group's members join the cluster holding most of them."""
+                     report: dict, before: np.ndarray) -> np.ndarray:
+    """Step 2 of the module docstring: a split group's members join the cluster holding most of them; a group
+    that step 1 (`before` it: the labels) put all in the noise is made a cluster again."""
     partners = _partners(pairs)
-    report.update(groups_split=0, rows_moved=0, rows_kept_apart=0, clusters_to_noise=0)
+    report.update(groups_split=0, rows_moved=0, rows_kept_apart=0, clusters_to_noise=0, groups_reformed=0)
     sizes = np.bincount(labels[labels >= 0], minlength=int(labels.max()) + 1 if len(labels) else 0)
     lost: set[int] = set()
     for g in groups:
         labs = labels[g]
         clustered = labs[labs >= 0]
-        if not len(clustered) or (len(clustered) == len(g) and (clustered == clustered[0]).all()):
-            continue  # all noise (not split), or all in one cluster
+        if not len(clustered):
+            report["groups_reformed"] += _reform(g, before, labels, partners, min_size)
+            continue  # all noise: left there unless the cuts put it there
+        if len(clustered) == len(g) and (clustered == clustered[0]).all():
+            continue  # all in one cluster
         report["groups_split"] += 1
         counts = np.bincount(clustered)
         target = int(np.argmax(counts))
@@ -275,6 +305,7 @@ def apply_constraints(labels: np.ndarray, must_link_groups: Sequence[np.ndarray]
         ordering_pos = np.empty(len(ordering), np.int64)
         ordering_pos[np.asarray(ordering, np.int64)] = np.arange(len(ordering))
     report: dict = {"must_link_groups": len(must_link_groups), "cannot_link_pairs": int(len(pairs))}
+    before = labels.copy()
     labels = _apply_cannot_link(labels, pairs, min_size, ordering_pos, reachability, x, metric, report)
-    labels = _apply_must_link(labels, must_link_groups, pairs, min_size, report)
+    labels = _apply_must_link(labels, must_link_groups, pairs, min_size, report, before)
     return _renumber(labels), report

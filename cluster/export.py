@@ -642,25 +642,34 @@ def _iiif_files(data: ExportData, opts: IiifOptions, result: ExportResult) -> di
                                "force: no IIIF manifest written.")
         return {}
     sizes: dict[str, tuple[int, int] | None] = {}
-    docs, kinds = [], []
+    docs, local = [], {}
     for g in groups:
         doc, k = manifest(data, g, opts, sizes)
         docs.append(doc)
-        kinds += k
-    _iiif_notes(kinds, sizes, opts, result)
+        local.update((u, None) for u, kind in zip(g.members, k, strict=True) if kind == "local")
+    _iiif_notes(list(local), _service_column(data.collection), sizes, opts, result)
     files = {f"{g.name}.json": d for g, d in zip(groups, docs, strict=True)}
     files[COLLECTION_FILE] = collection_doc(data, groups, docs, opts)
     result.counts["manifests"] = len(groups)
     return files
 
 
-def _iiif_notes(kinds: list[str], sizes: dict[str, tuple[int, int] | None], opts: IiifOptions,
-                result: ExportResult) -> None:
-    local = kinds.count("local")
+def _service_column(collection: Collection) -> str | None:
+    """The IIIF service column as images.csv names it, or None when it has none."""
+    fmt = collection.images_format
+    return _column({k: k for k in fmt.keys}, SERVICE_COLUMNS) if fmt else None
+
+
+def _iiif_notes(local: list[str], column: str | None, sizes: dict[str, tuple[int, int] | None],
+                opts: IiifOptions, result: ExportResult) -> None:
+    """Warnings about the canvases that only this machine can show, by uid: a column that images.csv lacks is
+    not the same fix as one left empty on some rows."""
     if local:
-        result.warnings.append(
-            f"{local} canvas(es) point at local image files (images.csv has no IIIF service column such as "
-            f"{SERVICE_COLUMNS[0]!r}, nor an image URL for them): those manifests work only on this machine.")
+        why = (f"their column {column!r} is empty in images.csv and they have no image URL" if column else
+               f"images.csv has no IIIF service column such as {SERVICE_COLUMNS[0]!r}, nor an image URL for them")
+        shown = ", ".join(local[:5]) + (", ..." if len(local) > 5 else "")
+        result.warnings.append(f"{len(local)} image(s) of the manifests point at local image files ({shown}: {why}): "
+                               "those manifests work only on this machine.")
     unsized = sorted(u for u, s in sizes.items() if s is None)
     if unsized:
         result.warnings.append(f"the size of {len(unsized)} image(s) is unknown (no local file, no width/height "

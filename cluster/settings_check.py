@@ -38,6 +38,17 @@ def _scale(q: dict[str, float] | None, n: int, threshold: str) -> str:
             f"{q['q90']:.4g} (10th / 50th / 90th percentile)")
 
 
+def _raise_hint(q: dict[str, float] | None, n: int, flag: str, option: str, method: str, max_eps: float) -> str:
+    """What to try when (nearly) everything is noise. Where only some images have a neighbour within max_eps
+    (OPTICS), their distances lie below it by construction, so a value from them would be lower than the one
+    that failed: the advice is then to go above it, or to leave the option out (auto measures every image)."""
+    if q is None or (q["finite"] < n and method == "optics"):
+        above = f" above {max_eps:g}" if method == "optics" and np.isfinite(max_eps) else ""
+        return (f"try {flag}{option}{above}, or leave {option.split()[0]} out: auto takes it from every image's "
+                "neighbour distances")
+    return f"try {flag}{option} near {q['q90']:.3g}"
+
+
 def setting_warnings(labels: np.ndarray, *, method: str, max_eps: float, eps: float | None,
                      core_distances: np.ndarray | None = None, centred: bool = False) -> list[str]:
     """Sentences for a clustering that put (nearly) everything in the noise or in one cluster (module docstring).
@@ -57,16 +68,15 @@ def setting_warnings(labels: np.ndarray, *, method: str, max_eps: float, eps: fl
         threshold = f"max_eps {max_eps:g}" if np.isfinite(max_eps) else "max_eps"
     noise = float((labels < 0).mean())
     flag = "--centre " if centred else ""
+    option = "--eps" if method == "dbscan" else "--max-eps (or --eps)"
     out = []
     if noise >= NOISE_SHARE:
-        hint = (f"try {flag}--max-eps (or --eps) near {q['q90']:.3g}" if q is not None else
-                "raise --max-eps (or --eps), or look at the signatures' distances")
         out.append(f"{noise:.0%} of the {n} images are noise: {threshold} is likely below these signatures' own "
-                   f"distances; {_scale(q, n, threshold)}. {hint}.")
+                   f"distances; {_scale(q, n, threshold)}. {_raise_hint(q, n, flag, option, method, max_eps)}.")
     sizes = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0, np.int64)
     if len(sizes) and sizes.max() >= ONE_CLUSTER_SHARE * n:
-        hint = (f"try {flag}--max-eps (or --eps) near {q['median']:.3g}, or a smaller --xi" if q is not None else
-                "lower --max-eps (or --eps)")
+        xi = ", or a smaller --xi" if method == "optics" else ""
+        hint = (f"try {flag}{option} near {q['median']:.3g}{xi}" if q is not None else f"lower {option}")
         out.append(f"one cluster holds {int(sizes.max())} of the {n} images: {threshold} is likely above these "
                    f"signatures' own distances, so everything joins; {_scale(q, n, threshold)}. {hint}.")
     return out
@@ -158,8 +168,9 @@ def auto_thresholds(distances: np.ndarray, pair_distances: np.ndarray | None = N
                     f"percentile of each signature's distance to its min_samples-th neighbour"}
 
 
-def describe_auto(auto: dict, chosen: dict[str, float]) -> str:
-    """One stderr line: the distribution and the values chosen from it."""
+def describe_auto(auto: dict, chosen: dict[str, float], *, centred: bool = False) -> str:
+    """One stderr line: the distribution and the values chosen from it, saying whether it was measured on the
+    centred signatures (their distances are not those of the raw signatures a user may have looked at)."""
     why = {"unrelated": f"{PAIR_FACTOR:g} x the median distance of random pairs",
            "sparsity": f"the distance within which a signature has about {MAX_NEIGHBOURS} others"}
     parts = []
@@ -167,6 +178,7 @@ def describe_auto(auto: dict, chosen: dict[str, float]) -> str:
         capped = name == "max_eps" and auto.get("capped_by")
         parts.append(f"{name} {value:.4g} (auto" + (f", capped at {why[capped]}" if capped else "") + ")")
     values = ", ".join(parts)
-    return (f"{values}: each signature's distance to its min_samples-th neighbour is {auto['q10']:.4g} / "
+    which = "centred signature" if centred else "signature"
+    return (f"{values}: each {which}'s distance to its min_samples-th neighbour is {auto['q10']:.4g} / "
             f"{auto['median']:.4g} / {auto['q90']:.4g} (10th / 50th / 90th percentile, {auto['measured']} "
             f"signatures); {auto['rule']}.")

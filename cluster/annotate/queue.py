@@ -236,13 +236,23 @@ class ReviewQueue:
             "page_size": PAGE_SIZE,
             "members": [{"n": number[u], "uid": u, **describe(u)} for u in shown],
             "links": links,
-            "decision": None if done is None else {"id": done["id"], "decision": done["decision"],
-                                                   "annotator": done.get("annotator")},
+            "decision": None if done is None else _decided(done, shown),
             "verdicts": [{"annotator": who, "decision": r["decision"], "id": r["id"], "ticked": len(r["ticked"])}
                          for who, r in self.verdicts_of(cid).items()],
             "added": [{"uid": u, "id": r["id"], "query": r.get("query"), **describe(u)}
                       for u, r in self.added(cid).items()],
         }
+
+
+def _decided(done: dict, shown: list[str]) -> dict:
+    """The decision in force on a cluster, as a page of it shows it read-only: which of the members shown it ticked
+    and (a split) in which sub-group, so that a verdict, or a disagreement listed by member number, can be seen.
+    O(ticked) per page, never per pair."""
+    ticked = set(done.get("ticked") or ())
+    on_page = set(shown)
+    groups = {u: i + 1 for i, g in enumerate(done.get("groups") or ()) for u in g if u in on_page}
+    return {"id": done["id"], "decision": done["decision"], "annotator": done.get("annotator"),
+            "ticked": len(ticked), "ticked_here": [u for u in shown if u in ticked], "groups_here": groups}
 
 
 def ticked_from(members: Sequence[str], ticked: list[str] | None, unticked: list[str] | None) -> list[str]:

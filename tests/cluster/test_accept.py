@@ -368,3 +368,24 @@ def test_a_damaged_splits_file_does_not_stop_accept(annot_collection):
     assert r.exit_code == 0, r.output
     assert "added: 1 POSITIVE" in r.output and "Traceback" not in r.output
     assert "warning: cannot count the next round's training pairs:" in r.output and "splits.json" in r.output
+
+
+def test_ctrl_c_during_accept_is_one_line_and_the_file_is_whole(annot_collection, monkeypatch):
+    """Found in a trial: Ctrl-C in `accept` printed click's bare "Aborted!", which does not say whether the museum's
+    connections.csv was changed. It is one line saying so (exit 130, as for `model embed`), and the file is whole."""
+    import cluster.accept as accept_module
+
+    u = annot_collection.uids
+    _decide(AnnotationStore(annot_collection.root), u[6:9], u[7:9], [[u[7], u[8], "POSITIVE"]])
+    before = (annot_collection.root / "connections.csv").read_bytes()
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(accept_module, "atomic_write", interrupted)
+    r = CliRunner().invoke(accept, ["--collection", str(annot_collection.root)])
+    assert r.exit_code == 130 and "Traceback" not in r.output and "Aborted" not in r.output, r.output
+    lines = r.output.strip().splitlines()
+    assert lines[-1].startswith("Error: interrupted:") and "connections.csv" in lines[-1], r.output
+    assert "run the same command again" in lines[-1]
+    assert (annot_collection.root / "connections.csv").read_bytes() == before

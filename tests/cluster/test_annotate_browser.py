@@ -168,7 +168,7 @@ def test_click_through_decisions_undo_and_resume(browser, annot_collection, tmp_
         # "#cluster=ID" opens one cluster (the map links here): a decided one is shown read-only
         d.get(server.url + f"#cluster={EXPECTED_QUEUE[0]}")
         _wait_cluster(d, EXPECTED_QUEUE[0])
-        assert "already decided: confirm" in _text(d, "#cluster-head")
+        assert "already decided: Confirm pattern" in _text(d, "#cluster-head")  # named as its button
         assert not d.find_element(By.CSS_SELECTOR, "button[data-decision='skip']").is_enabled()
         d.find_element(By.CSS_SELECTOR, "#cluster-head a.back").click()
         _wait_cluster(d, EXPECTED_QUEUE[2])
@@ -280,11 +280,12 @@ def test_split_by_keyboard_cursor_and_the_disagreements_panel(browser, annot_col
     try:
         d.get(server.url + f"#cluster={cid}")
         _wait_cluster(d, cid)
-        assert "bob: wrong" in _text(d, "#cluster-head")
+        assert "bob: Wrong cluster" in _text(d, "#cluster-head")
         d.find_element(By.ID, "show-disagreements").click()
         _wait(d, lambda d: d.find_element(By.ID, "disagreements").is_displayed(), "disagreements panel shown")
         item = d.find_element(By.CSS_SELECTOR, f"#disagreements li[data-cluster='{cid}']")
-        assert "ada: split (2 groups)" in item.text and "bob: wrong" in item.text and "decisions differ" in item.text
+        assert "ada: Split into sub-groups (2 groups)" in item.text and "bob: Wrong cluster" in item.text
+        assert "decisions differ" in item.text
     finally:
         server.stop()
     severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]

@@ -135,6 +135,43 @@ def test_each_pair_is_cut_at_its_own_weakest_point():
             assert not same.any()
 
 
+def test_sub_groups_of_a_split_whose_members_interleave_stay_clusters(workspace):
+    """A split of a cluster whose sub-groups interleave in OPTICS order (every neighbour pair is a cannot-link
+    pair, so the cuts leave single images) must not drop the confirmed sub-groups into the noise: each comes back
+    as a cluster of its own (found in a trial: a 9-image cluster split into four groups came back as one cluster
+    and 7 noise images). DBSCAN and HDBSCAN cut their spanning tree, where the sub-groups do not interleave."""
+    tmp, _ = workspace
+    before, _ = _run(tmp, "before.csv", "--no-constraints")
+    table = read_clusters(tmp / "before.csv")
+    members = max(before.values(), key=len)
+    assert len(members) >= 4
+    pos = dict(zip(table.uids, table.order.tolist(), strict=True))
+    members = sorted(members, key=pos.__getitem__)
+    group_a, group_b = members[0::2], members[1::2]
+    links = [Connection(a, b, "POSITIVE") for g in (group_a, group_b) for a, b in zip(g, g[1:], strict=False)]
+    links += [Connection(a, b, "NEGATIVE") for a in group_a for b in group_b]
+    write_connections(tmp / "coll" / "connections.csv", links)
+    after, params = _run(tmp, "after.csv", "--collection", str(tmp / "coll"))
+    found = [sorted(m) for m in after.values()]
+    assert sorted(group_a) in found and sorted(group_b) in found, found
+    assert params["constraints"]["groups_reformed"] == 2
+
+
+def test_a_known_pair_proposed_with_a_rejected_outsider_is_proposed_again_without_it(workspace):
+    """'Wrong cluster' on [a, x, b] (OPTICS order) where a-b is a known POSITIVE pair: accept writes a-x and x-b
+    NEGATIVE (not a-b). The cuts leave three single images; the known pair must come back as a cluster, without x."""
+    tmp, _ = workspace
+    before, _ = _run(tmp, "before.csv", "--no-constraints")
+    table = read_clusters(tmp / "before.csv")
+    pos = dict(zip(table.uids, table.order.tolist(), strict=True))
+    a, x, b = sorted(next(m for m in before.values() if len(m) == 3), key=pos.__getitem__)
+    links = [Connection(a, b, "POSITIVE"), Connection(a, x, "NEGATIVE"), Connection(x, b, "NEGATIVE")]
+    write_connections(tmp / "coll" / "connections.csv", links)
+    after, _ = _run(tmp, "after.csv", "--collection", str(tmp / "coll"))
+    found = [sorted(m) for m in after.values()]
+    assert sorted([a, b]) in found and sorted([a, x, b]) not in found, found
+
+
 def test_spanning_tree_is_minimal():
     from scipy.sparse.csgraph import minimum_spanning_tree
     from sklearn.metrics import pairwise_distances

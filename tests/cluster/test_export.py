@@ -255,6 +255,10 @@ def test_iiif_image_services_urls_and_base_url(decided, tmp_path):
     r = _export(coll, out, "--base-url", "https://example.org/groups/")
     assert r.exit_code == 0, r.output
     assert "--base-url" not in r.output
+    # the column is there, empty on the rows painted from local files: the warning says so, naming them
+    local_note = next(line for line in r.output.splitlines() if "local image files" in line)
+    assert "no IIIF service column" not in local_note and "'IIIF_Image' is empty" in local_note, local_note
+    assert m2[3] in local_note and m2[0] not in local_note, local_note
     collection, docs = _manifests(out)
     doc = next(d for d in docs if len(d["items"]) == 6)
     bodies = {c["metadata"][0]["value"]["none"][0]: c["items"][0]["items"][0]["body"] for c in doc["items"]}
@@ -381,4 +385,22 @@ def test_bad_options_are_usage_errors(decided, tmp_path):
     assert r.exit_code == 2 and "csv, iiif" in r.output
     r = _export(coll, tmp_path / "exp", "--base-url", "example.org/x")
     assert r.exit_code == 2 and "http(s)" in r.output
+    assert not (tmp_path / "exp").exists()
+
+
+def test_ctrl_c_during_export_is_one_line(decided, tmp_path, monkeypatch):
+    """Found in a trial: Ctrl-C in `export` printed click's bare "Aborted!". It is one line saying what is left
+    (exit 130), and no export folder appears."""
+    import cluster.export as export_module
+
+    coll, _ = decided
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "write_export", interrupted)
+    r = _export(coll, tmp_path / "exp")
+    assert r.exit_code == 130 and "Traceback" not in r.output and "Aborted" not in r.output, r.output
+    last = r.output.strip().splitlines()[-1]
+    assert last.startswith("Error: interrupted:") and "run the same command again" in last, r.output
     assert not (tmp_path / "exp").exists()

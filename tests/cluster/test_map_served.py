@@ -163,3 +163,17 @@ def test_a_lasso_on_the_served_map_becomes_a_proposal_to_judge(served):
         httpd.server_close()
     records = [json.loads(x) for x in (root / "proposals.jsonl").read_text().splitlines()]
     assert len(records) == 1 and sorted(records[0]["uids"]) == ["u01", "u04", "u07", "u10"]
+
+
+def test_the_judge_link_is_set_apart_from_the_select_button(served):
+    """The trial saw "select this clusterjudge cluster 21 in the annotation page": the button and the link glued."""
+    tmp, root, uids, app = served
+    with _Served(app) as srv, chromium() as driver:
+        driver.get(srv.url + "map/")
+        wait_for(driver, "window.MAP && MAP.drawn")
+        _click_point(driver, 4)
+        button, link = driver.execute_script(
+            "const b = [...document.querySelectorAll('#sel button')].find(x => x.textContent === 'select this cluster');"
+            "const a = document.querySelector('#sel a.judge');"
+            "return [b.getBoundingClientRect().toJSON(), a.getBoundingClientRect().toJSON()];")
+        assert link["top"] >= button["bottom"] or link["left"] >= button["right"] + 6, (button, link)

@@ -127,3 +127,35 @@ def test_map_refuses_an_out_folder_that_holds_other_files(small):
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert str(out) in r.output and "clusters.csv" in r.output and "new folder" in r.output
     assert [p.name for p in out.iterdir()] == ["clusters.csv"]
+
+
+@pytest.mark.parametrize("name", ["images.csv", "sig.npz", "clusters.json"])
+def test_optics_refuses_an_out_that_is_not_a_clusters_file(sig, tmp_path, name):
+    """Found in a trial: `optics ... --out COLLECTION/images.csv` replaced the museum's images.csv with clusters.csv
+    (and `--out signatures.npz` would replace the signatures). An existing --out that is not a clusters.csv, or an
+    --out whose clusters.json would be the file itself, is refused, one sentence, and nothing is touched."""
+    target = tmp_path / name
+    if name == "images.csv":
+        target.write_text("uid,path,title\nu00,img/u00.png,\"Vierge, à l'Enfant\"\n", encoding="utf-8-sig")
+    elif name == "clusters.json":
+        target.write_text("{}\n")
+    before = _files(tmp_path)
+    r = CliRunner().invoke(cli, ["optics", str(sig), "--out", str(target), "--max-eps", "0.5"])
+    assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+    message = r.output.strip().splitlines()[-1]
+    assert message.startswith("Error: ") and str(target) in message and "--out" in message, r.output
+    assert _files(tmp_path) == before
+
+
+def test_optics_refuses_signatures_of_another_collection(sig, tmp_path):
+    """Found in a trial: signatures of another collection with `--collection DIR` clustered silently with no
+    constraint applied ('0 cannot-link pairs, 0 must-link groups'). Refused before anything is written."""
+    coll = tmp_path / "coll"
+    coll.mkdir()
+    (coll / "images.csv").write_text("uid,path\n" + "".join(f"MUS-{i},img/{i}.jpg\n" for i in range(30)))
+    (coll / "connections.csv").write_text("a,b,type\nMUS-1,MUS-2,POSITIVE\nMUS-3,MUS-4,NEGATIVE\n")
+    out = tmp_path / "out" / "clusters.csv"
+    r = CliRunner().invoke(cli, ["optics", str(sig), "--out", str(out), "--collection", str(coll)])
+    assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+    assert "30 uid(s) are not in" in r.output and "images.csv" in r.output and "'u00'" in r.output, r.output
+    assert not out.parent.exists() or not any(out.parent.iterdir())

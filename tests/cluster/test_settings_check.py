@@ -31,7 +31,8 @@ def test_everything_noise_and_everything_one_cluster_are_named_with_the_distance
                                    "--eps", "0.08", "--out", str(tmp_path / "db.csv")])
     assert res.exit_code == 0, res.output
     assert "one cluster holds 60 of the 60 images" in res.output and "eps 0.08" in res.output
-    assert "10th / 50th / 90th percentile" in res.output and "try --max-eps (or --eps) near" in res.output
+    assert "10th / 50th / 90th percentile" in res.output and "try --eps near" in res.output
+    assert "--xi" not in res.output and "--max-eps" not in res.output  # DBSCAN has neither
     res = CliRunner().invoke(cli, ["optics", str(tmp_path / "sig.npz"), "--metric", "cosine", "--max-eps", "0.00001",
                                    "--out", str(tmp_path / "op.csv")])
     assert res.exit_code == 0, res.output
@@ -39,6 +40,26 @@ def test_everything_noise_and_everything_one_cluster_are_named_with_the_distance
     import json
 
     assert json.loads((tmp_path / "op.json").read_text())["warnings"]  # kept with the result
+
+
+def test_a_max_eps_that_leaves_nearly_everything_noise_is_never_told_to_go_lower(tmp_path):
+    """Found in a trial: `--max-eps 0.001` left 95% noise and the warning said `try --max-eps near 0.000958`, a
+    value below the one that failed: the quantiles it came from are those of the few images with a neighbour
+    within max_eps. The advice is to go above it, or to let auto measure every image."""
+    import re
+
+    x = _tight_signatures(tmp_path / "sig.npz")
+    d = 1 - x @ x.T
+    np.fill_diagonal(d, np.inf)
+    nearest = np.sort(d.min(axis=1))
+    max_eps = float((nearest[3] + nearest[4]) / 2)  # 4 of 60 images have a neighbour within it
+    res = CliRunner().invoke(cli, ["optics", str(tmp_path / "sig.npz"), "--metric", "cosine", "--max-eps",
+                                   repr(max_eps), "--out", str(tmp_path / "op.csv")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if "images are noise" in x)
+    suggested = [float(v.rstrip(".")) for v in re.findall(r"near ([0-9.e-]+)", line)]
+    assert all(v > max_eps for v in suggested), line
+    assert "above" in line and "auto" in line, line
 
 
 def test_a_fitting_setting_and_a_small_set_say_nothing():
@@ -81,6 +102,7 @@ def test_auto_thresholds_come_from_the_signatures_and_are_shown_and_kept(tmp_pat
         assert params[name] == pytest.approx(expected, rel=1e-6)
         assert _quantiles_line(res.output) == pytest.approx(np.quantile(d, [0.1, 0.5, 0.9]), rel=1e-3)
         assert f"{name} {params[name]:.4g} (auto" in res.output
+        assert "each centred signature's distance" in res.output  # which rows were measured: not the raw ones
         labels = np.array([int(r.split(",")[1]) for r in out.read_text().splitlines()[1:]])
         assert np.bincount(labels[labels >= 0]).max() < 30 and (labels >= 0).sum() > 10, labels
         assert not params["warnings"]
@@ -106,6 +128,7 @@ def test_explicit_thresholds_work_as_before_and_no_centre_is_honoured(tmp_path):
     assert res.exit_code == 0, res.output
     params = json.loads(out.with_suffix(".json").read_text())
     assert params["centre"] is False and params["max_eps"] < 0.05  # the raw scale: every distance below 0.05
+    assert "each signature's distance" in res.output and "centred" not in res.output
     res = CliRunner().invoke(cli, ["optics", str(tmp_path / "sig.npz"), "--centre", "--max-eps", "0.9",
                                    "--out", str(out)])  # fmt: skip
     assert json.loads(out.with_suffix(".json").read_text())["centre"] is True

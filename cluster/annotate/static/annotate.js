@@ -53,8 +53,18 @@ function tickedCount() {
   const c = state.cluster;
   return !c ? 0 : (state.sel.all ? c.size - state.sel.except.size : state.sel.except.size);
 }
-function setTick(uid, on) { if (on === state.sel.all) state.sel.except.delete(uid); else state.sel.except.add(uid); }
+function setTick(uid, on) {
+  if (state.cluster && state.cluster.decision) return;  // read-only: the decision's own ticks stay shown
+  if (on === state.sel.all) state.sel.except.delete(uid); else state.sel.except.add(uid);
+}
 function clusterTitle(c) { return c.kind === "proposal" ? `Proposal ${-c.id - 1}` : `Cluster ${c.id}`; }
+const clusterName = (id) => (id < -1 ? `Proposal ${-id - 1}` : `Cluster ${id}`);  // a proposal's id is -1 - N
+
+// a decision as its button names it ("Confirm, reject the rest"), not as the log stores it ("confirm_reject")
+function decisionLabel(name) {
+  const b = document.querySelector(`button.decide[data-decision="${name}"]`);
+  return b ? b.textContent.replace(/^\s*\S+\s*/, "").trim() : name;
+}
 
 function render(s) {
   const p = s.progress;
@@ -79,16 +89,21 @@ function show(c) {
   if (!c || !state.cluster || c.id !== state.cluster.id) {
     state.sel = { all: false, except: new Set() };
     state.groups = new Map();
+    $("rest-group").checked = false;  // like the sub-groups, it belongs to the cluster it was ticked on
     closeSearch(); // its results were judged against the cluster that was open (members, "add to this cluster")
   }
   if (!c || !state.cluster || c.id !== state.cluster.id || c.page !== state.page) state.cursor = -1;
+  if (c && c.decision) {  // read-only: the ticks and sub-groups of the decision in force, on this page
+    state.sel = { all: false, except: new Set(c.decision.ticked_here || []) };
+    state.groups = new Map(Object.entries(c.decision.groups_here || {}));
+  }
   state.cluster = c;
   state.page = c ? c.page : 1;
   const grid = $("grid"), head = $("cluster-head"), links = $("links");
   grid.replaceChildren(); head.replaceChildren(); links.replaceChildren();
   $("finished").hidden = !!c;
   $("pager").hidden = !c || c.pages <= 1;
-  for (const b of document.querySelectorAll("button.decide, .tickbar button")) b.disabled = !c || !!(c && c.decision);
+  for (const b of document.querySelectorAll("button.decide, .tickbar button, #rest-group")) b.disabled = !c || !!(c && c.decision);
   if (!c) { $("tick-count").textContent = ""; return; }
 
   head.appendChild(el("h2", { text: clusterTitle(c) }));
@@ -98,7 +113,7 @@ function show(c) {
       (c.kind === "proposal" ? ` · from the map (id ${c.id})` : "") }));
   if (c.note) head.appendChild(el("span", { class: "note", text: c.note }));
   if (c.decision) {
-    head.appendChild(el("span", { class: "decided", text: `already decided: ${c.decision.decision} (undo it to change)` }));
+    head.appendChild(el("span", { class: "decided", text: `already decided: ${decisionLabel(c.decision.decision)} (undo it to change)` }));
   }
   showVerdicts(c, head);
   if (location.hash) head.appendChild(el("a", { href: "#", class: "back", text: "back to the queue" }));
@@ -124,6 +139,7 @@ function show(c) {
 
 function card(m, partners) {
   const box = el("input", { type: "checkbox", id: "tick-" + m.n, "data-uid": m.uid, "aria-label": "tick member " + m.n });
+  box.disabled = !!(state.cluster && state.cluster.decision);  // a decided cluster is shown as decided
   box.checked = isTicked(m.uid);
   box.addEventListener("change", () => { setTick(m.uid, box.checked); showTicks(); });
   // an image known not to decode shows its reason; one found broken on loading says what it can
@@ -282,7 +298,8 @@ function showTicks() {
     if (box) box.checked = on;
   }
   const c = state.cluster;
-  $("tick-count").textContent = c ? `${fmt(tickedCount())} of ${fmt(c.size)} ticked` : "";
+  $("tick-count").textContent = !c ? "" : c.decision
+    ? `${fmt(c.decision.ticked)} of ${fmt(c.size)} ticked (decided)` : `${fmt(tickedCount())} of ${fmt(c.size)} ticked`;
   showGroups();
 }
 
@@ -290,7 +307,7 @@ function showTicks() {
 function showVerdicts(c, head) {
   const vs = c.verdicts || [];
   if (!vs.length) return;
-  head.appendChild(el("span", { class: "verdicts", text: "decided by " + vs.map((v) => `${v.annotator}: ${v.decision}`).join(" · ") }));
+  head.appendChild(el("span", { class: "verdicts", text: "decided by " + vs.map((v) => `${v.annotator}: ${decisionLabel(v.decision)}`).join(" · ") }));
 }
 
 async function showDisagreements() {
@@ -300,7 +317,7 @@ async function showDisagreements() {
   try { doc = await call("GET", "/api/disagreements"); } catch (e) { say(e.message, "error"); return; }
   const list = el("ul");
   for (const d of doc.disagreements) {
-    const who = d.annotators.map((a) => `${a.annotator}: ${a.decision}` + (a.groups ? ` (${a.groups.length} groups)` : ` (${a.ticked} ticked)`)).join(" · ");
+    const who = d.annotators.map((a) => `${a.annotator}: ${decisionLabel(a.decision)}` + (a.groups ? ` (${a.groups.length} groups)` : ` (${a.ticked} ticked)`)).join(" · ");
     list.appendChild(el("li", { "data-cluster": String(d.cluster) }, [
       d.in_queue ? el("a", { href: `#cluster=${d.cluster}`, text: `cluster ${d.cluster}` }) : el("span", { text: `cluster ${d.cluster} (another clusters file)` }),
       el("span", { text: ` · ${fmt(d.size)} images · ${who}` }),
@@ -320,7 +337,12 @@ function showGroups() {
     if (!chip) {
       chip = el("button", { type: "button", class: "group-chip", title: "sub-group of this member (click: take it out)" });
       const uid = card.dataset.uid;
-      chip.addEventListener("click", (ev) => { ev.stopPropagation(); state.groups.delete(uid); showTicks(); });
+      chip.addEventListener("click", (ev) => {
+        ev.stopPropagation();
+        if (state.cluster && state.cluster.decision) return;  // a decided split is shown, not edited
+        state.groups.delete(uid);
+        showTicks();
+      });
       card.appendChild(chip);
     }
     chip.textContent = "group " + g;
@@ -397,7 +419,7 @@ function togglePage() {  // all of this page ticked -> untick them, else tick th
 }
 
 function selectCluster(on) {
-  if (!state.cluster) return;
+  if (!state.cluster || state.cluster.decision) return;
   state.sel = { all: on, except: new Set() };
   showTicks();
 }
@@ -416,7 +438,7 @@ async function goPage(page) {
   }
 }
 
-const metaText = (meta) => Object.entries(meta || {}).map(([k, v]) => `${k}: ${v}`).join(" · ");
+const metaText = (meta) => Object.entries(meta || {}).filter(([, v]) => v).map(([k, v]) => `${k}: ${v}`).join(" · ");
 
 // The enlarged picture; with search on, a box dragged on it searches that detail (see the drag code below).
 function zoom(uid, text) {
@@ -446,12 +468,12 @@ function decisionBody(name) {
 async function decide(name) {
   if (state.busy || !state.cluster) return;
   state.busy = true;
-  const label = document.querySelector(`button[data-decision="${name}"]`).textContent.replace(/^\s*\S+\s*/, "");
+  const label = decisionLabel(name);
   try {
     const r = await call("POST", "/api/decision", decisionBody(name));
     if (location.hash) history.replaceState(null, "", location.pathname);
     render(r.state);
-    say(`Saved “${label}” for cluster ${r.state.last_decision.cluster}: ${fmt(r.n_edges)} connection${r.n_edges === 1 ? "" : "s"}.`, "ok");
+    say(`Saved “${label}” for ${clusterName(r.state.last_decision.cluster).toLowerCase()}: ${fmt(r.n_edges)} connection${r.n_edges === 1 ? "" : "s"}.`, "ok");
   } catch (e) {
     say(e.message, "error");
   } finally {
@@ -463,12 +485,12 @@ async function undo() {
   if (state.busy || !state.last) return;
   state.busy = true;
   try {
-    const wasAdd = state.last.decision === "add";
+    const wasAdd = state.last.decision === "add", back = clusterName(state.last.cluster);
     const r = await call("POST", "/api/undo", { decision: state.last.id });
     if (location.hash) history.replaceState(null, "", location.pathname);
     render(r.state);
     say((wasAdd ? "Undone: the image added from the search is taken out of the cluster again."
-      : "Undone: the cluster is back for review.") + (r.note ? " " + r.note : ""), "ok");
+      : `Undone: ${back} is back for review.`) + (r.note ? " " + r.note : ""), "ok");
     if (wasAdd && state.query && !$("search").hidden) search(state.query);
   } catch (e) {
     say(e.message, "error");
@@ -533,7 +555,12 @@ function markCard(uid) {
   const card = [...document.querySelectorAll(".card")].find((c) => c.dataset.uid === uid);
   if (!card) return;
   card.classList.add("focus");
-  card.scrollIntoView({ block: "center" });
+  // scroll only when the card's top is hidden (under the top bar or the bar of buttons): a card of the first rows
+  // leaves the cluster's heading, and whether it is decided already, in view
+  const top = card.getBoundingClientRect().top;
+  const above = document.querySelector("header.top").getBoundingClientRect().bottom;
+  const below = document.querySelector("footer.actions").getBoundingClientRect().top;
+  if (top < above || top > below - 120) card.scrollIntoView({ block: "center" });
 }
 
 // -- search (the server was started with --index) ------------------------------------------------
@@ -731,6 +758,12 @@ document.addEventListener("keydown", (ev) => {
 
 for (const b of document.querySelectorAll("button.decide")) b.addEventListener("click", () => decide(b.dataset.decision));
 $("undo").addEventListener("click", undo);
+// a button of the bar clicked with the mouse gives its focus back: kept, the next space (which ticks the card under
+// the cursor) or Enter would press it again: decide the next cluster unseen, undo one more, untick the page
+document.querySelector("footer.actions").addEventListener("click", (ev) => {
+  const b = ev.target.closest("button");
+  if (b) b.blur();
+});
 $("tick-all").addEventListener("click", togglePage);
 $("select-all").addEventListener("click", () => selectCluster(true));
 $("select-none").addEventListener("click", () => selectCluster(false));
