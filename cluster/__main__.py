@@ -131,7 +131,8 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
         click.echo(f"warning: {warning}", err=True)
     n_clusters = len(set(table.labels.tolist()) - {-1})
     click.echo(
-        f"{out}: {len(table)} images, {n_clusters} clusters, {float((table.labels < 0).mean()):.1%} noise"
+        f"{out}: {len(table)} images, {n_clusters} cluster{'s' if n_clusters != 1 else ''}, "
+        f"{float((table.labels < 0).mean()):.1%} noise"
     )
     if "constraints" in table.params:
         click.echo(_constraints_line(table.params["constraints"]))

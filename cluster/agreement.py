@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cluster.annotations import ADD
+from cluster.review import decision_label
 
 POLICIES = ("all", "latest", "agreed", "annotator:NAME")
 MAX_LISTED = 10  # members named per difference (the rest are counted)
@@ -59,7 +60,7 @@ class Disagreement:
         }
 
     def line(self) -> str:
-        who = ", ".join(f"{v.get('annotator', '?')}: {v['decision']}" for v in self.verdicts)
+        who = ", ".join(f"{v.get('annotator', '?')}: {decision_label(v['decision'])}" for v in self.verdicts)
         out = f"  cluster {self.cluster} ({self.size} images): {who}; " + "; ".join(self.differs)
         return out + (f" -> {self.outcome}" if self.outcome else "")
 
@@ -190,7 +191,7 @@ def _outcome(policy: str, kept: list[dict], vs: list[dict]) -> str:
         return f"kept the {len(kept[0]['edges'])} connection(s) all asserted"
     who = kept[0].get("annotator", "?")
     others = [v.get("annotator", "?") for v in vs if v["id"] != kept[0]["id"]]
-    return f"took {who}'s {kept[0]['decision']}, left out {', '.join(others)}'s"
+    return f"took {who}'s \"{decision_label(kept[0]['decision'])}\", left out {', '.join(others)}'s"
 
 
 def choose(active: Sequence[dict], policy: str = "all") -> Choice:

@@ -163,6 +163,14 @@ def wrong_pairs(k: int) -> list[tuple[int, int]]:
     return [(i, j) for i in range(k) for j in range(i + 1, min(k, i + WRONG_NEXT + 1))]
 
 
+def decision_label(decision: str) -> str:
+    """A decision as the page's button names it ("Confirm, reject the rest", not "confirm_reject"), for messages
+    people read; files and JSON keep the name. An image added from a search is "Add to this cluster"."""
+    if decision in DECISIONS:
+        return DECISIONS[decision][0]
+    return "Add to this cluster" if decision == "add" else decision
+
+
 def implied_edges(decision: str, members: Sequence[str], ticked: Iterable[str]) -> list[list[str]]:
     """The connections a decision asserts, as `[a, b, TYPE]` with a < b; O(size) of them, never O(size^2).
 

@@ -64,7 +64,7 @@ class Plan:
         pairs = (f" from {self.positives} training POSITIVE pairs; {self.negatives} annotated NEGATIVE pairs are "
                  f"mining candidates, not extra steps" if self.positives else "")
         out = [f"plan: {self.triplets} triplets per epoch{pairs}; {self.steps_per_epoch} steps per epoch (batch "
-               f"{self.batch_size}) x {self.epochs} epochs = {self.total_steps} steps"
+               f"{self.batch_size}) x {self.epochs} epoch{'s' if self.epochs != 1 else ''} = {self.total_steps} steps"
                + (f", {self.done_steps} done" if self.done_steps else "")]
         left = max(0, self.total_steps - self.done_steps)
         if self.step_time is None:

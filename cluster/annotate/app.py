@@ -63,6 +63,7 @@ from cluster.review import (
     DECISIONS,
     SPLIT,
     DecisionError,
+    decision_label,
     implied_edges,
     split_edges,
     split_groups,
@@ -343,7 +344,7 @@ class AnnotationSession:
         done = self.queue.decision_of(cid)
         who = done.get("annotator") if done else None
         if who and who != self.annotator:
-            return (f"cluster {cid} is already decided by {who} ({done['decision']}); undo that decision first, or "
+            return (f"cluster {cid} is already decided by {who} (\"{decision_label(done['decision'])}\"); undo that decision first, or "
                     "start `cluster annotate` with --independent to give your own verdict on every cluster.")
         return f"cluster {cid} is already decided; undo that decision first."
 

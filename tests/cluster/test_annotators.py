@@ -62,7 +62,7 @@ def test_shared_queue_says_who_decided(annot_collection):
     ada, bob = _client(annot_collection, "ada", False), _client(annot_collection, "bob", False)
     assert _decide(ada, EXPECTED_QUEUE[0], "wrong", []).status_code == 200
     r = _decide(bob, EXPECTED_QUEUE[0], "skip", [])
-    assert r.status_code == 409 and "decided by ada (wrong)" in r.get_json()["error"]
+    assert r.status_code == 409 and "decided by ada (\"Wrong cluster\")" in r.get_json()["error"]
     assert "--independent" in r.get_json()["error"]
 
 
@@ -116,7 +116,7 @@ def test_accept_default_policy_is_every_decision_and_lists_the_disagreement(anno
     got = _pairs(annot_collection)
     assert {_p(m[0], m[2]), _p(m[0], m[3]), _p(m[0], m[5]), _p(m1[1], m1[2], "SIMILAR")} <= got
     assert "disagreements: 1 cluster(s) decided differently by several annotators (policy all):" in res.output
-    assert f"cluster {EXPECTED_QUEUE[0]} (6 images): ada: confirm, bob: confirm; ticked only by ada: #4; " \
+    assert f"cluster {EXPECTED_QUEUE[0]} (6 images): ada: Confirm pattern, bob: Confirm pattern; ticked only by ada: #4; " \
            "ticked only by bob: #6 -> all kept" in res.output
 
 
@@ -124,9 +124,9 @@ def test_accept_default_policy_is_every_decision_and_lists_the_disagreement(anno
     ("policy", "want", "outcome"),
     [
         ("agreed", lambda m: {_p(m[0], m[2])}, "kept the 1 connection(s) all asserted"),
-        ("latest", lambda m: {_p(m[0], m[2]), _p(m[0], m[5]), _p(m[2], m[5])}, "took bob's confirm, left out ada's"),
+        ("latest", lambda m: {_p(m[0], m[2]), _p(m[0], m[5]), _p(m[2], m[5])}, 'took bob\'s "Confirm pattern", left out ada\'s'),
         ("annotator:ada", lambda m: {_p(m[0], m[2]), _p(m[0], m[3]), _p(m[2], m[3])},
-         "took ada's confirm, left out bob's"),
+         'took ada\'s "Confirm pattern", left out bob\'s'),
     ],
 )
 def test_accept_policies(annot_collection, policy, want, outcome):
