@@ -116,7 +116,6 @@ def _bounded_map(pool: ThreadPoolExecutor, fn, items, ahead: int) -> Iterator:
         yield pending.popleft().result()
 
 
-@functools.cache
 @contextlib.contextmanager
 def _scratch_tempdir(scratch: Path) -> Iterator[None]:
     """Point `tempfile` at `scratch` while tensorflow-datasets builds its builder, then remove it.
@@ -136,6 +135,7 @@ def _scratch_tempdir(scratch: Path) -> Iterator[None]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+@functools.cache
 def _builder_class():
     import tensorflow_datasets as tfds
 

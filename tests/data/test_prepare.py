@@ -93,3 +93,13 @@ def test_preparing_leaves_nothing_in_the_system_temp_folder(collection_factory, 
     assert list(system_tmp.iterdir()) == []  # tensorflow-datasets' empty "tmp...tfds" folder used to stay here
     assert tempfile.tempdir == str(system_tmp)
     assert not (root / "prepared" / ".tfds-scratch").exists()
+
+
+def test_the_builder_class_is_made_once_and_scratch_folders_are_not_cached(collection_factory, tmp_path):
+    from data.prepare import _builder_class, _scratch_tempdir
+
+    assert _builder_class() is _builder_class()
+    for _ in range(2):  # the same scratch folder twice: a context manager each time, not one cached
+        with _scratch_tempdir(tmp_path / "scratch"):
+            assert (tmp_path / "scratch").is_dir()
+        assert not (tmp_path / "scratch").exists()
