@@ -27,8 +27,9 @@ if str(REPO) not in sys.path:
 
 from cluster.clustering import cluster_signatures  # noqa: E402
 from cluster.config import COMMAND_DEFAULTS  # noqa: E402
+from cluster.constraints import connection_constraints  # noqa: E402
 from data.collection import NEGATIVE, POSITIVE, Connection, load_collection  # noqa: E402
-from data.graph import components, pattern_groups  # noqa: E402
+from data.graph import pattern_groups  # noqa: E402
 
 
 def decide(clusters: dict[int, list[str]], truth: dict[str, str]) -> tuple[list[Connection], dict[int, bool]]:
@@ -49,13 +50,6 @@ def decide(clusters: dict[int, list[str]], truth: dict[str, str]) -> tuple[list[
         else:
             out += [Connection(a, b, NEGATIVE, source="simulated") for a, b in zip(members, members[1:], strict=False)]
     return out, confirmed
-
-
-def constraints_of(connections: list[Connection]) -> tuple[list[list[str]], list[tuple[str, str]]]:
-    """Must-link groups and cannot-link pairs of decisions (as `cluster.constraints.collection_constraints`)."""
-    groups = [m for m in components((c.a, c.b) for c in connections if c.type == POSITIVE).values() if len(m) > 1]
-    pairs = sorted({(min(c.a, c.b), max(c.a, c.b)) for c in connections if c.type == NEGATIVE})
-    return groups, pairs
 
 
 def _cluster(signatures: Path, args, constraints=None) -> dict[int, list[str]]:
@@ -94,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     base = {"bench": "constraints", "method": args.method, "centre": args.centre, "round1_proposals": len(first),
             "round1_confirmed": r1, "decisions": len(decisions)}  # fmt: skip
     results = {}
-    for variant, cons in (("without", None), ("with", constraints_of(decisions))):
+    for variant, cons in (("without", None), ("with", connection_constraints(decisions))):
         results[variant] = round_two(first, _cluster(args.signatures, args, cons), truth, confirmed_first)
         print(json.dumps({**base, "round2": variant, **results[variant]}))
     w, o = results["with"], results["without"]

@@ -63,14 +63,13 @@ from cluster.review import implied_edges, new_pairs_by_cluster, order_clusters  
 from data.collection import (  # noqa: E402
     ANNOTATIONS_FILE,
     CONNECTIONS_FILE,
-    DUPLICATE,
     NEGATIVE,
     POSITIVE,
     load_collection,
     read_connections,
     write_connections,
 )
-from data.graph import components  # noqa: E402
+from data.graph import pattern_groups  # noqa: E402
 
 CONFIRMING = ("confirm", "confirm_reject")
 
@@ -88,10 +87,8 @@ def run(cmd: list[str], log: Path) -> float:
 
 
 def truth_groups(collection_dir: Path) -> dict[str, str]:
-    """uid -> its true pattern group (POSITIVE and DUPLICATE links of the full connections.csv)."""
-    rows = read_connections(collection_dir / CONNECTIONS_FILE)
-    comps = components((c.a, c.b) for c in rows if c.type in (POSITIVE, DUPLICATE))
-    return {u: name for name, members in comps.items() for u in members}
+    """uid -> its true pattern group (POSITIVE and DUPLICATE links of the full collection, `data.graph`)."""
+    return pattern_groups(load_collection(collection_dir, quiet=True), with_duplicates=True)
 
 
 def _keep_group(name: str, fraction: float, seed: int) -> bool:

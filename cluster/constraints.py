@@ -43,16 +43,22 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from data.collection import DUPLICATE, NEGATIVE, POSITIVE, Collection
+from data.collection import DUPLICATE, NEGATIVE, POSITIVE, Collection, Connection
 from data.graph import components
 
 
-def collection_constraints(collection: Collection) -> tuple[list[list[str]], list[tuple[str, str]]]:
-    """(must-link groups, cannot-link pairs) of uids from the collection's connections (module docstring)."""
-    joined = [(c.a, c.b) for c in collection.connections if c.type in (POSITIVE, DUPLICATE) and c.a != c.b]
+def connection_constraints(connections: Iterable[Connection]) -> tuple[list[list[str]], list[tuple[str, str]]]:
+    """(must-link groups, cannot-link pairs) of uids from connections (module docstring)."""
+    connections = list(connections)
+    joined = [(c.a, c.b) for c in connections if c.type in (POSITIVE, DUPLICATE) and c.a != c.b]
     groups = [members for members in components(joined).values() if len(members) > 1]
-    apart = sorted({(min(c.a, c.b), max(c.a, c.b)) for c in collection.connections if c.type == NEGATIVE and c.a != c.b})
+    apart = sorted({(min(c.a, c.b), max(c.a, c.b)) for c in connections if c.type == NEGATIVE and c.a != c.b})
     return groups, apart
+
+
+def collection_constraints(collection: Collection) -> tuple[list[list[str]], list[tuple[str, str]]]:
+    """(must-link groups, cannot-link pairs) of uids from the collection's connections."""
+    return connection_constraints(collection.connections)
 
 
 def to_indices(uids: Sequence[str], groups: Iterable[Sequence[str]], pairs: Iterable[tuple[str, str]]
