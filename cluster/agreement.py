@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cluster.annotations import ADD
+from cluster.annotations import ADD, members_key
 from cluster.review import decision_label
 
 POLICIES = ("all", "latest", "agreed", "annotator:NAME")
@@ -75,20 +75,16 @@ class Choice:
     left_out: int = 0  # decisions in force that the policy did not take (whole)
 
 
-def _key(rec: dict) -> tuple[str, ...]:
-    return tuple(sorted(rec["members"]))
-
-
 def _edge_set(rec: dict) -> frozenset[tuple[str, str, str]]:
     return frozenset((*sorted((a, b)), t) for a, b, t in rec["edges"])
 
 
-def by_cluster(active: Sequence[dict]) -> dict[tuple[str, ...], list[dict]]:
+def by_cluster(active: Sequence[dict]) -> dict[bytes, list[dict]]:
     """The verdicts (decisions in force, additions left out) per cluster, in file order."""
     out: dict[tuple[str, ...], list[dict]] = {}
     for rec in active:
         if rec.get("decision") != ADD:
-            out.setdefault(_key(rec), []).append(rec)
+            out.setdefault(members_key(rec["members"]), []).append(rec)
     return out
 
 

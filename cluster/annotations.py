@@ -45,11 +45,12 @@ the line, never silently skipped, because a skipped line could be a lost decisio
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -224,6 +225,12 @@ def read_log(path: str | Path, check: RecordCheck | None = None) -> AnnotationLo
     except FileNotFoundError:
         return AnnotationLog(records=[])
     return parse_log(data, path, check)
+
+
+def members_key(members: Iterable[str]) -> bytes:
+    """A digest of a member set: equal sets give equal keys, whatever their order. A decision names its cluster by
+    its members (cluster ids change from one clustering to the next), so every reader of the log matches on this."""
+    return hashlib.blake2b(json.dumps(sorted(members)).encode("utf-8"), digest_size=16).digest()
 
 
 def record_line(record: dict) -> bytes:

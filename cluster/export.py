@@ -27,7 +27,6 @@ annotation page marks a cluster done): a clustering run again that proposes the 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import mimetypes
 import os
@@ -38,8 +37,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-from cluster.annotations import ADD, DECISION, PROPOSALS_FILE, TornLineWarning, read_log, read_proposals
+from cluster.agreement import by_cluster, differences, verdicts
+from cluster.annotations import (
+    ADD,
+    DECISION,
+    PROPOSALS_FILE,
+    TornLineWarning,
+    members_key,
+    read_log,
+    read_proposals,
+)
 from cluster.clusters_file import file_sha256, read_clusters
+from cluster.review import SPLIT
 from data.atomic import atomic_dir
 from data.collection import ANNOTATIONS_FILE, Collection, ImageRecord, load_collection
 
@@ -56,7 +65,6 @@ OUR_FILES = (MEMBERS_FILE, DECISIONS_FILE, CONNECTIONS_FILE, IIIF_DIR, SUMMARY_F
 STATUS = {"confirm": "confirmed", "confirm_reject": "confirm-and-reject", "similar": "similar",
           "duplicate": "duplicate", "wrong": "wrong", "skip": "skipped", "split": "split"}
 NOT_JUDGED = "not judged"
-SPLIT = "split"
 # decisions whose ticked members are one confirmed pattern group (a manifest each)
 CONFIRMING = ("confirm", "confirm_reject")
 
@@ -109,32 +117,17 @@ class ExportData:
         self.added = _additions(self.active, self.clusters, self.clusters_sha256)
 
     def verdict(self, cid: int) -> Verdict | None:
-        return self.verdicts.get(_key(self.clusters[cid]))
-
-
-def _key(members: Iterable[str]) -> bytes:
-    """A digest of a member set: equal sets, whatever their order, give equal keys."""
-    return hashlib.blake2b(json.dumps(sorted(members)).encode("utf-8"), digest_size=16).digest()
-
-
-def _shape(rec: dict) -> tuple:
-    """What a verdict asserts: two "wrong" (or "skip") verdicts agree whatever was ticked (`cluster.agreement`)."""
-    if rec.get("decision") in ("wrong", "skip"):
-        return (rec.get("decision"),)
-    return rec.get("decision"), tuple(sorted(rec.get("ticked") or ())), json.dumps(_groups(rec))
+        return self.verdicts.get(members_key(self.clusters[cid]))
 
 
 def _verdicts(active: Sequence[dict]) -> dict[bytes, Verdict]:
-    """Member set -> its decisions in force (additions are no verdict on a cluster)."""
-    by_set: dict[bytes, list[dict]] = {}
-    for rec in active:
-        if rec.get("decision") != ADD:
-            by_set.setdefault(_key(rec["members"]), []).append(rec)
+    """Member set -> its decisions in force (additions are no verdict on a cluster), with the disagreement rule of
+    the page and of `cluster accept` (`cluster.agreement`)."""
     out = {}
-    for key, recs in by_set.items():
-        latest = {str(r.get("annotator") or ""): r for r in recs}  # each annotator's verdict: their latest
-        out[key] = Verdict(record=recs[-1], annotators=[n for n in latest if n], count=len(recs),
-                           disagree=len({_shape(r) for r in latest.values()}) > 1)
+    for key, recs in by_cluster(active).items():
+        vs = verdicts(recs)  # each annotator's latest
+        out[key] = Verdict(record=recs[-1], annotators=[str(v["annotator"]) for v in vs if v.get("annotator")],
+                           count=len(recs), disagree=len(vs) > 1 and bool(differences(vs)))
     return out
 
 
@@ -507,7 +500,7 @@ def _when(time: str | None) -> str:
 
 def _summary(group: Group, data: ExportData) -> str:
     rec = group.record
-    v = data.verdicts.get(_key(rec["members"]))
+    v = data.verdicts.get(members_key(rec["members"]))
     who = ", ".join(v.annotators) if v and v.annotators else str(rec.get("annotator") or "an expert")
     how = {"confirm": "confirmed as one pattern", "confirm_reject": "confirmed as one pattern (the rest rejected)",
            SPLIT: f"confirmed as group {group.part} of a split"}.get(rec.get("decision"), str(rec.get("decision")))
@@ -526,7 +519,7 @@ def manifest(data: ExportData, group: Group, opts: IiifOptions,
         canvases.append(c)
         kinds.append(kind)
     rec = group.record
-    v = data.verdicts.get(_key(rec["members"]))
+    v = data.verdicts.get(members_key(rec["members"]))
     meta = [_entry("Decision", STATUS.get(rec.get("decision"), str(rec.get("decision")))),
             _entry("Annotators", ", ".join(v.annotators) if v and v.annotators else str(rec.get("annotator") or "")),
             _entry("Decided at", rec.get("time") or ""), _entry("Decision id", rec["id"]),

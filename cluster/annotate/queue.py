@@ -21,21 +21,14 @@ Pure bookkeeping (no flask), sized for archives: 10^6 images, 10^5 clusters, a 5
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from cluster.annotations import ADD, DECISION, AnnotationLog
+from cluster.annotations import ADD, DECISION, AnnotationLog, members_key
 from cluster.review import known_inside, order_clusters
 
 PAGE_SIZE = 60
 
 Link = tuple[str, str, str]  # (a, b, TYPE), a < b
-
-
-def members_key(members: Iterable[str]) -> bytes:
-    """A digest of a member set: equal sets give equal keys, whatever their order."""
-    return hashlib.blake2b(json.dumps(sorted(members)).encode("utf-8"), digest_size=16).digest()
 
 
 def _n_pairs(k: int) -> int:
