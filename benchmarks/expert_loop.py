@@ -27,7 +27,7 @@ What is simulated, and why so:
   ground truth); `new_images` = images that had no POSITIVE connection before the round and have one after.
 - Rows accept adds between images outside the held-out groups are pinned to `split=train` (what a curator does to
   train on what was found and keep the test set fixed): `test_mAP` is then over the same test groups every round.
-- When `cluster optics` has `--constraints`, each round also clusters the same signatures without them and
+- With constraints (the default; `--no-constraints` to leave them out), each round also clusters the same signatures without them and
   judges those proposals the same way (`confirmation_rate_without_constraints`): the effect of the expert's
   earlier decisions on the next proposals, before any retraining. The loop follows the constrained proposals.
 
@@ -137,7 +137,7 @@ def decide(members: list[str], truth: dict[str, str], noise: float, seed: int) -
 
 
 def known_pairs(coll: Path) -> set[tuple[str, str]]:
-    return {(min(c.a, c.b), max(c.a, c.b)) for c in read_connections(coll / CONNECTIONS_FILE)}
+    return {c.pair for c in read_connections(coll / CONNECTIONS_FILE)}
 
 
 def judge(clusters_csv: Path, coll: Path, truth: dict[str, str], args) -> list[dict]:
@@ -164,7 +164,7 @@ def rate(records: list[dict]) -> float | None:
 
 
 def positive_state(coll: Path) -> tuple[set[tuple[str, str]], set[str]]:
-    pos = {(min(c.a, c.b), max(c.a, c.b)) for c in read_connections(coll / CONNECTIONS_FILE) if c.type == POSITIVE}
+    pos = {c.pair for c in read_connections(coll / CONNECTIONS_FILE) if c.type == POSITIVE}
     return pos, {u for p in pos for u in p}
 
 
@@ -180,11 +180,6 @@ def optics_cmd(py: str, sig: Path, out: Path, coll: Path, args, constraints: boo
     if constraints is not None:
         cmd += ["--collection", str(coll), "--constraints" if constraints else "--no-constraints"]
     return cmd
-
-
-def has_constraints(py: str) -> bool:
-    out = subprocess.run([py, "-m", "cluster", "optics", "--help"], cwd=REPO, capture_output=True, text=True)
-    return "--constraints" in out.stdout
 
 
 def pin_found_to_train(coll: Path, held_out: set[str]) -> None:
@@ -210,7 +205,7 @@ def one_round(r: int, work: Path, coll: Path, truth: dict[str, str], held_out: s
     train_s = run(train, log)
     test_mAP, val_mAP = test_map(run_dir)
     sig = run_dir / "signatures.npz"
-    constrained = args.constraints and has_constraints(py)
+    constrained = args.constraints
     t1 = time.perf_counter()
     clusters_csv = work / f"clusters{r}.csv"
     run(optics_cmd(py, sig, clusters_csv, coll, args, True if constrained else None), log)

@@ -27,6 +27,7 @@ from cluster.config import (
     OpticsConfig,
 )
 from cluster.config import COMMAND_DEFAULTS as DEFAULTS
+from cluster.map_data import APP_ADDRESS
 from data.paths import UserPath
 
 
@@ -121,10 +122,10 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
         table, res = cluster_signatures(str(signatures), cfg, method=method, pca=pca,
                                         notify=lambda text: click.echo(f"note: {text}", err=True),
                                         centre=choice["centre"], max_eps_auto=choice["max_eps_auto"],
-                                        eps_auto=choice["eps_auto"], constraints=known)  # fmt: skip
+                                        eps_auto=choice["eps_auto"], constraints=known,
+                                        check_uids=lambda uids: _refuse_other_collection(uids, collection))  # fmt: skip
     except (ValueError, MemoryError) as e:
         raise click.ClickException(str(e)) from e
-    _refuse_other_collection(table.uids, collection)
     ran_max_eps = float(table.params["max_eps"])  # the value chosen by auto, or the one given ("inf" reads as inf)
     plot = write_clustering(out, table, res, max_eps=ran_max_eps, plot=plot)
     for warning in table.params.get("warnings", []):
@@ -303,7 +304,7 @@ def _app_address(text: str) -> str:
               help="Processes making thumbnails [default: one per core].")
 @click.option("--neighbours", type=UserPath(exists=True, dir_okay=False), default=None,
               help="Neighbour lists to lay out from [default: clusters.knn.npz beside --clusters, if it fits].")
-@click.option("--app-address", default="http://127.0.0.1:8765/", show_default=True,
+@click.option("--app-address", default=APP_ADDRESS, show_default=True,
               help="Where the annotation app (`cluster annotate`) will listen: a map opened from its folder links "
                    "a clicked cluster and its lasso's selections there.")
 def map_cmd(signatures: Path, collection_dir: Path, clusters_path: Path | None, out_dir: Path, seed: int,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -169,6 +170,7 @@ def cluster_signatures(
     signatures_path: str | Path, cfg: OpticsConfig, *, method: str = "optics", pca: int | None = None,
     notify=None, centre: bool = False, max_eps_auto: bool = False, eps_auto: bool = False,
     constraints: tuple[list[list[str]], list[tuple[str, str]]] | None = None,
+    check_uids: Callable[[list[str]], None] | None = None,
 ) -> tuple[ClusterTable, OpticsResult | None]:
     """Signatures file -> ClusterTable (what `python -m cluster optics` writes), with provenance in params.
 
@@ -182,11 +184,14 @@ def cluster_signatures(
     (`cluster.settings_check.auto_thresholds`); clusters.json records both (`centre`, `auto`).
     `constraints` (must-link groups, cannot-link pairs of uids: `cluster.constraints.collection_constraints`) are
     applied to the method's labels (`cluster.constraints.apply_constraints`); clusters.json records the counts
-    (`constraints`).
+    (`constraints`). `check_uids(uids)` is called once the signatures are read, before any work: it raises to refuse
+    them (e.g. signatures of another collection than the constraints').
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r}: use one of {METHODS}.")
     sig = load_signatures(signatures_path)
+    if check_uids is not None:
+        check_uids(sig.uids)
     if len(sig) < 2:
         raise ValueError(f"{signatures_path}: {len(sig)} signatures; clustering needs at least 2.")
     x = sig.dense()  # float32 in memory, whatever the store holds (float16 rows are upcast)

@@ -52,7 +52,7 @@ def connection_constraints(connections: Iterable[Connection]) -> tuple[list[list
     connections = list(connections)
     joined = [(c.a, c.b) for c in connections if c.type in (POSITIVE, DUPLICATE) and c.a != c.b]
     groups = [members for members in components(joined).values() if len(members) > 1]
-    apart = sorted({(min(c.a, c.b), max(c.a, c.b)) for c in connections if c.type == NEGATIVE and c.a != c.b})
+    apart = sorted({c.pair for c in connections if c.type == NEGATIVE and c.a != c.b})
     return groups, apart
 
 

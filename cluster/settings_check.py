@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cluster.config import knn_metric
+
 NOISE_SHARE = 0.9  # at least this share of images noise: the thresholds are below the signatures' distances
 ONE_CLUSTER_SHARE = 0.9  # one cluster holds at least this share of all images: the thresholds are above them
 MIN_IMAGES = 20  # smaller sets are often legitimately all noise or one group
@@ -119,7 +121,7 @@ def neighbour_distances(x: np.ndarray, min_samples: int, metric: str, *, sample:
     if k < 1:
         return np.zeros(n)
     queries = None if n <= sample else np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
-    dist, _ = knn(x, k, metric="euclidean" if metric == "minkowski" else metric, queries=queries)
+    dist, _ = knn(x, k, metric=knn_metric(metric), queries=queries)
     return dist[:, -1]
 
 
