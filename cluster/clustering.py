@@ -245,12 +245,8 @@ CORE_DISTANCES_MAX = 50_000  # DBSCAN/HDBSCAN: the neighbour distances shown in 
 
 
 def _core_distances(x: np.ndarray, cfg: OpticsConfig) -> np.ndarray:
-    """Each row's distance to its min_samples-th neighbour (itself counted, as OPTICS's core distance)."""
-    from sklearn.neighbors import NearestNeighbors
-
-    k = min(cfg.min_samples, len(x))
-    dist, _ = NearestNeighbors(n_neighbors=k, metric=cfg.metric).fit(x).kneighbors(x)
-    return dist[:, -1]
+    """Each row's distance to its min_samples-th neighbour (itself counted, as OPTICS's core distance), every row."""
+    return neighbour_distances(x, cfg.min_samples, cfg.metric, sample=len(x))
 
 
 def write_clustering(
