@@ -180,10 +180,10 @@ def _annotated_window(signatures: np.ndarray, x: int, cands: list[int], slots: i
     epoch, so that over ceil(len / slots) epochs every one is used."""
     if len(cands) <= slots:
         return list(cands)
-    v = np.asarray(signatures[np.asarray([x, *cands])], np.float64)
-    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-    sims = v[1:] @ v[0]
-    ranked = [cands[i] for i in sorted(range(len(cands)), key=lambda i: (-sims[i], cands[i]))]
+    from data.knn import exact_distances
+
+    dist = exact_distances(signatures, [x], [cands])[0]  # float64 cosine distances, the project's reference
+    ranked = [cands[i] for i in np.lexsort((np.asarray(cands), dist))]  # nearest first, ties: smaller index
     start = (epoch * slots) % len(ranked)
     return [ranked[(start + t) % len(ranked)] for t in range(slots)]
 
