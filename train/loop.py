@@ -65,9 +65,9 @@ from train.distributed import is_main, prepare_once
 from train.embedding import embed_indices, local_copy
 from train.metrics import evaluate_split
 from train.metrics_log import MetricsLog, plot_curves, val_by_epoch
-from train.mining import MiningInputs, mine_triplets, mining_inputs
+from train.mining import MiningInputs, mine_triplets
 from train.optim import make_optimizer, make_schedule
-from train.plan import Plan, measured_step_time
+from train.plan import Plan, measured_step_time, steps_per_epoch, train_inputs
 from train.prefetch import DevicePrefetcher, Prefetched
 from train.run_folder import NewRunUndo, RunError, RunFolder, RunStart
 from train.step import (
@@ -191,11 +191,8 @@ def _prepare(collection: Collection, cfg: TrainConfig, folder: RunFolder, model,
     assignment = assign_splits(collection, previous)
     _save_splits(collection, folder, assignment, log)
     group_name = {m: name for name, members in assignment.groups.items() for m in members}
-    inputs = mining_inputs(collection, assignment.split_of, skipped=list(source.skipped),
-                           train_connections=assignment.connections("train"))
-    if len(inputs.positives) == 0:
-        raise RunError(f"{collection.connections_file}: no POSITIVE connection falls in the train split; "
-                       "add connections (or annotate) before training.")
+    inputs = train_inputs(collection, assignment.split_of, assignment.connections("train"),
+                          skipped=list(source.skipped))
     present = np.array([collection.uids[i] not in source.skipped for i in range(len(collection.uids))], bool)
 
     # Start weights: f32 parameters (and the same ones `model embed --weights W --seed N` uses).
@@ -341,13 +338,6 @@ def _optimizer(ctx: _Context, total_steps: int):
     return make_optimizer(ctx.cfg, ctx.params, total_steps)
 
 
-def _steps_per_epoch(num_triplets: int, cfg: TrainConfig) -> int:
-    spe = num_triplets // cfg.batch_size
-    if spe == 0:
-        raise RunError(f"{num_triplets} triplets < batch_size {cfg.batch_size}: lower --set batch_size.")
-    return spe
-
-
 # --- set-up -----------------------------------------------------------------------------------------------------
 
 
@@ -427,7 +417,7 @@ def _first_round(run: _Run) -> LoopState:
     run.metrics.write({"step": 0, "epoch": 0, "val": val0})
     run.console.log(_start_line(run.start_eval, val0.get("mAP")))
     triplets = _mine(ctx, sig0, 0)
-    spe = _steps_per_epoch(len(triplets), ctx.cfg)
+    spe = steps_per_epoch(len(triplets), ctx.cfg.batch_size)
     total = spe * ctx.cfg.epochs
     state = replicate(init_state(ctx.params, ctx.rest, _optimizer(ctx, total), ctx.cfg.seed), ctx.mesh)
     return LoopState(state, triplets, int(state.step), 0, 0, None, _start_candidate(val0),
@@ -808,7 +798,7 @@ def _log_plan(run: _Run, ls: LoopState, measured_in: str | Path | None) -> None:
     inputs = run.ctx.inputs
     plan = Plan(len(ls.triplets), run.cfg.batch_size, run.cfg.epochs, positives=len(inputs.positives),
                 negatives=len(inputs.negatives), done_steps=ls.step,
-                step_time=measured_step_time(measured_in, run.cfg), fixed_steps_per_epoch=ls.steps_per_epoch)
+                step_time=measured_step_time(measured_in, run.cfg), steps_per_epoch=ls.steps_per_epoch)
     for line in plan.lines():
         run.console.log(line)
 

@@ -20,16 +20,16 @@ one interval: 4.1 s a step, against 0.5 s in the next round). Validation and min
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.collection import load_collection
+from data.collection import Collection, load_collection
 from data.paths import resolve_path
 from data.splits import assign_splits, load_previous
 from train.config import TrainConfig
 from train.metrics_log import read_metrics
-from train.mining import mining_inputs, planned_triplets
+from train.mining import MiningInputs, mining_inputs, planned_triplets
 
 _SAME_SPEED = ("arch", "resolution", "compute_dtype", "remat")
 
@@ -50,11 +50,7 @@ class Plan:
     negatives: int = 0  # annotated NEGATIVE pairs usable as candidates
     done_steps: int = 0
     step_time: StepTime | None = None
-    fixed_steps_per_epoch: int = 0  # a resumed run's, from its checkpoint (0: triplets // batch_size)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.fixed_steps_per_epoch or self.triplets // self.batch_size
+    steps_per_epoch: int = 0  # `steps_per_epoch(triplets, batch_size)`, or a resumed run's, from its checkpoint
 
     @property
     def total_steps(self) -> int:
@@ -113,12 +109,35 @@ def measured_step_time(run_dir: str | Path | None, cfg: TrainConfig) -> StepTime
     return StepTime(3 * cfg.batch_size / statistics.median(kept), folder.metrics, first_only=len(speeds) == 1)
 
 
+def steps_per_epoch(num_triplets: int, batch_size: int) -> int:
+    """Whole batches of triplets per epoch (what the loop runs, and what the plan shows); a clear error for none."""
+    from train.run_folder import RunError
+
+    spe = num_triplets // batch_size
+    if spe == 0:
+        raise RunError(f"{num_triplets} triplets < batch_size {batch_size}: lower --set batch_size.")
+    return spe
+
+
+def train_inputs(collection: Collection, split_of: dict[str, str], train_connections: list, *,
+                 skipped: Sequence[str] = ()) -> MiningInputs:
+    """The mining inputs of the train split (`train.mining.mining_inputs`), refused when no POSITIVE connection
+    falls in it: the run and its plan check it with one rule and one message."""
+    from train.run_folder import RunError
+
+    inputs = mining_inputs(collection, split_of, skipped=skipped, train_connections=train_connections)
+    if len(inputs.positives) == 0:
+        raise RunError(f"{collection.connections_file}: no POSITIVE connection falls in the train split; "
+                       "add connections (or annotate) before training.")
+    return inputs
+
+
 def plan_run(collection_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, *, weights: str, resume: bool,
              resume_from: str | Path | None, warn: Callable[[str], None]) -> Plan:
     """What `python -m train` with these arguments would do, computed without preparing, embedding or writing:
     the same checks of the collection and of what the run starts from, the same splits and mining inputs."""
     from train.loop import refuse_invalid_collection
-    from train.run_folder import RunError, RunFolder
+    from train.run_folder import RunFolder
 
     folder = RunFolder(run_dir)
     collection = load_collection(resolve_path(collection_dir), quiet=True)
@@ -126,15 +145,12 @@ def plan_run(collection_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, 
     start = folder.start(cfg, collection, weights, resume=resume, resume_from=resume_from, warn=warn)
     previous = start.previous_splits if start.previous_splits is not None else load_previous(collection)
     assignment = assign_splits(collection, previous)
-    inputs = mining_inputs(collection, assignment.split_of, train_connections=assignment.connections("train"))
-    if len(inputs.positives) == 0:
-        raise RunError(f"{collection.connections_file}: no POSITIVE connection falls in the train split; "
-                       "add connections (or annotate) before training.")
+    inputs = train_inputs(collection, assignment.split_of, assignment.connections("train"))
     triplets = planned_triplets(inputs, cfg.num_negatives)
-    if triplets < cfg.batch_size:
-        raise RunError(f"{triplets} triplets < batch_size {cfg.batch_size}: lower --set batch_size.")
+    spe = steps_per_epoch(triplets, cfg.batch_size)
     done = 0
     if resume:
         done = max((int(r.get("step", 0)) for r in read_metrics(folder.metrics, warn)), default=0)
     return Plan(triplets, cfg.batch_size, cfg.epochs, positives=len(inputs.positives), negatives=len(inputs.negatives),
-                done_steps=done, step_time=measured_step_time(folder.root if resume else resume_from, cfg))
+                done_steps=done, step_time=measured_step_time(folder.root if resume else resume_from, cfg),
+                steps_per_epoch=spe)
