@@ -127,18 +127,19 @@ def differences(vs: Sequence[dict]) -> list[str]:
     return out or ["connections differ"]
 
 
+def _disagreement(decisions: Sequence[dict]) -> Disagreement | None:
+    """One cluster's decisions (`by_cluster`) as a disagreement, or None when its annotators agree."""
+    vs = verdicts(decisions)
+    diff = differences(vs) if len(vs) > 1 else []
+    if not diff:
+        return None
+    last = decisions[-1]
+    return Disagreement(cluster=last["cluster"], size=len(last["members"]), verdicts=vs, differs=diff)
+
+
 def disagreements(active: Sequence[dict]) -> list[Disagreement]:
     """The clusters that several annotators decided differently, in the order they were first decided."""
-    out = []
-    for decisions in by_cluster(active).values():
-        vs = verdicts(decisions)
-        if len(vs) < 2:
-            continue
-        diff = differences(vs)
-        if diff:
-            last = decisions[-1]
-            out.append(Disagreement(cluster=last["cluster"], size=len(last["members"]), verdicts=vs, differs=diff))
-    return out
+    return [d for decisions in by_cluster(active).values() if (d := _disagreement(decisions)) is not None]
 
 
 def parse_policy(policy: str, active: Sequence[dict]) -> str:
@@ -155,10 +156,10 @@ def parse_policy(policy: str, active: Sequence[dict]) -> str:
     raise PolicyError(f"unknown --policy {policy!r}; use one of: {', '.join(POLICIES)}.")
 
 
-def _agreed(vs: Sequence[dict]) -> dict | None:
-    """The latest verdict with only the edges every verdict asserts (None when they share none)."""
+def _agreed(vs: Sequence[dict], last: dict) -> dict | None:
+    """`last` (the cluster's latest decision, always one of the verdicts) with only the edges every verdict asserts
+    (None when they share none)."""
     common = frozenset.intersection(*(_edge_set(v) for v in vs))
-    last = max(vs, key=lambda v: v["_pos"])
     if not common:
         return None
     return {**last, "edges": [e for e in last["edges"] if (*sorted(e[:2]), e[2]) in common]}
@@ -171,7 +172,7 @@ def _pick(policy: str, decisions: list[dict]) -> list[dict]:
     if policy == "latest":
         return decisions[-1:]
     if policy == "agreed":
-        one = _agreed(verdicts(decisions))
+        one = _agreed(verdicts(decisions), decisions[-1])
         return [one] if one is not None else []
     name = policy.split(":", 1)[1]
     theirs = [r for r in decisions if r.get("annotator") == name]
@@ -194,20 +195,14 @@ def choose(active: Sequence[dict], policy: str = "all") -> Choice:
     """The decisions in force that `policy` keeps (module doc), in file order, and the clusters in disagreement
     with what the policy did with each."""
     policy = parse_policy(policy, active)
-    recs = [{**r, "_pos": i} for i, r in enumerate(active)]
     kept_ids: dict[str, dict] = {}
-    clusters = by_cluster(recs)
-    for decisions in clusters.values():
-        for rec in _pick(policy, decisions):
-            kept_ids[rec["id"]] = rec
-    found = {d.verdicts[-1]["id"]: d for d in disagreements(recs)}
-    for decisions in clusters.values():
-        d = next((found[r["id"]] for r in decisions if r["id"] in found), None)
+    found = []
+    for decisions in by_cluster(active).values():
+        kept = _pick(policy, decisions)
+        kept_ids.update((rec["id"], rec) for rec in kept)
+        d = _disagreement(decisions)
         if d is not None:
-            d.outcome = _outcome(policy, [kept_ids[r["id"]] for r in decisions if r["id"] in kept_ids], d.verdicts)
-    out = [kept_ids.get(r["id"], r) for r in recs if r.get("decision") == ADD or r["id"] in kept_ids]
-    out = [{k: v for k, v in r.items() if k != "_pos"} for r in out]
-    for d in found.values():
-        d.verdicts = [{k: v for k, v in r.items() if k != "_pos"} for r in d.verdicts]
-    return Choice(policy=policy, decisions=out, disagreements=list(found.values()),
-                  left_out=len(active) - len(out))
+            d.outcome = _outcome(policy, kept, d.verdicts)
+            found.append(d)
+    out = [kept_ids.get(r["id"], r) for r in active if r.get("decision") == ADD or r["id"] in kept_ids]
+    return Choice(policy=policy, decisions=out, disagreements=found, left_out=len(active) - len(out))
