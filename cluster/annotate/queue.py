@@ -61,10 +61,10 @@ class ReviewQueue:
         self.by_key: dict[bytes, list[int]] = {}
         for cid, key in self.keys.items():
             self.by_key.setdefault(key, []).append(cid)
-        self._decided: dict[bytes, dict] = {}
         self.annotator = annotator  # None: a cluster anyone decided is done; else only this annotator's count
+        # member set -> the decision that makes it done for this queue: the latest (its annotator's own, if any)
+        self._done: dict[bytes, dict] = {}
         self._verdicts: dict[bytes, dict[str, dict]] = {}  # member set -> annotator -> their latest decision
-        self._mine: dict[bytes, dict] = {}  # member set -> this queue's annotator's latest decision (if annotator)
         self._annotated: dict[int, list[Link]] = {}
         # images added from a search, per cluster: cid -> uid -> its "add" record. An addition names its cluster
         # by id, which means the same images only under the clusters file it was made with (or a proposal's id)
@@ -126,12 +126,10 @@ class ReviewQueue:
             self._index_addition(rec)
         else:
             key = members_key(rec["members"])
-            self._decided[key] = rec
-            by = self._verdicts.setdefault(key, {})
-            by.pop(rec.get("annotator", "?"), None)
-            by[rec.get("annotator", "?")] = rec
-            if self.annotator is not None and rec.get("annotator") == self.annotator:
-                self._mine[key] = rec
+            if self.annotator is None or rec.get("annotator") == self.annotator:
+                self._done[key] = rec
+            # each annotator keeps the place of their first decision: first decided first (`cluster.agreement`)
+            self._verdicts.setdefault(key, {})[rec.get("annotator", "?")] = rec
         for a, b, t in rec["edges"]:
             ha = self._homes(a)
             if not ha:
@@ -158,7 +156,7 @@ class ReviewQueue:
         fresh = seen is None or seen[0] is not log or seen[1] > len(records) or any(
             r["kind"] != DECISION for r in records[seen[1]:])
         if fresh:
-            self._decided, self._annotated, self._added, self._verdicts, self._mine = {}, {}, {}, {}, {}
+            self._done, self._annotated, self._added, self._verdicts = {}, {}, {}, {}
             for rec in log.active_decisions():
                 self._index(rec)
         else:
@@ -168,13 +166,9 @@ class ReviewQueue:
             self._version += 1
         self._seen = (log, len(records))
 
-    def _done_keys(self) -> Mapping[bytes, dict]:
-        """The member sets decided, as this queue counts them (by anyone, or by its own annotator)."""
-        return self._decided if self.annotator is None else self._mine
-
     def decision_of(self, cid: int) -> dict | None:
         """The decision that makes this cluster done for this queue (the latest; its annotator's own)."""
-        return self._done_keys().get(self.keys[cid])
+        return self._done.get(self.keys[cid])
 
     def verdicts_of(self, cid: int) -> dict[str, dict]:
         """Each annotator's latest decision in force on this cluster (annotator -> record), first decided first."""
@@ -184,7 +178,7 @@ class ReviewQueue:
         return self.decision_of(cid) is not None
 
     def progress(self) -> dict:
-        done = sum(len(self.by_key.get(k, ())) for k in self._done_keys())
+        done = sum(len(self.by_key.get(k, ())) for k in self._done)
         return {"done": done, "left": len(self) - done, "total": len(self)}
 
     def current(self) -> int | None:
