@@ -35,9 +35,8 @@ MAP_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'un
 APP_JS = """window.MAPAPP = {  // served by the annotation app (cluster/annotate/map_routes.py)
   thumbs: "/thumbs/",
   proposal: "/api/proposal",
+  page: "/",
   open: body => "/#cluster=" + body.cluster,
-  cluster: id => "/#cluster=" + id,
-  image: (id, uid) => "/#cluster=" + id + (uid === undefined ? "" : "&uid=" + encodeURIComponent(uid)),
 };
 """
 _COLUMN = re.compile(r"col-(\d{1,6})\.js")

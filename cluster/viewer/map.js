@@ -154,7 +154,7 @@ function appAddress() { return (localStorage.getItem("map-app-address") || D.app
 function judgeLink(i) {
   const hash = `#cluster=${C[i]}` + (uid(i) === undefined ? "" : "&uid=" + encodeURIComponent(uid(i)));
   const a = el("a", `judge cluster ${C[i]} in the annotation page`, "judge");
-  if (APP) { a.href = APP.image(C[i], uid(i)); return [a]; }
+  if (APP) { a.href = APP.page + hash; return [a]; }
   a.href = appAddress() + hash; a.target = "_blank"; a.rel = "noopener";
   return [a, el("div", `opens ${appAddress()} in a new tab: start the annotation app there first ` +
     "(python -m cluster annotate --collection DIR --clusters the clusters.csv of this map), or serve this map " +
