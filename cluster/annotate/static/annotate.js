@@ -57,8 +57,8 @@ function setTick(uid, on) {
   if (state.cluster && state.cluster.decision) return;  // read-only: the decision's own ticks stay shown
   if (on === state.sel.all) state.sel.except.delete(uid); else state.sel.except.add(uid);
 }
-function clusterTitle(c) { return c.kind === "proposal" ? `Proposal ${-c.id - 1}` : `Cluster ${c.id}`; }
 const clusterName = (id) => (id < -1 ? `Proposal ${-id - 1}` : `Cluster ${id}`);  // a proposal's id is -1 - N
+const clusterTitle = (c) => clusterName(c.id);
 
 // a decision as its button names it ("Confirm, reject the rest"), not as the log stores it ("confirm_reject")
 function decisionLabel(name) {
