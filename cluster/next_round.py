@@ -25,6 +25,7 @@ from data.splits import assign_splits, load_previous
 class TrainingPairs:
     positives: int  # POSITIVE pairs the train split uses
     negatives: int  # annotated NEGATIVE pairs training can use
+    held_out: int = 0  # POSITIVE pairs of the val and test splits: they measure a round, never train it
 
 
 def training_pairs(collection: Collection, previous: dict[str, str] | None) -> TrainingPairs:
@@ -37,7 +38,8 @@ def training_pairs(collection: Collection, previous: dict[str, str] | None) -> T
         return c.type == NEGATIVE and c.a != c.b and ends_ok and group.get(c.a, c.a) != group.get(c.b, c.b)
 
     negatives = {c.pair for c in collection.connections if usable(c)}
-    return TrainingPairs(len(split.connections("train")), len(negatives))
+    return TrainingPairs(len(split.connections("train")), len(negatives),
+                         len(split.connections("val")) + len(split.connections("test")))
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,9 @@ class TrainingEffect:
             f"gives 2 x num_negatives triplets)",
             f"  annotated NEGATIVE pairs training can use: {b.negatives} -> {a.negatives} (mining candidates, at "
             f"most annotated_negative_share of each image's negatives: they add no steps)",
-        ]
+        ] + ([f"  held-out POSITIVE pairs (val, test): {b.held_out} -> {a.held_out} (a link that touches a val or "
+              f"test group joins it, so that no held-out image moves into training: these pairs measure the next "
+              f"round, they do not train it)"] if a.held_out != b.held_out else [])
 
 
 def training_effect(collection: Collection, rows: list[Connection]) -> TrainingEffect:

@@ -330,6 +330,27 @@ def test_accept_says_what_the_next_training_round_gets(annot_collection):
     # a second run: nothing changes, and it says so in the same terms
     r = CliRunner().invoke(cli, ["accept", "--collection", str(annot_collection.root)])
     assert "training POSITIVE pairs: 8 -> 8" in r.output and "annotated NEGATIVE pairs training can use: 9 -> 9" in r.output
+    assert "held-out POSITIVE pairs" not in r.output  # every image in train: nothing held out, no line
+
+
+def test_accept_says_when_new_pairs_join_a_held_out_group(annot_collection):
+    """A new-user trial confirmed a cluster holding a test image: 8 new POSITIVE pairs, and accept said
+    'training POSITIVE pairs: 18 -> 18' with no word of where they went (into the test group, by design)."""
+    import json
+
+    from cluster.__main__ import cli
+    from cluster.review import implied_edges
+
+    u = annot_collection.uids
+    split_of = dict.fromkeys(u, "train") | dict.fromkeys(u[6:9], "test")
+    (annot_collection.root / "splits.json").write_text(json.dumps({"version": 1, "split_of": split_of}))
+    AnnotationStore(annot_collection.root).decide(
+        cluster=0, decision="confirm", members=u[6:9], ticked=u[6:9], edges=implied_edges("confirm", u[6:9], u[6:9]),
+        clusters_file="clusters.csv", clusters_sha256="0" * 64, annotator="ada")  # u6-u7 known; u6-u8, u7-u8 new
+    r = CliRunner().invoke(cli, ["accept", "--collection", str(annot_collection.root)])
+    assert r.exit_code == 0, r.output
+    assert "training POSITIVE pairs: 5 -> 5" in r.output
+    assert "held-out POSITIVE pairs (val, test): 1 -> 3 (a link that touches a val or test group joins it" in r.output
 
 
 def test_a_wrong_cluster_accepted_then_undone_takes_its_negatives_out(annot_collection):
