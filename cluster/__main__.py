@@ -5,6 +5,7 @@ Thin: each command parses options and calls library functions that the tests cal
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 import threading
@@ -13,8 +14,6 @@ from pathlib import Path
 
 import click
 
-from cluster.accept import accept
-from cluster.annotate.cli import annotate
 from cluster.config import (
     AUTO,
     CLUSTER_METHODS,
@@ -29,9 +28,26 @@ from cluster.config import (
 from cluster.config import COMMAND_DEFAULTS as DEFAULTS
 from cluster.map_data import APP_ADDRESS
 from data.paths import UserPath
+from data.startup import for_this_process, imports_without_collection, owns_process
 
 
-@click.group()
+class _LazyGroup(click.Group):
+    """Commands of other modules, imported when asked for: `cluster optics` need not import the annotation app
+    (Flask and its routes, ~0.1 s of a 2-3 s command)."""
+
+    LAZY = {"annotate": "cluster.annotate.cli:annotate", "accept": "cluster.accept:accept"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.LAZY and name not in self.commands:
+            module, attr = self.LAZY[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_LazyGroup)
 def cli() -> None:
     """Cluster signatures, judge the clusters, map the collection, annotate and accept."""
 
@@ -104,8 +120,13 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
     The default method is OPTICS equal to scikit-learn's OPTICS with the same parameters (on the centred
     signatures, with max_eps from their own neighbour distances, unless told otherwise).
     """
-    from cluster.clustering import cluster_signatures, write_clustering
-    from cluster.clusters_file import ClustersFileError, check_out
+    with imports_without_collection():  # jax, scikit-learn, matplotlib: data.startup says why
+        from cluster.clustering import cluster_signatures, write_clustering
+        from cluster.clusters_file import ClustersFileError, check_out
+    if owns_process():  # a process-wide JAX setting: not inside the tests' or a notebook's process
+        from data.compile_cache import enable_compilation_cache
+
+        enable_compilation_cache(min_compile_seconds=0.0)
 
     try:
         check_out(out)
@@ -434,9 +455,6 @@ def export_cmd(collection_dir: Path, clusters_path: Path, annotations: Path | No
     click.echo(f"{out_dir}: {', '.join(result.files)} ({counts})")
 
 
-cli.add_command(annotate)
-cli.add_command(accept)
-
-
 if __name__ == "__main__":
+    for_this_process()
     cli()

@@ -156,7 +156,7 @@ def embed(
     chunk by chunk: a killed run, started again with the same arguments, resumes where it stopped.
     """
     from data.collection import CollectionError
-    from model.compile_cache import enable_compilation_cache
+    from data.compile_cache import enable_compilation_cache
     from model.distributed import maybe_initialize
     from model.embed import embed_to_store
     from model.signature import set_conv_impl

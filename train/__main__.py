@@ -71,7 +71,7 @@ def run_cmd(collection, arch, weights, out, preset_name, seed, overrides, resume
 
     set_train_flags()  # before anything creates the XLA backends
     maybe_initialize(coordinator, num_processes, process_id)
-    from model.compile_cache import enable_compilation_cache
+    from data.compile_cache import enable_compilation_cache
     from model.weights import WeightsError
     from train.loop import run_training
     from train.run_folder import RunError, RunFolder

@@ -1,4 +1,5 @@
-"""The persistent XLA compilation cache of real runs (`python -m train`, `python -m model embed`).
+"""The persistent XLA compilation cache of real runs (`python -m train`, `python -m model embed`,
+`python -m cluster optics`).
 
 Why: compiling the train step of a ResNeXt-101 takes minutes (on XLA:CPU, with split grouped convs,
 longer still); a resumed run, the next annotation round or a second embedding of the same model
@@ -6,8 +7,14 @@ compiles exactly the same programs. With the cache on disk they are loaded inste
 
 Where: `$VISUAL_SIGNATURES_CACHE` if set (a directory; "off" or "" disables the cache), else an
 explicit `JAX_COMPILATION_CACHE_DIR` (JAX's own variable, e.g. the test suite's), else
-`~/.cache/visual-signatures/jax`. Only programs that took at least `MIN_COMPILE_SECONDS` to compile
-are stored: small helper functions compile faster than they load.
+`~/.cache/visual-signatures/jax`. Training and embedding store only programs that took at least
+`MIN_COMPILE_SECONDS` to compile (their many small helpers would fill the cache for little). `cluster
+optics` stores all of its ~13 small programs (the kNN search and its helpers, ~70 KB together): they take
+~0.2 s to compile and ~0.03 s to load, a tenth of the whole command at 8,000 signatures (measured on the
+2-core CPU of benchmarks/RESULTS.md). A new number of signatures is a new shape, so new entries;
+`jax_compilation_cache_max_size` (JAX's own setting) bounds the directory if that ever matters.
+
+In data/ because jax programs are compiled in model/, train/ and data/ (data.knn, which cluster/ runs).
 """
 
 from __future__ import annotations
@@ -34,10 +41,12 @@ def cache_dir(environ=None) -> Path | None:
     return Path.home() / ".cache" / "visual-signatures" / "jax"
 
 
-def enable_compilation_cache(enabled: bool = True, *, environ=None) -> Path | None:
+def enable_compilation_cache(enabled: bool = True, *, environ=None,
+                             min_compile_seconds: float = MIN_COMPILE_SECONDS) -> Path | None:
     """Point JAX's persistent compilation cache at `cache_dir()`; returns the directory (None: off).
 
     Call before the first compilation. `enabled=False` (a CLI switch) leaves JAX's settings alone.
+    min_compile_seconds: store programs that took at least this long to compile (0: every program).
     """
     path = cache_dir(environ) if enabled else None
     if path is None:
@@ -49,5 +58,5 @@ def enable_compilation_cache(enabled: bool = True, *, environ=None) -> Path | No
               file=sys.stderr)
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
     return path
