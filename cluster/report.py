@@ -133,6 +133,9 @@ def selection_note(eval_json: dict) -> str:
         return (f"<p class='warn'><b>No epoch beat the starting network on val{seen}: the run exported the "
                 f"starting network's weights and signatures unchanged.</b> Training did not help here; try a "
                 f"lower learning rate or more connections.</p>")
+    if eval_json.get("selected") == "trained" and "best" in eval_json and eval_json["best"] is None:
+        return ("<p>No val queries (no image of split val has a partner): nothing could select an epoch, so the "
+                "run exported its last epoch's network.</p>")
     if eval_json.get("selected") == "trained" and epochs:
         return f"<p>Exported the best network on val among the start and every epoch{seen}.</p>"
     return ""

@@ -382,10 +382,18 @@ def _start_eval(ctx: _Context, *, progress: bool, main: bool, warn) -> tuple[dic
     return start_eval, True
 
 
+NO_VAL_LINE = ("start: no val queries (no image of split val has a partner in the collection), so the epochs "
+               "cannot be compared: every epoch is trained and the LAST one is exported. To select the best "
+               "epoch, hold out some pattern groups as val: the split column of connections.csv for groups not "
+               "yet in splits.json (docs/training.md, \"Without val groups\").")
+
+
 def _start_line(start_eval: dict, prepared_val: float | None) -> str:
     """The start's val mAP on both paths, named: eval.json's (original files, as `model embed`) and the
     prepared dataset's that every epoch is compared with. Printed alone, the first looked like a drop at
     epoch 1 whenever the two differ (downscaled JPEGs of the prepared dataset against the original files)."""
+    if start_eval["val"].get("mAP") is None:
+        return NO_VAL_LINE
     line = f"start: val mAP {start_eval['val'].get('mAP', float('nan')):.4f} on the original files"
     if prepared_val is not None:
         line += f" ({prepared_val:.4f} on the prepared training images, which the epochs below are compared with)"
@@ -618,8 +626,8 @@ def _end_epoch(run: _Run, ls: LoopState, batches: _Batches, losses: _LossLog, st
     vmap = val.get("mAP")
     if vmap is not None and (ls.best is None or vmap > ls.best["mAP"]):
         ls.best = {"mAP": vmap, "step": ls.step, "epoch": ls.epoch}
-    run.console.log(f"epoch {ls.epoch}: val mAP {vmap if vmap is not None else float('nan'):.4f} "
-                    f"recall@10 {val.get('recall@10', float('nan')):.4f}")
+    run.console.log(f"epoch {ls.epoch}: val mAP {vmap:.4f} recall@10 {val.get('recall@10', float('nan')):.4f}"
+                    if vmap is not None else f"epoch {ls.epoch}: trained (no val queries: not validated)")
     more = ls.epoch < run.cfg.epochs
     if more:
         ls.triplets = _mine(run.ctx, sig, ls.epoch)
@@ -751,7 +759,8 @@ def _export(run: _Run, result: RunResult, final_state, final_sig: Signatures, be
     epoch_vals = val_by_epoch(run.metrics.records())
     _write_json(folder.eval, {
         "start": run.start_eval, "trained": result.final_eval, "best": best, "steps": result.step,
-        "selected_by": "val mAP", "selected": result.selected, "val_mAP_by_epoch": epoch_vals,
+        "selected_by": "val mAP" if best is not None else "the last epoch (no val queries)",
+        "selected": result.selected, "val_mAP_by_epoch": epoch_vals,
         "weights_start": str(run.weights), "note": _EVAL_NOTE,
     })
     if start:  # reloaded: training consumed (donated) the start's device arrays
@@ -762,8 +771,18 @@ def _export(run: _Run, result: RunResult, final_state, final_sig: Signatures, be
     plot_curves(run.metrics.records(), folder.curves)
     if start:
         run.console.log(_start_kept_line(epoch_vals))
-    run.console.log(f"done: test mAP {run.start_eval['test'].get('mAP', float('nan')):.4f} -> "
-                    f"{result.final_eval['test'].get('mAP', float('nan')):.4f}; outputs in {folder.root}")
+    run.console.log(_done_line(run.start_eval["test"], result.final_eval["test"], best, folder.root))
+
+
+def _done_line(start_test: dict, final_test: dict, best: dict | None, root: Path) -> str:
+    """The run's last line: test mAP before -> after, and which network that is when no val selected it."""
+    if start_test.get("mAP") is None:
+        line = "done: no test queries (no image of split test has a partner), so no test mAP"
+    else:
+        line = f"done: test mAP {start_test['mAP']:.4f} -> {final_test.get('mAP', float('nan')):.4f}"
+    if best is None:
+        line += " (the last epoch's network: no val queries to select by)"
+    return f"{line}; outputs in {root}"
 
 
 def _finish(run: _Run, ls: LoopState, status: str, losses: list[float]) -> RunResult:

@@ -318,6 +318,31 @@ def test_a_run_that_never_beats_its_start_exports_the_start(tiny_collection, tmp
     assert "val mAP on the prepared training images" in table and "on the original image files" in table
 
 
+def test_a_collection_without_val_groups_says_so_and_exports_the_last_epoch(tmp_path, cli_env):
+    """No val queries: no "val mAP nan" lines, one line saying what that means and what to do, eval.json and the
+    last line name the last epoch as what was exported."""
+    from tests.train.conftest import build_tiny_collection
+
+    coll = build_tiny_collection(tmp_path / "coll", groups=(4, 0, 2), distractors=4, size=32)
+    out = tmp_path / "run"
+    res = cli_env(["--collection", str(coll), "--out", str(out), "--arch", "resnet18",
+                   *_set_args(apply_overrides(CFG, {"epochs": 2}))])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "nan" not in res.output
+    assert "start: no val queries" in res.output and "the LAST one is exported" in res.output
+    assert "epoch 1: trained (no val queries: not validated)" in res.output
+    assert "epoch 2: trained (no val queries: not validated)" in res.output
+    assert "(the last epoch's network: no val queries to select by)" in res.output
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["best"] is None and ev["selected"] == "trained"
+    assert ev["selected_by"] == "the last epoch (no val queries)"
+    from cluster.report import retrieval_table
+
+    assert "exported its last epoch's network" in retrieval_table(ev)
+    exported = load_signatures(out / "signatures.npz")
+    assert ev["steps"] > 0 and exported.meta["step"] == ev["steps"] and exported.meta["selected"] == "trained"
+
+
 # --- a new user's trial after issue 11: ties, resume guards, damaged weights, library noise, messages -----
 
 
