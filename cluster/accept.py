@@ -44,10 +44,11 @@ from data.collection import (
     ANNOTATIONS_FILE,
     CONNECTION_TYPES,
     CONNECTIONS_FILE,
+    CONTRADICTORY,
     DUPLICATE,
+    IMPLIED_BY,
     NEGATIVE,
     POSITIVE,
-    SIMILAR,
     Collection,
     CollectionError,
     Connection,
@@ -57,11 +58,6 @@ from data.collection import (
 )
 from data.paths import UserPath
 
-CONTRADICTORY = {frozenset((POSITIVE, NEGATIVE)), frozenset((DUPLICATE, NEGATIVE))}
-# An existing type that already says what a new edge would: the edge adds nothing and is not written (one pair
-# with two types is a `data check` warning for good). DUPLICATE (the same object) implies POSITIVE (the same
-# pattern) and SIMILAR; POSITIVE implies SIMILAR. The other way round the new type says more and is written.
-IMPLIED_BY = {POSITIVE: frozenset({DUPLICATE}), SIMILAR: frozenset({POSITIVE, DUPLICATE})}
 _ROUND = re.compile(r"^annotation:(\d+)$")
 _ENCODING_NAMES = {"cp1252": "Windows-1252", "utf-16": "UTF-16", "utf-8-sig": "UTF-8 with BOM"}
 

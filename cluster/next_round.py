@@ -6,10 +6,9 @@ candidates with a bounded share of each anchor's negatives (train/mining.py), so
 the train split drive the number of steps; accept shows both counts before -> after, so that the cost of the
 next round is known before it starts (`python -m train ... --plan` gives the exact steps).
 
-Counted with data/ only (cluster/ never imports train/), as training counts them: POSITIVE pairs usable in
-the train split (`data.splits`, with the collection's saved splits.json, so a held-out group stays held
-out), and distinct NEGATIVE pairs whose ends are both outside the val and test groups and not in one
-pattern group (training ignores the others).
+Counted with data/ only (cluster/ never imports train/), by the rules training uses: POSITIVE pairs usable
+in the train split (`data.splits`, with the collection's saved splits.json, so a held-out group stays held
+out), and the NEGATIVE pairs `data.splits.usable_negatives` gives training's mining too.
 """
 
 from __future__ import annotations
@@ -17,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from data.collection import NEGATIVE, Collection, Connection
-from data.splits import assign_splits, load_previous
+from data.collection import Collection, Connection
+from data.splits import assign_splits, load_previous, usable_negatives
 
 
 @dataclass(frozen=True)
@@ -31,13 +30,7 @@ class TrainingPairs:
 def training_pairs(collection: Collection, previous: dict[str, str] | None) -> TrainingPairs:
     """The pairs the next training round takes from `collection` (see the module docstring)."""
     split = assign_splits(collection, previous)
-    group = {m: name for name, members in split.groups.items() for m in members}
-
-    def usable(c: Connection) -> bool:
-        ends_ok = all(u in collection and split.split_of.get(u, "train") == "train" for u in (c.a, c.b))
-        return c.type == NEGATIVE and c.a != c.b and ends_ok and group.get(c.a, c.a) != group.get(c.b, c.b)
-
-    negatives = {c.pair for c in collection.connections if usable(c)}
+    negatives = usable_negatives(collection, split.split_of)
     return TrainingPairs(len(split.connections("train")), len(negatives),
                          len(split.connections("val")) + len(split.connections("test")))
 

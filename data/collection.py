@@ -39,6 +39,12 @@ DUPLICATE = "DUPLICATE"
 SIMILAR = "SIMILAR"
 CONNECTION_TYPES = (POSITIVE, NEGATIVE, DUPLICATE, SIMILAR)
 SPLITS = ("train", "val", "test")
+# Pairs of types that cannot both hold for one pair: `data check` errors, `cluster accept` refuses to add one.
+CONTRADICTORY = frozenset({frozenset((POSITIVE, NEGATIVE)), frozenset((DUPLICATE, NEGATIVE))})
+# type -> the types that already imply it: DUPLICATE (the same object) implies POSITIVE (the same pattern) and
+# SIMILAR; POSITIVE implies SIMILAR. A row of an implied type on a pair that has the stronger one adds nothing
+# (`data check` says so; `cluster accept` does not write it). The other way round the new type says more.
+IMPLIED_BY = {POSITIVE: frozenset({DUPLICATE}), SIMILAR: frozenset({POSITIVE, DUPLICATE})}
 
 IMAGE_COLUMNS = ("uid", "path", "url")
 CONNECTION_COLUMNS = ("a", "b", "type", "split", "source", "annotated_at")

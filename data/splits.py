@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.atomic import atomic_write_text
 from data.collection import DUPLICATE, NEGATIVE, POSITIVE, SPLITS, Collection, Connection
-from data.graph import UnionFind
+from data.graph import UnionFind, pattern_groups
 
 SPLITS_FILE = "splits.json"
 # Order of protection: a component touching a held-out split is held out.
@@ -199,6 +200,25 @@ def assign_splits(
     split_of = _group_splits(groups, _pins(known, previous, notes), fractions)
     usable, excluded = _usable(known, split_of)
     return SplitAssignment(split_of=split_of, groups=groups, excluded=excluded, notes=notes, _usable=usable)
+
+
+def usable_negatives(collection: Collection, split_of: Mapping[str, str], *, train_split: str = "train",
+                     skipped: Container[str] = ()) -> set[tuple[str, str]]:
+    """The annotated NEGATIVE pairs training can use, as sorted uid pairs (`Connection.pair`), distinct.
+
+    Both ends known to images.csv, readable (not in `skipped`) and in the negative pool: the train split or no
+    split (a held-out image is never pushed away from anything); and not in one pattern group (POSITIVE and
+    DUPLICATE edges join groups): a NEGATIVE the group contradicts is not used. One rule for the mining
+    candidates (train.mining) and for what `cluster accept` says the next round will use (cluster.next_round).
+    """
+    groups = pattern_groups(collection, with_duplicates=True)
+
+    def in_pool(uid: str) -> bool:
+        return uid in collection and uid not in skipped and split_of.get(uid, train_split) == train_split
+
+    return {c.pair for c in collection.connections
+            if c.type == NEGATIVE and c.a != c.b and in_pool(c.a) and in_pool(c.b)
+            and groups.get(c.a, c.a) != groups.get(c.b, c.b)}  # fmt: skip
 
 
 def save_splits(path: str | Path, assignment: SplitAssignment) -> None:

@@ -18,10 +18,9 @@ from data.check_cache import FULL, QUICK, CheckCache
 from data.collection import (
     CONNECTION_TYPES,
     CONNECTIONS_FILE,
-    DUPLICATE,
+    CONTRADICTORY,
     IMAGES_FILE,
-    NEGATIVE,
-    POSITIVE,
+    IMPLIED_BY,
     SPLITS,
     Collection,
     Connection,
@@ -45,7 +44,6 @@ EXISTS = "exists"
 MODES = (EXISTS, QUICK, FULL)
 
 # Pairs of types that cannot both hold for one pair of images.
-_CONTRADICTORY = {frozenset((POSITIVE, NEGATIVE)), frozenset((DUPLICATE, NEGATIVE))}
 
 
 def _warn(message: str) -> None:
@@ -206,7 +204,7 @@ def _check_files(coll: Collection, add: Callable[[Problem], None]) -> None:
 def _check_pair(c: Connection, earlier: list[tuple[str, int]], add: Callable[[Problem], None]) -> None:
     """Compare a connection with the earlier rows of the same pair (contradiction, duplicate, two types)."""
     for t, line in earlier:
-        if frozenset((t, c.type)) in _CONTRADICTORY:
+        if frozenset((t, c.type)) in CONTRADICTORY:
             add(Problem(ERROR, CONNECTIONS_FILE, c.line, c.a,
                         f"contradictory pair ({c.a}, {c.b}): {c.type} here, {t} on line {line}; keep one."))
             break
@@ -217,8 +215,11 @@ def _check_pair(c: Connection, earlier: list[tuple[str, int]], add: Callable[[Pr
     else:
         if earlier:
             t, line = earlier[0]
+            weaker, stronger = (c.type, t) if t in IMPLIED_BY.get(c.type, ()) else (t, c.type)
+            why = (f": {stronger} implies {weaker}, so the {weaker} row adds nothing; remove it"
+                   if stronger in IMPLIED_BY.get(weaker, ()) else "")
             add(Problem(WARNING, CONNECTIONS_FILE, c.line, c.a,
-                        f"pair ({c.a}, {c.b}) is {c.type} here and {t} on line {line}."))
+                        f"pair ({c.a}, {c.b}) is {c.type} here and {t} on line {line}{why}."))
     earlier.append((c.type, c.line))
 
 

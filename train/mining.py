@@ -40,8 +40,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.collection import NEGATIVE, POSITIVE, Collection
+from data.collection import POSITIVE, Collection
 from data.graph import pattern_groups
+from data.splits import usable_negatives
 
 
 def nearest_non_group(
@@ -131,12 +132,8 @@ def mining_inputs(
          if c.type == POSITIVE and usable(c)
          and split_of.get(c.a) == train_split and split_of.get(c.b) == train_split}
     )
-    neg = sorted(
-        {tuple(sorted((index[c.a], index[c.b])))
-         for c in collection.connections
-         if c.type == NEGATIVE and usable(c) and pool[index[c.a]] and pool[index[c.b]]
-         and group[index[c.a]] != group[index[c.b]]}  # a contradicted NEGATIVE (same group) is not used
-    )
+    neg = sorted({tuple(sorted((index[a], index[b])))
+                  for a, b in usable_negatives(collection, split_of, train_split=train_split, skipped=bad)})
     return MiningInputs(
         positives=np.asarray(pos, np.int64).reshape(-1, 2),
         group=group,

@@ -127,3 +127,26 @@ def test_splits_cli_persists_and_reuses(collection_factory):
 def test_duplicate_only_components_have_no_split():
     sp = assign_splits(_coll(["a", "b", "x", "y"], [("a", "b", "POSITIVE", None), ("x", "y", "DUPLICATE", None)]))
     assert set(sp.split_of) == {"a", "b"} and sp.excluded == []
+
+
+def test_usable_negatives_one_rule_for_mining_and_accept():
+    """A NEGATIVE is usable when both ends are known, readable, in the negative pool (train or no split) and
+    not in one pattern group (DUPLICATE joins groups too); each pair counts once, in either direction."""
+    from data.splits import usable_negatives
+
+    uids = ["a1", "a2", "a3", "b1", "b2", "v1", "v2", "x", "y", "z", "bad"]
+    conns = [("a1", "a2", "POSITIVE", "train"), ("a2", "a3", "DUPLICATE", None), ("b1", "b2", "POSITIVE", "train"),
+             ("v1", "v2", "POSITIVE", "val"),
+             ("a1", "b1", "NEGATIVE", None), ("b1", "a1", "NEGATIVE", None),  # one pair, twice
+             ("a1", "a3", "NEGATIVE", None),  # contradicted through the DUPLICATE edge
+             ("a2", "a1", "NEGATIVE", None),  # contradicted by the POSITIVE edge
+             ("x", "v1", "NEGATIVE", None),  # a held-out end
+             ("x", "y", "NEGATIVE", None),  # two unconnected images: usable
+             ("y", "bad", "NEGATIVE", None),  # an unreadable end
+             ("z", "ghost", "NEGATIVE", None),  # an end images.csv does not know
+             ("z", "z", "NEGATIVE", None)]  # fmt: skip
+    coll = _coll(uids, conns)
+    split_of = assign_splits(coll).split_of
+    assert (split_of["a1"], split_of["b1"], split_of["v1"]) == ("train", "train", "val")
+    assert usable_negatives(coll, split_of, skipped={"bad"}) == {("a1", "b1"), ("x", "y")}
+    assert usable_negatives(coll, split_of) == {("a1", "b1"), ("x", "y"), ("bad", "y")}

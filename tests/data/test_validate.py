@@ -51,6 +51,20 @@ def test_duplicate_pair_is_a_warning(collection_factory):
     assert (w.file, w.line, w.uid) == ("connections.csv", 4, "b")
 
 
+def test_a_pair_with_two_types_says_which_row_adds_nothing(collection_factory):
+    """DUPLICATE implies POSITIVE (data.collection.IMPLIED_BY, what `cluster accept` uses not to write such a
+    row): the warning says so and which row to remove; two types neither of which implies the other: no advice."""
+    rep = validate(collection_factory(UIDS, [("a", "b", "DUPLICATE"), ("b", "a", "POSITIVE"), ("c", "d", "SIMILAR"),
+                                             ("d", "c", "NEGATIVE")]))  # fmt: skip
+    assert rep.errors == []
+    (implied,) = [p for p in rep.warnings if "(b, a)" in p.message]
+    assert implied.line == 3 and implied.message.endswith(
+        "is POSITIVE here and DUPLICATE on line 2: DUPLICATE implies POSITIVE, so the POSITIVE row adds nothing; "
+        "remove it.")
+    (other,) = [p for p in rep.warnings if "(d, c)" in p.message]
+    assert other.message.endswith("is NEGATIVE here and SIMILAR on line 4.")
+
+
 def test_missing_image_file(collection_factory):
     root = collection_factory(UIDS, [("a", "b")])
     (root / "img" / "c.png").unlink()
