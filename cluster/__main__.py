@@ -27,8 +27,8 @@ from cluster.config import (
 )
 from cluster.config import COMMAND_DEFAULTS as DEFAULTS
 from cluster.map_data import APP_ADDRESS
+from data.gc_policy import for_this_process, owns_process, paused_collection
 from data.paths import UserPath
-from data.startup import for_this_process, imports_without_collection, owns_process
 
 
 class _LazyGroup(click.Group):
@@ -120,7 +120,7 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
     The default method is OPTICS equal to scikit-learn's OPTICS with the same parameters (on the centred
     signatures, with max_eps from their own neighbour distances, unless told otherwise).
     """
-    with imports_without_collection():  # jax, scikit-learn, matplotlib: data.startup says why
+    with paused_collection():  # jax, scikit-learn, matplotlib: data.gc_policy says why
         from cluster.clustering import cluster_signatures, write_clustering
         from cluster.clusters_file import ClustersFileError, check_out
     if owns_process():  # a process-wide JAX setting: not inside the tests' or a notebook's process
@@ -455,6 +455,11 @@ def export_cmd(collection_dir: Path, clusters_path: Path, annotations: Path | No
     click.echo(f"{out_dir}: {', '.join(result.files)} ({counts})")
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The command line as its own process (`python -m cluster`, the vsig-cluster script): data.gc_policy."""
     for_this_process()
     cli()
+
+
+if __name__ == "__main__":
+    main()

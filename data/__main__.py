@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from data.collection import CollectionError
+from data.gc_policy import for_this_process
 from data.paths import UserPath
 
 
@@ -208,5 +209,11 @@ def prepare(collection: Path, max_side: int, out: Path | None, force: bool) -> N
     click.echo(f"{res.path}: {state} ({len(res.skipped)} skipped)")
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The command line as its own process (`python -m data`, the vsig-data script): data.gc_policy."""
+    for_this_process()
     cli()
+
+
+if __name__ == "__main__":
+    main()

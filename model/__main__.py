@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from data.gc_policy import for_this_process
 from data.paths import PathOrWord, UserPath
 from model.embed import CHUNK_IMAGES
 from model.lowering import CONV_IMPLS
@@ -359,5 +360,11 @@ def _workers(workers: int | None) -> int:
     return workers if workers is not None else max(0, min(8, (os.cpu_count() or 1) - 2))
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The command line as its own process (`python -m model`, the vsig-model script): data.gc_policy."""
+    for_this_process()
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from data.gc_policy import for_this_process
 from data.paths import PathOrWord, UserPath
 from train.config import DEFAULT_PRESET, PRESETS, TrainConfig, apply_overrides, preset, start_config
 
@@ -183,5 +184,11 @@ def evaluate_cmd(signatures, collection, split, splits_file, ignore_unknown) -> 
     click.echo(json.dumps(result, indent=2, sort_keys=True))
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The command line as its own process (`python -m train`, the vsig-train script): data.gc_policy."""
+    for_this_process()
     cli()
+
+
+if __name__ == "__main__":
+    main()

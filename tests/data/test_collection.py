@@ -178,3 +178,32 @@ def test_write_images_keeps_the_header(tmp_path):
     out = tmp_path / "out.csv"
     write_images(out, [*recs, ImageRecord("u2", "b.png", None, {}, 0)], fmt=read_csv_format(src))
     assert out.read_text().splitlines() == ["title,uid,url,path,note", "T,u1,,a.png,n1", ",u2,,b.png,"]
+
+
+def test_lines_split_like_stringio_one_at_a_time():
+    """The reader's line splitter is io.StringIO(newline="")'s (\\r\\n, \\r of old Mac Excel, \\n; not the
+    other Unicode line breaks), so every CSV parses and counts lines as before, without StringIO's copy."""
+    import csv
+    import io
+    import random
+
+    from data.collection import _lines
+
+    rng = random.Random(0)
+    alphabet = ["a", ",", '"', "\r", "\n", "\r\n", " ", "é", "\u2028", "\x0c"]
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 30)))
+        assert list(_lines(text)) == list(io.StringIO(text, newline="")), repr(text)
+        try:
+            want = list(csv.reader(io.StringIO(text, newline="")))
+        except csv.Error:
+            continue
+        assert list(csv.reader(_lines(text))) == want, repr(text)
+
+
+def test_a_collection_of_old_mac_excel_lines_reads(tmp_path):
+    (tmp_path / "images.csv").write_bytes(b"uid,path,title\rm1,a.png,\"two\rlines\"\rm2,b.png,x\r")
+    (tmp_path / "connections.csv").write_bytes(b"a;b;type\rm1;m2;POSITIVE\r")
+    coll = load_collection(tmp_path, quiet=True)
+    assert [(r.uid, r.meta["title"], r.line) for r in coll.images] == [("m1", "two\rlines", 2), ("m2", "x", 4)]
+    assert [(c.a, c.b, c.type, c.line) for c in coll.connections] == [("m1", "m2", "POSITIVE", 2)]

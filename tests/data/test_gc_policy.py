@@ -1,5 +1,5 @@
-"""data.startup: the collector is off during a command's imports and skipped at exit, only in a process a
-command line owns; the cluster CLI loads the annotation app only when asked for."""
+"""data.gc_policy: the collector paused around work that makes many objects (frozen after it, and skipped at
+exit, only in a process a command line owns); the cluster CLI loads the annotation app only when asked for."""
 
 import gc
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from data import startup
+from data import gc_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,22 +17,25 @@ def _python(code: str) -> subprocess.CompletedProcess:
                           timeout=120)  # fmt: skip
 
 
-def test_inside_another_process_nothing_changes():
-    """The tests' own process (CliRunner) never called for_this_process: no freezing, the collector untouched."""
-    assert not startup.owns_process()
+def test_inside_another_process_the_collector_is_paused_and_nothing_frozen():
+    """The tests' own process (CliRunner) never called for_this_process: paused for the block, never frozen."""
+    assert not gc_policy.owns_process()
     frozen = gc.get_freeze_count()
-    with startup.imports_without_collection():
-        assert gc.isenabled()
+    with gc_policy.paused_collection():
+        assert not gc.isenabled()
+        with gc_policy.paused_collection():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
     assert gc.isenabled() and gc.get_freeze_count() == frozen
 
 
 def test_a_command_line_process_imports_without_the_collector_then_freezes():
     proc = _python("""
         import gc
-        from data.startup import for_this_process, imports_without_collection, owns_process
+        from data.gc_policy import for_this_process, owns_process, paused_collection
         for_this_process()
         before = gc.get_freeze_count()
-        with imports_without_collection():
+        with paused_collection():
             inside = gc.isenabled()
             import json, email.parser  # anything not imported yet
         print(owns_process(), inside, gc.isenabled(), gc.get_freeze_count() > before)
@@ -45,9 +48,9 @@ def test_collection_of_cycles_goes_on_after_the_imports():
     """Freezing keeps what the imports made out of later collections; what the work makes is still collected."""
     proc = _python("""
         import gc
-        from data.startup import for_this_process, imports_without_collection
+        from data.gc_policy import for_this_process, paused_collection
         for_this_process()
-        with imports_without_collection():
+        with paused_collection():
             import json
         class C:
             def __del__(self):
@@ -62,7 +65,7 @@ def test_collection_of_cycles_goes_on_after_the_imports():
 def test_the_last_collection_at_exit_is_skipped_only_for_a_command_line():
     code = """
         import sys
-        from data.startup import for_this_process
+        from data.gc_policy import for_this_process
         if {own}:
             for_this_process()
         class C:
