@@ -51,6 +51,7 @@ from cluster.clusters_file import file_sha256, read_clusters
 from cluster.review import SPLIT
 from data.atomic import atomic_dir
 from data.collection import ANNOTATIONS_FILE, Collection, ImageRecord, load_collection
+from data.metadata import column, meta_value
 
 FORMATS = ("csv", "iiif")
 MEMBERS_FILE = "cluster_members.csv"
@@ -70,9 +71,6 @@ CONFIRMING = ("confirm", "confirm_reject")
 
 # images.csv columns read for IIIF (case-insensitive; the first present wins)
 SERVICE_COLUMNS = ("iiif_service", "iiif_image_service", "iiif_image", "iiif", "image_service")
-TITLE_COLUMNS = ("title", "titel", "titre", "titolo", "name")
-AUTHOR_COLUMNS = ("author", "artist", "creator", "maker")
-DATE_COLUMNS = ("date", "dating", "year")
 WIDTH_COLUMNS = ("width", "image_width")
 HEIGHT_COLUMNS = ("height", "image_height")
 # where a plain image may be found on the web: images.csv's `url` (what `data fetch` downloads), then these
@@ -230,8 +228,7 @@ def _check_clusters_file(data: ExportData) -> None:
 
 def _column(meta: dict[str, str], names: Sequence[str]) -> str | None:
     """The key of the first column of `names` that images.csv has (any case), or None."""
-    lower = {k.lower(): k for k in meta}
-    return next((lower[n] for n in names if n in lower), None)
+    return column(meta, names)
 
 
 def _meta_header(collection: Collection, taken: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -448,16 +445,14 @@ def _base(opts: IiifOptions) -> str:
 
 
 def _title(rec: ImageRecord) -> str:
-    col = _column(rec.meta, TITLE_COLUMNS)
-    return (rec.meta.get(col) or "").strip() if col else ""
+    return meta_value(rec.meta, "title")
 
 
 def _canvas_metadata(rec: ImageRecord) -> list[dict]:
     entries = [_entry("uid", rec.uid)]
-    for names, label in ((TITLE_COLUMNS, "Title"), (AUTHOR_COLUMNS, "Author"), (DATE_COLUMNS, "Date")):
-        col = _column(rec.meta, names)
-        if col and rec.meta.get(col, "").strip():
-            entries.append(_entry(label, rec.meta[col].strip()))
+    for name, label in (("title", "Title"), ("author", "Author"), ("date", "Date")):
+        if value := meta_value(rec.meta, name):
+            entries.append(_entry(label, value))
     return entries
 
 

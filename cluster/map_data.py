@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from data.atomic import atomic_write_text
+from data.metadata import FIELDS, column
 
 APP_ADDRESS = "http://127.0.0.1:8765/"  # where `cluster annotate` listens by default (its --port)
-DATE_COLUMNS = ("date", "year", "begindate", "object_date", "datation")  # first present names the year
 _YEAR = re.compile(r"-?\d{3,4}")
 
 
@@ -69,8 +69,8 @@ def parse_year(text: str) -> float:
 
 
 def date_column(names: Iterable[str]) -> str | None:
-    lower = {n.lower(): n for n in names}
-    return next((lower[c] for c in DATE_COLUMNS if c in lower), None)
+    """The images.csv column the map's years come from: the first present of data.metadata's date columns."""
+    return column(names, FIELDS["date"])
 
 
 def dictionary(values: Iterable[str]) -> tuple[list[str], np.ndarray]:

@@ -29,6 +29,7 @@ from data.atomic import atomic_write_text
 from data.collection import Collection, load_collection
 from data.graph import pattern_groups
 from data.image import ImageReadError, jpeg_thumbnail
+from data.metadata import meta_value
 from data.thumbs import QUALITY, ThumbCache, ThumbCacheError
 
 RETRIEVAL_KEYS = ("mAP", "recall@1", "recall@5", "recall@10", "recall@20", "recall@50", "recall@100",
@@ -165,7 +166,7 @@ def cluster_gallery(inputs: ReportInputs, collection: Collection,
         for uid in members[: inputs.max_members]:
             uri = _thumb_uri(thumbs, uid)
             meta = collection.record(uid).meta if uid in collection else {}
-            caption = " · ".join(x for x in (meta.get("title", ""), meta.get("author", "")) if x) or uid
+            caption = " · ".join(x for x in (meta_value(meta, "title"), meta_value(meta, "author")) if x) or uid
             img = f'<img src="{uri}" alt="{_esc(uid)}">' if uri else '<div class="missing">unreadable</div>'
             # the whole title, wrapped: what tells two versions apart is often after a comma
             cards.append(f'<figure>{img}<figcaption title="{_esc(uid)}">{_esc(caption)}</figcaption></figure>')
@@ -197,7 +198,7 @@ def missed_section(inputs: ReportInputs, collection: Collection, table: ClusterT
         cards = []
         for m in g["members"][: inputs.max_members]:
             uri = _thumb_uri(thumbs, m["uid"])
-            title = collection.record(m["uid"]).meta.get("title", "") if m["uid"] in collection else ""
+            title = meta_value(collection.record(m["uid"]).meta, "title") if m["uid"] in collection else ""
             where = ("not clustered" if m["cluster"] is None else "noise" if m["cluster"] < 0
                      else f"cluster {m['cluster']}")
             img = f'<img src="{uri}" alt="{_esc(m["uid"])}">' if uri else '<div class="missing">unreadable</div>'

@@ -15,10 +15,11 @@ import json
 from pathlib import Path
 
 from data.atomic import atomic_write_text
+from data.metadata import meta_value
 from model.query import Query
 from model.search import Hit
 
-META_FIELDS = ("title", "author", "date")
+META_FIELDS = ("title", "author", "date")  # data.metadata's fields, shown in this order
 LEGEND = ("score: how far the match stands above this index's unrelated images, in standard deviations (the "
           "ranking; compare within one query); cosine: the matched vector's own similarity")
 
@@ -39,7 +40,7 @@ def text_table(query: Query, hits: list[Hit], metadata: dict[str, dict]) -> str:
              f"{'rank':>4}  {'score':>7}  {'cosine':>7}  {'box':<22} uid / title"]
     for rank, h in enumerate(hits, 1):
         box = ",".join(map(str, h.box)) if h.box else "whole image"
-        title = metadata.get(h.uid, {}).get("title", "")
+        title = meta_value(metadata.get(h.uid, {}), "title")
         lines.append(f"{rank:>4}  {h.score:7.4f}  {h.similarity:7.4f}  {box:<22} {h.uid}" + (f"  {title}" if title else ""))
     lines.append(LEGEND)
     return "\n".join(lines)
@@ -76,8 +77,8 @@ def _figure(uri: str | None, why: str | None, box, size, caption: str) -> str:
 def _caption(uid: str, meta: dict, extra: str) -> str:
     parts = [f"<b>{html.escape(uid)}</b>{extra}"]
     for key in META_FIELDS:
-        if meta.get(key):
-            parts.append(f'<span class="{key}">{html.escape(meta[key])}</span>')
+        if value := meta_value(meta, key):
+            parts.append(f'<span class="{key}">{html.escape(value)}</span>')
     return "<br>".join(parts)
 
 

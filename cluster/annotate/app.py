@@ -70,6 +70,7 @@ from cluster.review import (
 )
 from data.collection import Collection, load_collection
 from data.image import ImageReadError, is_damaged, jpeg_thumbnail
+from data.metadata import meta_values
 from data.thumbs import ThumbCache, ThumbCacheError
 
 log = logging.getLogger(__name__)
@@ -82,13 +83,6 @@ THUMB_CACHE_ENTRIES = 2048
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
-# images.csv metadata shown under each thumbnail: the first present column of each group (case-insensitive).
-CAPTION_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("title", ("title", "description")),
-    ("author", ("author", "artist", "authororiginal")),
-    ("date", ("date", "begindate", "object_date", "year")),
-    ("place", ("place", "city", "country", "culture")),
-)
 
 
 class AnnotateSetupError(ValueError):
@@ -96,14 +90,8 @@ class AnnotateSetupError(ValueError):
 
 
 def _caption(meta: dict[str, str]) -> list[list[str]]:
-    lower = {k.lower(): v for k, v in meta.items() if v}
-    out = []
-    for label, keys in CAPTION_FIELDS:
-        for k in keys:
-            if k in lower:
-                out.append([label, lower[k]])
-                break
-    return out
+    """images.csv's title, author, date and place under each thumbnail, whatever the columns' names (data.metadata)."""
+    return [[k, v] for k, v in meta_values(meta).items()]
 
 
 class _Thumbs:

@@ -36,6 +36,7 @@ from cluster.explain import (
     optics_distances,
 )
 from data.graph import pattern_groups
+from data.metadata import meta_value
 
 MISSED_SHOWN, MISSED_MAX = 100, 1000  # missed groups sent to the page by default, and at most
 NO_INDEX_MATCH = ("matching regions need the search index: start the app with `--index INDEX` (built by "
@@ -58,8 +59,7 @@ class Explainer:
     def title(self, uid: str) -> str | None:
         if uid not in self.session.collection:
             return None
-        meta = {k.lower(): v for k, v in self.session.collection.record(uid).meta.items() if v}
-        return meta.get("title") or meta.get("description")
+        return meta_value(self.session.collection.record(uid).meta, "title") or None
 
     def annotate_view(self, view: dict) -> dict:
         """Add `explain` to each member of a page of a cluster (see the module docstring), and `explain_note`."""

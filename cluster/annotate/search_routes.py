@@ -32,6 +32,7 @@ from flask import Flask, abort, jsonify, request
 from cluster.annotate.queue import ticked_from
 from cluster.annotations import addition_record
 from cluster.review import DecisionError, addition_anchors, addition_edges
+from data.metadata import meta_value
 
 MAX_K = 200
 DEFAULT_K = 24
@@ -127,7 +128,7 @@ def _hit_json(session, search: AppSearch, hit, members: set[str], added: dict) -
         caption = dict(map(tuple, session._describe(hit.uid)["caption"]))
     else:
         meta = search.service.metadata([hit]).get(hit.uid, {})
-        caption = {k: meta.get(k) for k in ("title", "author", "date")}
+        caption = {k: meta_value(meta, k) or None for k in ("title", "author", "date")}
     return {
         "uid": hit.uid,
         "score": round(float(hit.score), 6),

@@ -136,3 +136,21 @@ def test_the_report_lists_the_known_groups_no_cluster_found(annot_collection, tm
     assert "2 known pattern group(s) of 4 images" in section
     assert f"group {min(u[8], u[10])}" in section and f"group {min(u[14], u[15])}" in section
     assert "cluster 0</span>" in section and "cluster 3</span>" in section and section.count(">noise</span>") == 2
+
+
+def test_gallery_captions_read_a_museums_own_column_names(annot_collection, tmp_path):
+    """images.csv saved with its own header ("Titolo", "AUTORE"): the report's captions still show them."""
+    import shutil
+
+    root = tmp_path / "coll"
+    shutil.copytree(annot_collection.root, root)
+    text = (root / "images.csv").read_text(encoding="utf-8")
+    (root / "images.csv").write_text(text.replace("uid,path,title,author,", "uid,path,Titolo,AUTORE,", 1),
+                                     encoding="utf-8")  # fmt: skip
+    import html
+
+    coll = load_collection(root)
+    shown = coll.images[CLUSTERS[1][0]].meta
+    assert "title" not in shown and shown["Titolo"] and shown["AUTORE"]
+    page, _ = cluster_gallery(ReportInputs(collection=root, clusters=annot_collection.clusters), coll)
+    assert html.escape(f"{shown['Titolo']} · {shown['AUTORE']}") in page
