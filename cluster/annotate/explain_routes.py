@@ -7,7 +7,8 @@ What each card of `GET /api/cluster/<id>` carries under `explain` (added by `Exp
 - `reachability`, `core_distance`: the image's OPTICS distances from clusters.csv (null where infinite);
 - `partners`: its known connections in connections.csv by type, `{"TYPE": {"count", "shown": [{"uid", "title",
   "n"}]}}` (`n`: the partner's number in this cluster, null when it is not a member);
-- `group`: its known pattern group (`data.graph.pattern_groups`), `{"name", "size", "in_cluster"}`, or null.
+- `group`: its known pattern group (`data.graph.pattern_groups`), `{"name", "title", "size", "in_cluster"}` (title:
+  the title of the member whose uid names the group, or null), or null.
 
 Routes (GET, JSON)
 - `GET /api/missed[?limit=N]`: the known pattern groups no cluster found (`cluster.explain.missed_groups`), the
@@ -76,17 +77,23 @@ class Explainer:
                 "reachability": reach,
                 "core_distance": core,
                 "partners": self.partners.by_type(uid, number, self.title),
-                "group": self.groups.describe(uid, number),
+                "group": self._group(uid, number),
             }
         view["explain_note"] = self.nearest.note
         return view
+
+    def _group(self, uid: str, number: dict) -> dict | None:
+        """The image's known group with a title to read it by: the title of the member that names the group."""
+        g = self.groups.describe(uid, number)
+        return None if g is None else {**g, "title": self.title(g["name"])}
 
     def missed(self, limit: int = MISSED_SHOWN) -> dict:
         """`GET /api/missed` (computed once: the clusters and the known groups do not change while the app runs);
         titles are looked up for the groups sent only."""
         if self._missed is None:
             self._missed = missed_groups(self.groups, self.label_of)
-        shown = [{**g, "members": [{**m, "title": self.title(m["uid"])} for m in g["members"]]}
+        shown = [{**g, "title": self.title(g["name"]), "members": [{**m, "title": self.title(m["uid"])}
+                                                                    for m in g["members"]]}
                  for g in self._missed[:limit]]
         return {"total": len(self._missed), "groups": shown, "summary": missed_summary(self._missed)}
 

@@ -104,7 +104,8 @@ def test_partners_by_type_and_pattern_group_on_each_card(annot_collection):
     pos = first["partners"]["POSITIVE"]
     assert pos["count"] == 2 and {p["uid"] for p in pos["shown"]} == {u[12], u[13]}
     assert all(p["title"] == titles[p["uid"]] and p["n"] is not None for p in pos["shown"])
-    assert first["group"] == {"name": min(u[11], u[12], u[13]), "size": 3, "in_cluster": 3}
+    name = min(u[11], u[12], u[13])  # a known group is named by a member's uid, and read by that member's title
+    assert first["group"] == {"name": name, "title": titles[name], "size": 3, "in_cluster": 3}
     view = _view(c, 2)
     e = {m["uid"]: m["explain"] for m in view["members"]}
     assert e[u[2]]["partners"]["DUPLICATE"]["count"] == 1 and e[u[2]]["group"] is None
@@ -134,6 +135,8 @@ def test_missed_groups_list_where_each_member_went(annot_collection):
     where = {m["uid"]: m["cluster"] for g in doc["groups"] for m in g["members"]}
     assert where == {u[8]: 0, u[10]: 3, u[14]: -1, u[15]: -1}
     assert all(m["title"] for g in doc["groups"] for m in g["members"])
+    title_of = {m["uid"]: m["title"] for g in doc["groups"] for m in g["members"]}
+    assert all(g["title"] == title_of[g["name"]] for g in doc["groups"])
     assert "2 known pattern group(s) of 4 images" in doc["summary"] and "2 of their images are noise" in doc["summary"]
     assert doc["total"] == 2
     one = c.get("/api/missed?limit=1").get_json()

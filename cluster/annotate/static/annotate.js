@@ -182,7 +182,7 @@ function explainBox(m) {
     "), and its OPTICS reachability and core distance from clusters.csv" }));
   for (const [type, p] of Object.entries(e.partners || {})) box.appendChild(partnerList(type, p));
   if (e.group) {
-    box.appendChild(el("div", { class: "x-group", text: `known group ${e.group.name}: ${e.group.in_cluster} of ${e.group.size} here`,
+    box.appendChild(el("div", { class: "x-group", text: `known group ${groupName(e.group)}: ${e.group.in_cluster} of ${e.group.size} here`,
       title: `pattern group ${e.group.name} (connections.csv): ${e.group.size} images, ${e.group.in_cluster} of them in this proposal` }));
   }
   return box;
@@ -268,7 +268,12 @@ function missedGroup(g) {
   }
   const more = g.members.length > 40 ? el("p", { class: "muted", text: `… and ${g.members.length - 40} more` }) : null;
   return el("section", { class: "missed-group", "data-group": g.name }, [
-    el("h4", { text: `${g.name} · ${fmt(g.size)} images` }), ul, more]);
+    el("h4", { text: `${groupName(g)} · ${fmt(g.size)} images` }), ul, more]);
+}
+
+// a known pattern group as a person reads it: the title of the member that names it, then that uid
+function groupName(g) {
+  return g.title ? `“${g.title}” (${g.name})` : g.name;
 }
 
 function showLinks(c, links) {
