@@ -9,6 +9,7 @@ import importlib
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -140,15 +141,19 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
                        xi=xi, eps=choice["eps"], engine=engine, precision=precision, block_size=block_size,
                        memory_budget_mb=memory_budget_mb, knn_k=knn_k, approximate=approximate)  # fmt: skip
     try:
-        table, res = cluster_signatures(str(signatures), cfg, method=method, pca=pca,
-                                        notify=lambda text: click.echo(f"note: {text}", err=True),
-                                        centre=choice["centre"], max_eps_auto=choice["max_eps_auto"],
-                                        eps_auto=choice["eps_auto"], constraints=known,
-                                        check_uids=lambda uids: _refuse_other_collection(uids, collection))  # fmt: skip
+        with _ctrl_c_says(f"nothing was written ({out} and the files beside it are as they were); run the command "
+                          "again"):
+            table, res = cluster_signatures(str(signatures), cfg, method=method, pca=pca,
+                                            notify=lambda text: click.echo(f"note: {text}", err=True),
+                                            centre=choice["centre"], max_eps_auto=choice["max_eps_auto"],
+                                            eps_auto=choice["eps_auto"], constraints=known,
+                                            check_uids=lambda uids: _refuse_other_collection(uids, collection))  # fmt: skip
     except (ValueError, MemoryError) as e:
         raise click.ClickException(str(e)) from e
     ran_max_eps = float(table.params["max_eps"])  # the value chosen by auto, or the one given ("inf" reads as inf)
-    plot = write_clustering(out, table, res, max_eps=ran_max_eps, plot=plot)
+    with _ctrl_c_says(f"while writing {out}: the older clustering there is removed and the new one may be "
+                      "incomplete (never mixed with the older one's files); run the command again"):
+        plot = write_clustering(out, table, res, max_eps=ran_max_eps, plot=plot)
     for warning in table.params.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
     n_clusters = len(set(table.labels.tolist()) - {-1})
@@ -272,6 +277,17 @@ def evaluate_cmd(clusters: Path, collection_dir: Path, json_out: Path | None, ig
     if json_out:
         write_report(json_out, report)
         click.echo(f"{json_out}: written")
+
+
+@contextmanager
+def _ctrl_c_says(what: str) -> Iterator[None]:
+    """Ctrl-C in the block: `interrupted: WHAT` and exit 130 (the shell's code for SIGINT), like `cluster map` and
+    `export`; click's bare "Aborted!" (exit 1) would not say what is left in --out."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: {what}", err=True)
+        sys.exit(130)
 
 
 @contextmanager

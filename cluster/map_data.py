@@ -9,7 +9,7 @@ the collection's thumbnail cache when it is shown (hover, a zoomed-in view, a li
 
 Files (in MAP_DIR/data/):
 - `points.js`: n; x, y (float32, scaled into [-1, 1], aspect kept); cluster (int32, -1 noise); group (int32
-  index into `groups`, -1 none); year (float32, NaN unknown; the first 3-4 digit number of the date column);
+  index into `groups`, -1 none); year (float32, NaN unknown; the first 3-4 digit number of the image's date columns: `years`);
   links (int32 pairs of rows joined by a POSITIVE connection); columns (names and files); thumbnails (the
   cache folder relative to the map, and each uid whose file name is not `<uid>.jpg`); unreadable images.
 - `col-<j>.js`: column j of images.csv, dictionary-coded: `values` (distinct strings, first-seen order) and
@@ -73,6 +73,20 @@ def date_column(names: Iterable[str]) -> str | None:
     return column(names, FIELDS["date"])
 
 
+def years(meta: dict[str, list[str]], n: int) -> np.ndarray:
+    """Each image's year: the first 3-4 digit number in its date columns (data.metadata's, in that order), NaN
+    where none has one. Per image, as its caption's date is its first non-blank date column: an export whose
+    `Dating` is blank or "XVI secolo" on some rows still places them by its `BeginDate`."""
+    out = np.full(n, np.nan, np.float32)
+    names = dict.fromkeys(column(meta, [name]) for name in FIELDS["date"])  # present columns, in FIELDS' order
+    for name in (k for k in names if k is not None):
+        missing = np.isnan(out)
+        if not missing.any():
+            break
+        out[missing] = [parse_year(v) for v, m in zip(meta[name], missing, strict=True) if m]
+    return out
+
+
 def dictionary(values: Iterable[str]) -> tuple[list[str], np.ndarray]:
     """(distinct values in first-seen order, code of each value): a column as the page stores it."""
     index: dict[str, int] = {}
@@ -116,7 +130,6 @@ def write_map_data(folder: Path, pts: MapPoints, meta: dict[str, list[str]], *, 
     group_names = sorted(set(pts.groups.values()))
     gindex = {g: i for i, g in enumerate(group_names)}
     dcol = date_column(meta)
-    years = np.array([parse_year(v) for v in meta[dcol]], np.float32) if dcol else np.full(len(pts.uids), np.nan)
     xy = normalised(pts.coords)
     base = None
     if thumbs_dir is not None:
@@ -132,7 +145,7 @@ def write_map_data(folder: Path, pts: MapPoints, meta: dict[str, list[str]], *, 
         "y": b64(xy[:, 1] if len(xy) else xy, np.float32),
         "cluster": b64(pts.labels, np.int32),
         "group": b64([gindex.get(pts.groups.get(u, ""), -1) for u in pts.uids], np.int32),
-        "year": b64(years, np.float32),
+        "year": b64(years(meta, len(pts.uids)), np.float32),
         "date_column": dcol,
         "groups": group_names,
         "links": b64(np.asarray(pts.links, np.int32).reshape(-1), np.int32),

@@ -116,7 +116,18 @@ def retrieval_table(eval_json: dict) -> str:
         return "<p>No retrieval figures in the run's eval.json.</p>"
     head = "".join(f"<th>{_esc(k)}</th>" for k in RETRIEVAL_KEYS)
     table = f"<table><tr><th>split</th><th>network</th><th>queries</th>{head}</tr>{''.join(rows)}</table>"
-    return selection_note(eval_json) + table
+    return selection_note(eval_json) + table + _no_test_note(eval_json)
+
+
+def _no_test_note(eval_json: dict) -> str:
+    """What the test rows' dashes mean when no test image has a partner (the run's last line says it too): without
+    it the page gives no figure on images the network never trained on, and does not say why."""
+    test = (eval_json.get("trained") or {}).get("test") or {}
+    if test.get("num_queries", 1) != 0:
+        return ""
+    return ("<p>No test queries (no image of split test has a partner), so no test figures: to measure the network "
+            "on images it never trained on, hold some pattern groups out as test (the <code>split</code> column of "
+            "connections.csv, for groups that <code>splits.json</code> does not hold yet).</p>")
 
 
 def selection_note(eval_json: dict) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import itertools
 import re
 import sys
 from collections.abc import Iterable, Iterator
@@ -241,8 +242,11 @@ class _Table:
 
 
 def _line_and_column(data: bytes, offset: int) -> tuple[int, int]:
-    line_start = data.rfind(b"\n", 0, offset) + 1
-    return data.count(b"\n", 0, offset) + 1, offset - line_start + 1
+    """The line and the byte in it of `offset`, lines ending at \r\n, \r (old Mac Excel) or \n as `_lines`
+    cuts them: counting \n alone called a CR-only file's every byte line 1."""
+    line_start = max(data.rfind(b"\n", 0, offset), data.rfind(b"\r", 0, offset)) + 1
+    ends = data.count(b"\n", 0, offset) + data.count(b"\r", 0, offset) - data.count(b"\r\n", 0, offset)
+    return ends + 1, offset - line_start + 1
 
 
 def _decode(path: Path, data: bytes) -> tuple[str, str, list[ReadNote]]:
@@ -295,8 +299,9 @@ def read_text(path: Path) -> tuple[str, list[ReadNote]]:
 
 
 def _sniff_delimiter(text: str) -> str:
-    """Comma, semicolon or TAB: whichever the header line holds most of (a comma on a tie)."""
-    first = text.split("\n", 1)[0]
+    """Comma, semicolon or TAB: whichever the header line holds most of (a comma on a tie). The header line ends
+    where `_lines` ends it (at \r too: in a CR-only file, cutting at \n counted the whole file's separators)."""
+    first = next(_lines(text), "")
     counts = {d: first.count(d) for d in _DELIMITERS}
     best = max(_DELIMITERS, key=lambda d: counts[d])  # max keeps the first (the comma) on a tie
     return best if counts[best] else ","
@@ -313,13 +318,13 @@ def _column_keys(header: list[str]) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def _read_rows(path: Path, reader, n_columns: int) -> Iterator[tuple[int, list[str]]]:
+def _read_rows(path: Path, reader, n_columns: int, text: str) -> Iterator[tuple[int, list[str]]]:
     """(line, cells) of every row with a non-blank cell, padded or cut to n_columns (a cut cell must be blank),
     one at a time: the caller turns each into its record, so the rows are never all held at once.
 
     Per row only C-level work on the common path (a million rows of images.csv: the Python per cell was
     most of the reading time)."""
-    line = reader.line_num + 1
+    line = start = reader.line_num + 1
     try:
         for row in reader:
             if len(row) != n_columns:
@@ -334,9 +339,28 @@ def _read_rows(path: Path, reader, n_columns: int) -> Iterator[tuple[int, list[s
                     row += [""] * (n_columns - len(row))
             if "".join(row).strip():  # some cell is not blank
                 yield line, row
-            line = reader.line_num + 1
+            start, line = line, reader.line_num + 1
     except csv.Error as e:
         raise CollectionError(f"{path}:{reader.line_num}: not valid CSV ({e}).") from e
+    if line - 1 > start:  # the last row spans lines: a quoted cell with line breaks, or one never closed
+        _check_closed(path, text, start, reader.dialect.delimiter)
+
+
+def _check_closed(path: Path, text: str, start: int, delimiter: str) -> None:
+    """Refuse a last row whose quote is never closed. Why: csv.reader then reads everything after the quote,
+    every later row, as one cell, without an error: the rows vanish and only later messages hint at it.
+    (csv's strict mode says so, but also refuses `"a" b`, which Excel reads.) Only this row is read again."""
+    lines = itertools.islice(_lines(text), start - 1, None)
+    try:
+        for _ in csv.reader(lines, delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as e:
+        if "unexpected end of data" not in str(e):  # strict mode's other complaints (`"a" b`): read as before
+            return
+        raise CollectionError(
+            f"{path}:{start}: a quoted cell that starts on this line is never closed, so every line after it "
+            "was read as part of that cell; add the closing quote (\") or remove the opening one."
+        ) from None
 
 
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
@@ -369,7 +393,7 @@ def _read_csv(path: Path) -> _Table:
     except csv.Error as e:
         raise CollectionError(f"{path}:1: not valid CSV ({e}).") from e
     keys = _column_keys(header)
-    rows = _read_rows(path, reader, len(header))
+    rows = _read_rows(path, reader, len(header), text)
     fmt = CsvFormat(header=tuple(header), keys=keys, delimiter=delimiter, encoding=encoding)
     return _Table(fmt=fmt, rows=rows, notes=notes)
 

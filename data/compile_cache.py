@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -56,6 +57,13 @@ def enable_compilation_cache(enabled: bool = True, *, environ=None,
     except OSError as e:
         print(f"compilation cache off: cannot create {path} ({e}); set {ENV_VAR} to a writable directory.",
               file=sys.stderr)
+        return None
+    try:  # a folder that exists but is read-only: JAX would warn once per program it compiles
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        print(f"compilation cache off: cannot write in {path} ({e.strerror}); set {ENV_VAR} to a writable "
+              "directory (or to 'off').", file=sys.stderr)
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))

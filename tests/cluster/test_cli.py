@@ -202,3 +202,27 @@ def test_dbscan_eps_default_is_one_figure(files, extra):
         np.testing.assert_array_equal(auto.labels, read_clusters(out).labels)
     table, res = cluster_signatures(tmp / "sig.npz", COMMAND_DEFAULTS, method="dbscan")
     assert res is None and table.params["eps"] == DBSCAN_EPS  # the library without auto: its fixed default
+
+
+@pytest.mark.parametrize("stage", ["cluster_signatures", "write_clustering"])
+def test_ctrl_c_in_optics_is_one_line_and_exit_130(files, monkeypatch, stage):
+    """Ctrl-C in `cluster optics` says what is left in --out and exits 130, as `cluster map` and `export` do (was
+    click's bare `Aborted!`, exit 1); before the writing begins an older clustering there is untouched."""
+    import cluster.clustering
+
+    tmp, _, _ = files
+    out = tmp / "res" / "clusters.csv"
+    args = ["optics", str(tmp / "sig.npz"), "--out", str(out), "--max-eps", "0.3", "--min-samples", "3"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    before = out.read_bytes()
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cluster.clustering, stage, interrupted)
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 130, r.output
+    (line,) = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert line.startswith("interrupted: ") and str(out) in line and "run the command again" in line
+    if stage == "cluster_signatures":
+        assert out.read_bytes() == before

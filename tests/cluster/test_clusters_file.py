@@ -74,3 +74,27 @@ def test_missing_file_says_how_to_make_it(tmp_path):
 def test_table_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="shape"):
         ClusterTable(uids=["a"], labels=[0, 1], order=[0], reachability=[0.0], core_distance=[0.0])
+
+
+def test_whole_columns_and_row_by_row_read_alike(tmp_path):
+    """The fast path (whole columns) gives what the row-by-row reader gives, on a file with quoted uids, blank
+    rows, padding spaces, inf and nan; where it gives up (a bad row) the row-by-row reader names the line."""
+    from cluster.clusters_file import _columns_at_once, _columns_row_by_row
+
+    body = ('uid,cluster,order,reachability,core_distance\n"a,1", 0 ,1,inf,0.5\n\n b ,-1,0,nan,1e-3\n'
+            '"c ""q""",2,2,0.25 , 0.125\n')
+    path = tmp_path / "clusters.csv"
+    path.write_text(body)
+    import csv
+
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))[1:]
+    fast, slow = _columns_at_once(rows), _columns_row_by_row(path)
+    assert fast[0] == slow[0] == ["a,1", "b", 'c "q"']
+    for f, s in zip(fast[1:], slow[1:], strict=True):
+        np.testing.assert_array_equal(f, s)
+    table = read_clusters(path)
+    assert table.uids == fast[0] and table.labels.tolist() == [0, -1, 2]
+    path.write_text(body.replace("2,2,0.25", "2,2,x"))
+    with pytest.raises(ClustersFileError, match=r"clusters.csv:5: column 'reachability' is 'x'"):
+        read_clusters(path)

@@ -225,3 +225,21 @@ def test_hdbscan_on_the_knn_graph_keeps_its_lists_for_the_map_too(tiny):
     r = CliRunner().invoke(cli, ["optics", str(tmp / "sig.npz"), "--method", "dbscan", "--out", str(clusters)])
     assert r.exit_code == 0, r.output
     assert not neighbours_path(clusters).exists()
+
+
+@pytest.mark.slow  # UMAP
+def test_map_years_come_from_each_images_first_date_column_with_a_year(tiny):
+    """An export with `Dating` ("XVI secolo", "c. 1503" or blank) and `BeginDate`: an image's year is the first
+    year in its date columns, in data.metadata's order, as its caption's date is its first non-blank one (was:
+    the `Dating` column alone for every image, so "XVI secolo" and blank rows had no year despite BeginDate)."""
+    tmp, root, uids = tiny
+    lines = ["uid,path,Titolo,Dating,BeginDate"]
+    dating = ["c. 1503", "XVI secolo", "", "1620 circa"]
+    for i, u in enumerate(uids):
+        lines.append(f"{u},img/{u}.png,T {i},{dating[i % 4]},{1400 + i}")
+    (root / "images.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    r = CliRunner().invoke(cli, ["map", str(tmp / "sig.npz"), "--collection", str(root), "--out", str(tmp / "m4"),
+                                 "--n-neighbors", "5", "--workers", "1"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    years = _decode(read_points(tmp / "m4")["year"], "<f4").tolist()
+    assert years == [[1503.0, 1400.0 + i, 1400.0 + i, 1620.0][i % 4] for i in range(N)]

@@ -154,3 +154,21 @@ def test_gallery_captions_read_a_museums_own_column_names(annot_collection, tmp_
     assert "title" not in shown and shown["Titolo"] and shown["AUTORE"]
     page, _ = cluster_gallery(ReportInputs(collection=root, clusters=annot_collection.clusters), coll)
     assert html.escape(f"{shown['Titolo']} · {shown['AUTORE']}") in page
+
+
+def test_a_run_without_test_queries_says_so_in_the_report(annot_collection, tmp_path):
+    """A collection with no test group (connections.csv's split column: train and val only): the run's last line
+    says `no test queries ... so no test mAP`; the report said nothing, only rows of dashes with 0 queries."""
+    run = _run_dir(tmp_path)
+    ev = json.loads((run / "eval.json").read_text())
+    for which in ("start", "trained"):
+        ev[which]["test"] = {"num_queries": 0.0}
+    (run / "eval.json").write_text(json.dumps(ev))
+    out = tmp_path / "report.html"
+    res = CliRunner().invoke(cli, ["report", "--collection", str(annot_collection.root), "--clusters",
+                                   str(annot_collection.clusters), "--run", str(run), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    page = out.read_text()
+    assert "No test queries (no image of split test has a partner)" in page
+    assert "No test queries" not in retrieval_table(json.loads(json.dumps({**ev, "trained": {
+        **ev["trained"], "test": _metrics(0.5)}})))

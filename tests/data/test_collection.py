@@ -207,3 +207,55 @@ def test_a_collection_of_old_mac_excel_lines_reads(tmp_path):
     coll = load_collection(tmp_path, quiet=True)
     assert [(r.uid, r.meta["title"], r.line) for r in coll.images] == [("m1", "two\rlines", 2), ("m2", "x", 4)]
     assert [(c.a, c.b, c.type, c.line) for c in coll.connections] == [("m1", "m2", "POSITIVE", 2)]
+
+
+@pytest.mark.parametrize("newline", ["\r", "\r\n", "\n"])
+@pytest.mark.parametrize(("byte", "exit_code"), [(b"\xe9", 0), (b"\x81", 2)])  # cp1252 "é"; in no known encoding
+def test_an_encoding_message_names_the_line_whatever_the_line_ends(tmp_path, newline, byte, exit_code):
+    """Old Mac Excel ends lines with CR alone: the Windows-1252 warning and the unknown-byte error name the line
+    and the byte in it as an editor shows them (were `images.csv:1` and the byte's offset in the whole file)."""
+    root = tmp_path / "c"
+    rows = [b"uid,path,title", b"u1,img/1.png,a", b"u2,img/2.png,b", b"u3,img/3.png,plain" + byte]
+    for i in (1, 2, 3):
+        write_image(root / "img" / f"{i}.png")
+    (root / "images.csv").write_bytes(newline.encode().join(rows) + newline.encode())
+    r = _check(root, "--no-decode")
+    assert r.exit_code == exit_code, r.output
+    column = len("u3,img/3.png,plain") + 1
+    assert "images.csv:4: " in r.output and f"0x{byte[0]:02x}" in r.output, r.output
+    assert f"byte {column} of the line" in r.output, r.output
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_a_quote_never_closed_stops_with_its_line_not_rows_lost(tmp_path, newline):
+    """A cell opened with a quote and never closed made csv read every later row into that cell, silently: the
+    collection lost its rows (`data check` then only said that connections name unknown uids). Now: exit 2 and
+    the line where the quote opens. A quoted cell with line breaks that is closed still reads."""
+    root = tmp_path / "c"
+    for i in (1, 2, 3):
+        write_image(root / "img" / f"{i}.png")
+    rows = ["uid,path,title", 'u1,img/1.png,"Madonna, col Bambino', "u2,img/2.png,b", "u3,img/3.png,c"]
+    (root / "images.csv").write_text(newline.join(rows) + newline, encoding="utf-8")
+    (root / "connections.csv").write_text("a,b,type\nu1,u2,POSITIVE\n")
+    r = _check(root, "--no-decode")
+    assert r.exit_code == 2, r.output
+    assert "images.csv:2: a quoted cell" in r.output and "never closed" in r.output, r.output
+    rows[1] += '"'
+    rows[3] = 'u3,img/3.png,"two' + newline + 'lines"'
+    (root / "images.csv").write_text(newline.join(rows) + newline, encoding="utf-8")
+    r = _check(root, "--no-decode")
+    assert r.exit_code == 0, r.output
+    assert load_collection(root).record("u3").meta["title"] == "two" + newline + "lines"
+
+
+def test_the_separator_is_sniffed_from_the_header_line_of_a_cr_only_file(tmp_path):
+    """Old Mac Excel, European locale: CR line ends and semicolons. The separator was counted over the whole
+    file (its "first line" cut at \\n only), so titles with commas outvoted the header's semicolons and every
+    command stopped with `found ['uid;path;title'] (separated by ',')`."""
+    for i in (1, 2):
+        write_image(tmp_path / "img" / f"{i}.png")
+    (tmp_path / "images.csv").write_bytes(b"uid;path;title\ru1;img/1.png;Madonna, col Bambino, San Giovannino, "
+                                          b"angeli, santi\ru2;img/2.png;b, c, d\r")
+    r = _check(tmp_path, "--no-decode")
+    assert r.exit_code == 0, r.output
+    assert load_collection(tmp_path).record("u1").meta["title"] == "Madonna, col Bambino, San Giovannino, angeli, santi"

@@ -50,3 +50,32 @@ def test_threshold_is_the_callers(tmp_path, restore_jax_cache_config):
     """cluster optics stores every program (its ~13 small ones compile in ~0.2 s and load in ~0.03 s)."""
     enable_compilation_cache(environ={ENV_VAR: str(tmp_path / "c")}, min_compile_seconds=0.0)
     assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+
+
+def test_a_cache_dir_that_cannot_be_written_is_one_message_not_a_warning_per_program():
+    """VISUAL_SIGNATURES_CACHE naming a folder that exists but is read-only (a shared, read-only cache, `/`):
+    one `compilation cache off` line and the cache off (was: JAX's `UserWarning: Error writing persistent
+    compilation cache entry` with a traceback-like source line for every program compiled, ~13 per `cluster
+    optics`). Runs as an unprivileged user where the tests run as root (root writes anywhere)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: no folder is read-only")
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    code = ("import jax, jax.numpy as jnp\n"
+            "from data.compile_cache import enable_compilation_cache\n"
+            "print(enable_compilation_cache(min_compile_seconds=0.0))\n"
+            "jax.jit(lambda x: x * 2 + 1)(jnp.arange(3.0)).block_until_ready()\n")
+    env = {**os.environ, ENV_VAR: "/", "HOME": "/", "PYTHONPATH": os.getcwd()}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    res = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/",
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "None", res.stdout
+    assert "Error writing persistent compilation cache" not in res.stderr, res.stderr
+    assert res.stderr.count("compilation cache off: cannot write in /") == 1, res.stderr

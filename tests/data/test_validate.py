@@ -142,3 +142,14 @@ def test_a_path_from_the_home_folder_is_found(collection_factory, tmp_path, monk
     res = CliRunner().invoke(cli, ["check", str(root)])
     assert res.exit_code == 0, res.output
     assert "problems: 0 errors" in res.output
+
+
+def test_a_split_note_names_its_line_once(collection_factory):
+    """A uid given two splits in connections.csv: `data check` says `WARNING connections.csv:3: uid b: ...` (was
+    `WARNING connections.csv: connections.csv:3: uid ...`, with no line in --json)."""
+    root = collection_factory(UIDS, [("a", "b", "POSITIVE", "test"), ("b", "c", "POSITIVE", "train")])
+    res = CliRunner().invoke(cli, ["check", str(root), "--no-progress"])
+    assert "WARNING connections.csv:3: uid b: is given split 'train' here" in res.output, res.output
+    assert "connections.csv: connections.csv" not in res.output
+    (w,) = [p for p in validate(root).warnings if "is given split" in p.message]
+    assert (w.file, w.line, w.uid) == ("connections.csv", 3, "b")
