@@ -29,12 +29,13 @@ from flask import Flask, abort, jsonify, request
 
 from cluster.annotate.queue import PAGE_SIZE
 from cluster.explain import (
+    ByUid,
     GroupIndex,
     NearestMembers,
+    OpticsDistances,
     Partners,
     missed_groups,
     missed_summary,
-    optics_distances,
 )
 from data.graph import pattern_groups
 from data.metadata import meta_value
@@ -50,8 +51,9 @@ class Explainer:
     def __init__(self, session, table, signatures_path: str | Path | None = None) -> None:
         self.session = session
         collection = session.collection
-        self.optics = optics_distances(table.uids, table.reachability, table.core_distance)
-        self.label_of = dict(zip(table.uids, table.labels.tolist(), strict=True))
+        row = {u: i for i, u in enumerate(table.uids)}
+        self.optics = OpticsDistances(row, table.reachability, table.core_distance)
+        self.label_of = ByUid(row, table.labels.tolist())
         self.partners = Partners((c.a, c.b, c.type) for c in collection.connections)
         self.groups = GroupIndex.from_map(pattern_groups(collection))
         self.nearest = NearestMembers.for_clusters(table.params, signatures_path)

@@ -172,3 +172,23 @@ def test_a_run_without_test_queries_says_so_in_the_report(annot_collection, tmp_
     assert "No test queries (no image of split test has a partner)" in page
     assert "No test queries" not in retrieval_table(json.loads(json.dumps({**ev, "trained": {
         **ev["trained"], "test": _metrics(0.5)}})))
+
+
+def test_the_reports_missed_groups_are_named_by_a_title_as_on_the_annotation_page(annot_collection, tmp_path):
+    """The annotation page names a known group by its naming member's title, then its uid (“Madonna col Bambino”
+    (ms020)); the report's list of missed groups said `group ms020` only."""
+    import html
+
+    from data.collection import Connection, write_connections
+
+    u = annot_collection.uids
+    write_connections(annot_collection.root / "connections.csv", [Connection(u[8], u[10], "POSITIVE")])
+    out = tmp_path / "report.html"
+    res = CliRunner().invoke(cli, ["report", "--collection", str(annot_collection.root), "--clusters",
+                                   str(annot_collection.clusters), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    section = out.read_text()
+    section = section[section.index("Known groups the clustering missed"):]
+    name = min(u[8], u[10])
+    title = load_collection(annot_collection.root).record(name).meta["title"]
+    assert title and html.escape(f"group “{title}” ({name})") in section
