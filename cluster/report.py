@@ -217,7 +217,9 @@ def missed_section(inputs: ReportInputs, collection: Collection, table: ClusterT
                          f'"where {"noise" if where == "noise" else ""}">{where}</span></figcaption></figure>')
         more = (f'<p class="more">showing {inputs.max_members:,} of {g["size"]:,} members</p>'
                 if g["size"] > inputs.max_members else "")
-        blocks.append(f'<section class="cluster"><h3>group {_esc(g["name"])} <span>{g["size"]:,} images</span></h3>'
+        named = meta_value(collection.record(g["name"]).meta, "title") if g["name"] in collection else ""
+        name = f"“{named}” ({g['name']})" if named else g["name"]  # as the annotation page's groupName reads it
+        blocks.append(f'<section class="cluster"><h3>group {_esc(name)} <span>{g["size"]:,} images</span></h3>'
                       f'<div class="cards">{"".join(cards)}</div>{more}</section>')
     if len(missed) > len(blocks):
         blocks.append(f'<p class="more">showing {len(blocks):,} of {len(missed):,} missed groups; the annotation '

@@ -181,6 +181,9 @@ def evaluate_cmd(signatures, collection, split, splits_file, ignore_unknown) -> 
     result = evaluate_split(sig.dense(), sig.uids, group, assignment.split_of, split)
     result = {"split": split, "signatures": str(signatures), "num_signatures": len(sig.uids),
               "num_images": len(coll.uids), **result}
+    if not result.get("num_queries"):  # JSON with no metric at all: say why, as a training run's last line does
+        click.echo(f"warning: no {split} queries (no image of split {split} has a partner), so no figures; pattern "
+                   f"groups go to a split by splits.json or connections.csv's split column.", err=True)
     click.echo(json.dumps(result, indent=2, sort_keys=True))
 
 

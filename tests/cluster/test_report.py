@@ -134,7 +134,7 @@ def test_the_report_lists_the_known_groups_no_cluster_found(annot_collection, tm
     page = out.read_text()
     section = page[page.index("Known groups the clustering missed"):]
     assert "2 known pattern group(s) of 4 images" in section
-    assert f"group {min(u[8], u[10])}" in section and f"group {min(u[14], u[15])}" in section
+    assert f"({min(u[8], u[10])}) <span>" in section and f"({min(u[14], u[15])}) <span>" in section  # “title” (uid)
     assert "cluster 0</span>" in section and "cluster 3</span>" in section and section.count(">noise</span>") == 2
 
 

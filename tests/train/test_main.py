@@ -284,3 +284,15 @@ def test_plan_refuses_what_the_run_would_refuse(tmp_path):
     res = CliRunner().invoke(cli, _plan_args(coll, tmp_path / "run"))
     assert res.exit_code != 0 and "no POSITIVE connection falls in the train split" in res.output
     assert "Traceback" not in res.output
+
+
+def test_evaluate_on_a_split_without_queries_says_why_there_are_no_figures(tmp_path):
+    """A collection with no test group: `train evaluate --split test` printed `"num_queries": 0.0` and no metric,
+    without a word (the training run's last line says `no test queries (...)`). The JSON stays on stdout."""
+    uids, vec = _evaluate_files(tmp_path)
+    write_connections(tmp_path / "connections.csv", [Connection("u0", "u1", "POSITIVE", split="train")])
+    save_signatures(tmp_path / "sig.npz", Signatures(uids, vec))
+    res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "sig.npz"), "--collection", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["num_queries"] == 0
+    assert "warning: no test queries (no image of split test has a partner)" in res.stderr, res.stderr
