@@ -9,8 +9,9 @@ The collection: `--images` rows in images.csv (paths to files that do not exist:
 clusters of 5 members, the rest noise; `--links` known connections: a POSITIVE chain through the first 1,000
 members of the big cluster, one POSITIVE link inside every small cluster, the others between random images.
 
-Each stage runs in a fresh Python process, so its `peak_rss_mb` is its own (getrusage's maximum resident set of
-that process: interpreter, imports and the collection's load included; `load_seconds` is the load alone):
+Each stage runs in a fresh Python process that, like the command line, owns it (`data.gc_policy`), so its
+`peak_rss_mb` is its own (getrusage's maximum resident set of that process: interpreter, imports and the
+collection's load included; `load_seconds` is the load alone):
 - `order`: the review order of every cluster (`cluster.review.order_clusters`);
 - `report`: `cluster.report.build_report` (the whole page: checks, gallery, thumbnails of what it shows);
 - `app`: the annotation app: `create_app`, `GET /api/state`, then the middle page of the big cluster;
@@ -209,6 +210,9 @@ def main() -> None:
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
+        from data.gc_policy import for_this_process
+
+        for_this_process()  # as the stage's command line does (`python -m cluster ...`: data.gc_policy)
         rec = {"stage": args.child, **CHILDREN[args.child](args.keep, args), "peak_rss_mb": _peak_mb()}
         print(json.dumps(rec), flush=True)
         return

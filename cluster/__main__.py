@@ -121,7 +121,8 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
     The default method is OPTICS equal to scikit-learn's OPTICS with the same parameters (on the centred
     signatures, with max_eps from their own neighbour distances, unless told otherwise).
     """
-    with paused_collection():  # jax, scikit-learn, matplotlib: data.gc_policy says why
+    nothing = f"nothing was written ({out} and the files beside it are as they were); run the command again"
+    with _ctrl_c_says(nothing), paused_collection():  # jax, scikit-learn, matplotlib: data.gc_policy says why
         from cluster.clustering import cluster_signatures, write_clustering
         from cluster.clusters_file import ClustersFileError, check_out
     if owns_process():  # a process-wide JAX setting: not inside the tests' or a notebook's process
@@ -141,8 +142,7 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
                        xi=xi, eps=choice["eps"], engine=engine, precision=precision, block_size=block_size,
                        memory_budget_mb=memory_budget_mb, knn_k=knn_k, approximate=approximate)  # fmt: skip
     try:
-        with _ctrl_c_says(f"nothing was written ({out} and the files beside it are as they were); run the command "
-                          "again"):
+        with _ctrl_c_says(nothing):
             table, res = cluster_signatures(str(signatures), cfg, method=method, pca=pca,
                                             notify=lambda text: click.echo(f"note: {text}", err=True),
                                             centre=choice["centre"], max_eps_auto=choice["max_eps_auto"],

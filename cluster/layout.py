@@ -11,8 +11,15 @@ umap-learn is seeded (`random_state`), which makes a map reproducible at the cos
 
 from __future__ import annotations
 
+import atexit
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -103,6 +110,7 @@ def embed_2d(vectors, cfg: LayoutConfig, neighbours: tuple[np.ndarray, np.ndarra
         x, init = start.astype(np.float32), start
     else:
         x = np.asarray(vectors, dtype=np.float32)
+    _numba_cache_fallback()
     import umap
 
     reducer = umap.UMAP(
@@ -121,3 +129,36 @@ def embed_2d(vectors, cfg: LayoutConfig, neighbours: tuple[np.ndarray, np.ndarra
         warnings.filterwarnings("ignore", message=r".*knn_search_index.*", category=UserWarning)
         warnings.filterwarnings("ignore", message=r".*precomputed_knn.*", category=UserWarning)
         return np.asarray(reducer.fit_transform(x), dtype=np.float64)
+
+
+def _numba_cache_fallback() -> str | None:
+    """A temporary cache folder for numba (umap-learn's compiler) when neither place it looks can be written.
+
+    Why: umap-learn compiles with numba's `cache=True`, and numba raises at `import umap` (`RuntimeError: cannot
+    cache function 'rdist': no locator available`) when neither the installed package's `__pycache__` nor the
+    user's cache folder (~/.cache/numba) is writable: a read-only home on a shared install. Then the map
+    compiles into a folder removed at exit (NUMBA_CACHE_DIR, set by the user, keeps the code between runs)."""
+    if os.environ.get("NUMBA_CACHE_DIR") or "numba" in sys.modules:  # numba reads its settings when imported
+        return None
+    spec = importlib.util.find_spec("umap")
+    places = [Path(spec.origin).parent / "__pycache__"] if spec is not None and spec.origin else []
+    places.append(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "numba")
+    if any(_writable(p) for p in places):
+        return None
+    path = tempfile.mkdtemp(prefix="vsig-numba-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    os.environ["NUMBA_CACHE_DIR"] = path
+    print(f"note: numba (UMAP's compiler) cannot cache in {' or '.join(map(str, places))}; it compiles into a "
+          f"temporary folder (set NUMBA_CACHE_DIR to a writable folder to keep the compiled code).", file=sys.stderr)
+    return path
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a file can be made in `folder` (made if missing), as numba itself tries."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError:
+        return False
+    return True

@@ -30,7 +30,7 @@ class TrainingPairs:
 def training_pairs(collection: Collection, previous: dict[str, str] | None) -> TrainingPairs:
     """The pairs the next training round takes from `collection` (see the module docstring)."""
     split = assign_splits(collection, previous)
-    negatives = usable_negatives(collection, split.split_of)
+    negatives = usable_negatives(collection, split.split_of, groups=split.group_of())
     return TrainingPairs(len(split.connections("train")), len(negatives),
                          len(split.connections("val")) + len(split.connections("test")))
 

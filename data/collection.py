@@ -26,9 +26,10 @@ import hashlib
 import itertools
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from data.gc_policy import paused_collection
 
@@ -122,6 +123,12 @@ class Collection:
 
     def __contains__(self, uid: str) -> bool:
         return uid in self._index
+
+    @property
+    def uid_index(self) -> Mapping[str, int]:
+        """uid -> its row (the first, for a repeated uid), read-only: for membership tests over 10^6 uids, where
+        `uid in collection` (a Python method call each) cost ~0.5 s per million."""
+        return MappingProxyType(self._index)
 
     def record(self, uid: str) -> ImageRecord:
         try:

@@ -9,55 +9,35 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
 from data.collection import DUPLICATE, POSITIVE, Collection
 
 
-class UnionFind:
-    """Disjoint sets over hashable keys, with path halving and union by size."""
-
-    def __init__(self) -> None:
-        self._parent: dict[str, str] = {}
-        self._size: dict[str, int] = {}
-
-    def add(self, x: str) -> None:
-        if x not in self._parent:
-            self._parent[x] = x
-            self._size[x] = 1
-
-    def find(self, x: str) -> str:
-        self.add(x)
-        p = self._parent
-        while p[x] != x:
-            p[x] = p[p[x]]
-            x = p[x]
-        return x
-
-    def union(self, a: str, b: str) -> str:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return ra
-        if self._size[ra] < self._size[rb]:
-            ra, rb = rb, ra
-        self._parent[rb] = ra
-        self._size[ra] += self._size[rb]
-        return ra
-
-    def groups(self) -> dict[str, list[str]]:
-        """Members of each set, keyed by its smallest member; members sorted."""
-        by_root: dict[str, list[str]] = {}
-        for x in self._parent:
-            by_root.setdefault(self.find(x), []).append(x)
-        return {min(m): sorted(m) for m in by_root.values()}
-
-
 def components(edges: Iterable[tuple[str, str]], nodes: Iterable[str] = ()) -> dict[str, list[str]]:
-    """Connected components of an undirected graph, keyed by their smallest member."""
-    uf = UnionFind()
+    """Connected components of an undirected graph, keyed by their smallest member; members sorted.
+
+    The keys are numbered once and SciPy's connected_components (C) joins them: at 10^6 images and
+    2 x 10^5 links a Python union-find took ~1.5 s per call, and accept, the annotation app, splits and
+    mining each call this more than once."""
+    index: dict[str, int] = {}
     for n in nodes:
-        uf.add(n)
+        index.setdefault(n, len(index))
+    ends: list[int] = []
     for a, b in edges:
-        uf.union(a, b)
-    return uf.groups()
+        ends.append(index.setdefault(a, len(index)))
+        ends.append(index.setdefault(b, len(index)))
+    if not index:
+        return {}
+    pairs = np.asarray(ends, np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(len(index), len(index)))
+    label = connected_components(graph, directed=False)[1].tolist()
+    out: dict[int, list[str]] = {}
+    for key in sorted(index):  # each component's list comes out sorted, its first member the smallest
+        out.setdefault(label[index[key]], []).append(key)
+    return {m[0]: m for m in out.values()}
 
 
 def pattern_groups(collection: Collection, *, with_duplicates: bool = False) -> dict[str, str]:
@@ -68,12 +48,10 @@ def pattern_groups(collection: Collection, *, with_duplicates: bool = False) -> 
     images.csv are ignored: validation reports them.
     """
     types = (POSITIVE, DUPLICATE) if with_duplicates else (POSITIVE,)
-    edges = [
-        (c.a, c.b)
-        for c in collection.connections
-        if c.type in types and c.a != c.b and c.a in collection and c.b in collection
-    ]
-    positive_nodes = {u for c in collection.connections if c.type == POSITIVE for u in (c.a, c.b) if u in collection}
+    known = collection.uid_index
+    edges = [(c.a, c.b) for c in collection.connections if c.type in types and c.a != c.b and c.a in known
+             and c.b in known]  # fmt: skip
+    positive_nodes = {u for c in collection.connections if c.type == POSITIVE for u in (c.a, c.b) if u in known}
     out: dict[str, str] = {}
     for name, members in components(edges).items():
         if positive_nodes.intersection(members):

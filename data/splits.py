@@ -29,7 +29,7 @@ from pathlib import Path
 
 from data.atomic import atomic_write_text
 from data.collection import DUPLICATE, NEGATIVE, POSITIVE, SPLITS, Collection, Connection
-from data.graph import UnionFind, pattern_groups
+from data.graph import components, pattern_groups
 
 SPLITS_FILE = "splits.json"
 # Order of protection: a component touching a held-out split is held out.
@@ -59,6 +59,11 @@ class SplitAssignment:
     excluded: list[tuple[Connection, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # pin conflicts, reported by `data check`
     _usable: list[Connection] = field(default_factory=list, repr=False)
+
+    def group_of(self) -> dict[str, str]:
+        """uid -> the name of its pattern group (POSITIVE and DUPLICATE edges; `data.graph.pattern_groups` with
+        duplicates: the same groups)."""
+        return {m: name for name, members in self.groups.items() for m in members}
 
     def connections(self, split: str) -> list[Connection]:
         """POSITIVE connections with both ends in `split` (one per unordered pair)."""
@@ -98,12 +103,9 @@ def _check_previous(previous: dict[str, str]) -> None:
 
 def _pattern_groups(known: list[Connection]) -> dict[str, list[str]]:
     """Components of the POSITIVE and DUPLICATE edges that hold at least one POSITIVE edge."""
-    uf = UnionFind()
-    for c in known:
-        if c.type in (POSITIVE, DUPLICATE):
-            uf.union(c.a, c.b)
+    groups = components((c.a, c.b) for c in known if c.type in (POSITIVE, DUPLICATE))
     pos_nodes = {u for c in known if c.type == POSITIVE for u in (c.a, c.b)}
-    return {name: members for name, members in uf.groups().items() if pos_nodes.intersection(members)}
+    return {name: members for name, members in groups.items() if not pos_nodes.isdisjoint(members)}
 
 
 def _pin(pins: dict[str, str], uid: str, split: str, line: int | None, notes: list[str]) -> None:
@@ -203,15 +205,17 @@ def assign_splits(
 
 
 def usable_negatives(collection: Collection, split_of: Mapping[str, str], *, train_split: str = "train",
-                     skipped: Container[str] = ()) -> set[tuple[str, str]]:
+                     skipped: Container[str] = (), groups: Mapping[str, str] | None = None) -> set[tuple[str, str]]:
     """The annotated NEGATIVE pairs training can use, as sorted uid pairs (`Connection.pair`), distinct.
 
     Both ends known to images.csv, readable (not in `skipped`) and in the negative pool: the train split or no
     split (a held-out image is never pushed away from anything); and not in one pattern group (POSITIVE and
     DUPLICATE edges join groups): a NEGATIVE the group contradicts is not used. One rule for the mining
     candidates (train.mining) and for what `cluster accept` says the next round will use (cluster.next_round).
+    `groups`: uid -> group name, when the caller has it (`SplitAssignment.group_of()`); else computed.
     """
-    groups = pattern_groups(collection, with_duplicates=True)
+    if groups is None:
+        groups = pattern_groups(collection, with_duplicates=True)
 
     def in_pool(uid: str) -> bool:
         return uid in collection and uid not in skipped and split_of.get(uid, train_split) == train_split

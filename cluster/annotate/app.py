@@ -188,7 +188,8 @@ class AnnotationSession:
         table = read_clusters(self.clusters_path)
         self.clusters_sha256 = file_sha256(self.clusters_path)
         self.annotator = annotator
-        missing = [u for u in table.uids if u not in self.collection]
+        known = self.collection.uid_index
+        missing = [u for u in table.uids if u not in known]
         if missing:
             raise AnnotateSetupError(
                 f"{clusters_path}: {len(missing)} uid(s) are not in {self.collection.images_file} "

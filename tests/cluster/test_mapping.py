@@ -5,6 +5,7 @@ import base64
 import csv
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,3 +244,43 @@ def test_map_years_come_from_each_images_first_date_column_with_a_year(tiny):
     assert r.exit_code == 0, r.output
     years = _decode(read_points(tmp / "m4")["year"], "<f4").tolist()
     assert years == [[1503.0, 1400.0 + i, 1400.0 + i, 1620.0][i % 4] for i in range(N)]
+
+
+@pytest.mark.slow  # UMAP compiles its numba kernels (~20 s of CPU)
+def test_map_with_a_read_only_home_and_install_runs(tmp_path):
+    """A user whose home is read-only on a shared install they cannot write: umap-learn's numba found no folder to
+    cache its compiled functions in and `import umap` raised (`RuntimeError: cannot cache function 'rdist': no
+    locator available`, a traceback). Now the map is made, numba compiling into a temporary folder. Runs as an
+    unprivileged user where the tests run as root (root writes anywhere)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run as a user who cannot write the install")
+    work = Path(tempfile.mkdtemp(prefix="vsig-readonly-home-", dir="/tmp"))
+    try:
+        _, root, _ = make_tiny(work)
+        (root / "img" / "u07.png").unlink()  # only readable images: the point is the layout
+        (root / "images.csv").write_text("\n".join(ln for ln in (root / "images.csv").read_text().splitlines()
+                                                   if not ln.startswith("u07,")) + "\n")  # fmt: skip
+        sig = np.load(work / "sig.npz", allow_pickle=False)
+        keep = [i for i, u in enumerate(sig["uids"].tolist()) if u != "u07"]
+        save_signatures(work / "sig.npz", Signatures(uids=[sig["uids"][i] for i in keep], vectors=sig["vectors"][keep]))
+        home = work / "home"
+        home.mkdir()
+        for p in (work, *work.rglob("*")):
+            p.chmod(0o777 if p.is_dir() else 0o666)
+        home.chmod(0o555)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "XDG_", "MPLCONFIGDIR"))}
+        env.update(HOME=str(home), MPLCONFIGDIR=str(work), PYTHONPATH=os.getcwd())
+        res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+                              "cluster", "map", str(work / "sig.npz"), "--collection", str(root), "--out",
+                              str(work / "map"), "--n-neighbors", "5", "--workers", "1"],
+                             capture_output=True, text=True, env=env, cwd=str(work), timeout=300)  # fmt: skip
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "Traceback" not in res.stderr and (work / "map" / "coords.csv").exists()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

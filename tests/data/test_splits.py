@@ -150,3 +150,9 @@ def test_usable_negatives_one_rule_for_mining_and_accept():
     assert (split_of["a1"], split_of["b1"], split_of["v1"]) == ("train", "train", "val")
     assert usable_negatives(coll, split_of, skipped={"bad"}) == {("a1", "b1"), ("x", "y")}
     assert usable_negatives(coll, split_of) == {("a1", "b1"), ("x", "y"), ("bad", "y")}
+    # accept passes the groups its split assignment already has: they are pattern_groups' own
+    from data.graph import pattern_groups
+
+    split = assign_splits(coll)
+    assert split.group_of() == pattern_groups(coll, with_duplicates=True)
+    assert usable_negatives(coll, split_of, groups=split.group_of()) == usable_negatives(coll, split_of)
