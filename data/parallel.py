@@ -114,7 +114,10 @@ def map_chunks(fn: Callable[[list[T]], list[R]], items: Sequence[T], *, workers:
     todo = iter(chunks)
     try:
         for chunk in todo:
-            pending.append((len(chunk), pool.submit(fn, chunk)))
+            try:  # the pool breaks between two submissions too (a worker killed while the caller wrote)
+                pending.append((len(chunk), pool.submit(fn, chunk)))
+            except BrokenProcessPool as e:
+                raise WorkerDiedError(WORKER_DIED) from e
             if len(pending) >= 4 * workers:
                 yield from _next_done(pending, on_done)
         while pending:
@@ -127,15 +130,16 @@ class WorkerDiedError(RuntimeError):
     """A worker process ended without finishing its chunk (killed, or out of memory)."""
 
 
+WORKER_DIED = ("a worker process ended abruptly (killed, or out of memory: try fewer --workers); what was finished "
+               "is kept, run the command again to do the rest.")
+
+
 def _next_done(pending: deque[tuple[int, Future]], on_done: Callable[[int], None] | None) -> list:
     n, fut = pending.popleft()
     try:
         results = fut.result()
     except BrokenProcessPool as e:  # what is done is kept by the callers' atomic writes: say so, no traceback
-        raise WorkerDiedError(
-            "a worker process ended abruptly (killed, or out of memory: try fewer --workers); what was finished "
-            "is kept, run the command again to do the rest."
-        ) from e
+        raise WorkerDiedError(WORKER_DIED) from e
     if on_done is not None:
         on_done(n)
     return results
