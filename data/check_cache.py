@@ -40,6 +40,7 @@ class CheckCache:
     def __init__(self, file: Path, base: Path, warn: Callable[[str], None]) -> None:
         self.file = Path(file)
         self.base = Path(base)
+        self._prefix = str(self.base) if str(self.base).endswith(os.sep) else str(self.base) + os.sep
         self.warn = warn
         self.entries: dict[tuple[str, str], dict] = {}
         self.seen: set[str] = set()
@@ -56,10 +57,10 @@ class CheckCache:
         return cache
 
     def key(self, path: Path) -> str:
-        try:
-            return str(Path(path).relative_to(self.base))
-        except ValueError:
-            return str(path)
+        """The file's path relative to the collection folder (absolute when outside it), lexically as
+        `Path.relative_to` gives it, by string: at 10^6 images pathlib's parsing was ~10 s of `data check`."""
+        name = str(path)
+        return name[len(self._prefix):] if name.startswith(self._prefix) else name
 
     # -- reading -----------------------------------------------------------------------------------------------
     def load(self) -> None:
