@@ -348,6 +348,12 @@ def _read_rows(path: Path, reader, n_columns: int, text: str) -> Iterator[tuple[
                 yield line, row
             start, line = line, reader.line_num + 1
     except csv.Error as e:
+        if "field limit" in str(e):  # a cell of more than 131,072 characters: all but always a quote never closed
+            raise CollectionError(
+                f"{path}:{line}: a cell of the row that starts on this line runs on to line {reader.line_num} "
+                f"(over {csv.field_size_limit():,} characters): a quoted cell never closed makes the lines after it "
+                "one cell; add the closing quote (\") or remove the opening one."
+            ) from e
         raise CollectionError(f"{path}:{reader.line_num}: not valid CSV ({e}).") from e
     if line - 1 > start:  # the last row spans lines: a quoted cell with line breaks, or one never closed
         _check_closed(path, text, start, reader.dialect.delimiter)

@@ -259,3 +259,15 @@ def test_the_separator_is_sniffed_from_the_header_line_of_a_cr_only_file(tmp_pat
     r = _check(tmp_path, "--no-decode")
     assert r.exit_code == 0, r.output
     assert load_collection(tmp_path).record("u1").meta["title"] == "Madonna, col Bambino, San Giovannino, angeli, santi"
+
+
+def test_a_quote_never_closed_in_a_big_file_names_the_line_it_opens_on(tmp_path):
+    """In a big images.csv the unclosed cell passes csv's field limit (131,072 characters) long before the end:
+    `data check` said `images.csv:2900: not valid CSV (field larger than field limit (131072))`, a line far from
+    the quote, and no hint of it. Now: the line where that row starts, and the quote."""
+    rows = ["uid,path,title", 'm0,img/0.png,"Madonna'] + [f"x{i:05d},img/x{i}.png,titolo lungo numero {i}"
+                                                            for i in range(6000)]  # fmt: skip
+    (tmp_path / "images.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    r = _check(tmp_path, "--no-decode")
+    assert r.exit_code == 2, r.output
+    assert "images.csv:2: " in r.output and "never closed" in r.output, r.output
