@@ -3,8 +3,9 @@
 Why one table: a museum's export names these columns in its own language and capitalisation ("Title",
 "titolo", "Artist", "Dating", "Begin Date"), and the annotation page, the report, the search gallery, the
 text results and the IIIF export each used to look them up their own way (some only as lower-case "title").
-Here: each field's column names in order, looked up without regard to case; the first column that is present
-and not blank wins, its value stripped. Nothing is renamed in the user's files: this only reads.
+Here: each field's column names in order, looked up without regard to case, spaces, underscores and hyphens
+("Begin Date", "begin_date" and "BeginDate" are one name); the first column that is present and not blank
+wins, its value stripped. Nothing is renamed in the user's files: this only reads.
 """
 
 from __future__ import annotations
@@ -14,26 +15,32 @@ from collections.abc import Iterable, Mapping
 FIELDS: dict[str, tuple[str, ...]] = {
     "title": ("title", "titel", "titre", "titolo", "título", "description", "name"),
     "author": ("author", "artist", "creator", "maker", "authororiginal", "autore", "auteur", "künstler"),
-    "date": ("date", "dating", "year", "begindate", "object_date", "datation", "datum", "datierung", "datazione"),
+    "date": ("date", "dating", "year", "begindate", "objectdate", "objectbegindate", "datation", "datum", "datierung",
+             "datazione"),
     "place": ("place", "city", "country", "culture", "luogo", "lieu", "ort"),
 }
 
 
+def _name(key: str) -> str:
+    """A column name as compared: lower case, without spaces, underscores and hyphens."""
+    return "".join(key.lower().replace("_", " ").replace("-", " ").split())
+
+
 def column(keys: Iterable[str], names: Iterable[str]) -> str | None:
-    """The key among `keys` of the first of `names` that is present, in any case; None if none is."""
-    lower: dict[str, str] = {}
+    """The key among `keys` of the first of `names` that is present (compared as `_name` does); None if none is."""
+    found: dict[str, str] = {}
     for k in keys:
-        lower.setdefault(k.strip().lower(), k)
-    return next((lower[n] for n in names if n in lower), None)
+        found.setdefault(_name(k), k)
+    return next((found[_name(n)] for n in names if _name(n) in found), None)
 
 
 def meta_value(meta: Mapping[str, str], name: str) -> str:
     """The image's `name` ("title", "author", "date", "place"): the first non-blank of its columns, or ""."""
-    lower: dict[str, str] = {}
+    found: dict[str, str] = {}
     for k, v in meta.items():
         if v and v.strip():
-            lower.setdefault(k.strip().lower(), v.strip())
-    return next((lower[n] for n in FIELDS[name] if n in lower), "")
+            found.setdefault(_name(k), v.strip())
+    return next((found[n] for n in FIELDS[name] if n in found), "")
 
 
 def meta_values(meta: Mapping[str, str]) -> dict[str, str]:

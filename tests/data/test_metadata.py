@@ -18,5 +18,11 @@ def test_earlier_names_win_over_later_ones():
 
 
 def test_column_names_the_users_key():
-    assert column(["uid", "Begin Date", "BeginDate"], FIELDS["date"]) == "BeginDate"
+    assert column(["uid", "Begin Date", "BeginDate"], FIELDS["date"]) == "Begin Date"  # one name: the first
     assert column(["uid", "path"], FIELDS["date"]) is None
+
+
+def test_spaces_underscores_and_hyphens_do_not_matter():
+    """`data import` and `data demo` write begin_date; museum exports say "Object Begin Date", "Object Date"."""
+    for key in ("begin_date", "Begin Date", "Object Begin Date", "Object Date", "OBJECT-DATE"):
+        assert meta_value({key: " 1480 "}, "date") == "1480", key
