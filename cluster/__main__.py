@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import importlib
 import signal
-import sys
 import threading
-from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from cluster.config import (
 from cluster.config import COMMAND_DEFAULTS as DEFAULTS
 from cluster.map_data import APP_ADDRESS
 from data.gc_policy import for_this_process, owns_process, paused_collection
+from data.interrupt import ctrl_c_says
 from data.paths import UserPath
 
 
@@ -122,36 +121,16 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
     signatures, with max_eps from their own neighbour distances, unless told otherwise).
     """
     nothing = f"nothing was written ({out} and the files beside it are as they were); run the command again"
-    with _ctrl_c_says(nothing), paused_collection():  # jax, scikit-learn, matplotlib: data.gc_policy says why
-        from cluster.clustering import cluster_signatures, write_clustering
-        from cluster.clusters_file import ClustersFileError, check_out
-    if owns_process():  # a process-wide JAX setting: not inside the tests' or a notebook's process
-        from data.compile_cache import enable_compilation_cache
+    with ctrl_c_says(nothing):  # everything before the first file is written
+        table, res = _cluster(signatures, out, method=method, cfg_args=dict(
+            min_samples=min_samples, metric=metric, cluster_method=cluster_method, xi=xi, engine=engine,
+            precision=precision, block_size=block_size, memory_budget_mb=memory_budget_mb, knn_k=knn_k,
+            approximate=approximate), max_eps=max_eps, eps=eps, centre=centre, collection_dir=collection_dir,
+            constraints=constraints, pca=pca)  # fmt: skip
+    from cluster.clustering import write_clustering
 
-        enable_compilation_cache(min_compile_seconds=0.0)
-
-    try:
-        check_out(out)
-    except ClustersFileError as e:
-        raise click.ClickException(str(e)) from e
-    for note in _no_effect(method, engine, approximate):
-        click.echo(f"warning: {note}", err=True)
-    choice = _thresholds(method, cluster_method, max_eps, eps, centre)
-    known, collection = _constraints(collection_dir, constraints)
-    cfg = OpticsConfig(min_samples=min_samples, max_eps=choice["max_eps"], metric=metric, cluster_method=cluster_method,
-                       xi=xi, eps=choice["eps"], engine=engine, precision=precision, block_size=block_size,
-                       memory_budget_mb=memory_budget_mb, knn_k=knn_k, approximate=approximate)  # fmt: skip
-    try:
-        with _ctrl_c_says(nothing):
-            table, res = cluster_signatures(str(signatures), cfg, method=method, pca=pca,
-                                            notify=lambda text: click.echo(f"note: {text}", err=True),
-                                            centre=choice["centre"], max_eps_auto=choice["max_eps_auto"],
-                                            eps_auto=choice["eps_auto"], constraints=known,
-                                            check_uids=lambda uids: _refuse_other_collection(uids, collection))  # fmt: skip
-    except (ValueError, MemoryError) as e:
-        raise click.ClickException(str(e)) from e
     ran_max_eps = float(table.params["max_eps"])  # the value chosen by auto, or the one given ("inf" reads as inf)
-    with _ctrl_c_says(f"while writing {out}: the older clustering there is removed and the new one may be "
+    with ctrl_c_says(f"while writing {out}: the older clustering there is removed and the new one may be "
                       "incomplete (never mixed with the older one's files); run the command again"):
         plot = write_clustering(out, table, res, max_eps=ran_max_eps, plot=plot)
     for warning in table.params.get("warnings", []):
@@ -168,6 +147,37 @@ def optics_cmd(signatures: Path, out: Path, method: str, min_samples: int, max_e
     if "engine" in table.params:  # which engine ran, exact or approximate, and why
         reason = table.params.get("reason")
         click.echo(f"engine {table.params['engine']}" + (f": {reason}" if reason else ""))
+
+
+def _cluster(signatures: Path, out: Path, *, method: str, cfg_args: dict, max_eps: float | str,
+             eps: float | str | None, centre: bool | None, collection_dir: Path | None, constraints: bool | None,
+             pca: int | None):
+    """Everything `optics` does before it writes a file (imports, checks, the collection's constraints, the
+    clustering): (ClusterTable, OpticsResult or None). Errors as click's one-line messages."""
+    with paused_collection():  # jax, scikit-learn, matplotlib: data.gc_policy says why
+        from cluster.clustering import cluster_signatures
+        from cluster.clusters_file import ClustersFileError, check_out
+    if owns_process():  # a process-wide JAX setting: not inside the tests' or a notebook's process
+        from data.compile_cache import enable_compilation_cache
+
+        enable_compilation_cache(min_compile_seconds=0.0)
+    try:
+        check_out(out)
+    except ClustersFileError as e:
+        raise click.ClickException(str(e)) from e
+    for note in _no_effect(method, cfg_args["engine"], cfg_args["approximate"]):
+        click.echo(f"warning: {note}", err=True)
+    choice = _thresholds(method, cfg_args["cluster_method"], max_eps, eps, centre)
+    known, collection = _constraints(collection_dir, constraints)
+    cfg = OpticsConfig(max_eps=choice["max_eps"], eps=choice["eps"], **cfg_args)
+    try:
+        return cluster_signatures(str(signatures), cfg, method=method, pca=pca,
+                                  notify=lambda text: click.echo(f"note: {text}", err=True),
+                                  centre=choice["centre"], max_eps_auto=choice["max_eps_auto"],
+                                  eps_auto=choice["eps_auto"], constraints=known,
+                                  check_uids=lambda uids: _refuse_other_collection(uids, collection))  # fmt: skip
+    except (ValueError, MemoryError) as e:
+        raise click.ClickException(str(e)) from e
 
 
 def _thresholds(method: str, cluster_method: str, max_eps: float | str, eps: float | str | None,
@@ -280,17 +290,6 @@ def evaluate_cmd(clusters: Path, collection_dir: Path, json_out: Path | None, ig
 
 
 @contextmanager
-def _ctrl_c_says(what: str) -> Iterator[None]:
-    """Ctrl-C in the block: `interrupted: WHAT` and exit 130 (the shell's code for SIGINT), like `cluster map` and
-    `export`; click's bare "Aborted!" (exit 1) would not say what is left in --out."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        click.echo(f"interrupted: {what}", err=True)
-        sys.exit(130)
-
-
-@contextmanager
 def _sigint_recorded():
     """Ctrl-C raises KeyboardInterrupt as usual and is also recorded (the event yielded): where a library
     swallows the exception (numba compiling inside a ctypes callback prints it and goes on), the command
@@ -356,15 +355,12 @@ def map_cmd(signatures: Path, collection_dir: Path, clusters_path: Path | None, 
     cfg = MapConfig(seed=seed, n_neighbors=n_neighbors, thumb_size=thumb_size, thumb_cache=thumb_cache,
                     workers=workers, neighbours=neighbours, app_address=_app_address(app_address))  # fmt: skip
     try:
-        with _sigint_recorded() as caught:
+        with ctrl_c_says("nothing was written (an older map in --out is kept); run the command again"), \
+                _sigint_recorded() as caught:
             result = make_map(signatures, collection_dir, out_dir, clusters_path=clusters_path, cfg=cfg,
                               interrupted=caught.is_set)  # fmt: skip
     except (ValueError, ClustersFileError, CollectionError, WorkerDiedError) as e:
         raise click.ClickException(str(e)) from e
-    except KeyboardInterrupt:
-        click.echo("interrupted: nothing was written (an older map in --out is kept); run the command again",
-                   err=True)  # fmt: skip
-        sys.exit(130)
     for uid, why in result.unreadable:
         click.echo(f"warning: image {uid}: {why}; shown without thumbnail", err=True)
     for note in result.warnings:
@@ -452,16 +448,12 @@ def export_cmd(collection_dir: Path, clusters_path: Path, annotations: Path | No
     from data.collection import CollectionError
 
     try:
-        data = load_export(collection_dir, clusters_path, annotations=annotations, proposals=proposals)
-        result = write_export(data, out_dir, formats=formats, base_url=base_url, service_version=image_api)
+        with ctrl_c_says(f"{out_dir} holds the older export (if there was one) or the whole new one, never a mix "
+                         "(the folder is replaced in one step); run the same command again."):
+            data = load_export(collection_dir, clusters_path, annotations=annotations, proposals=proposals)
+            result = write_export(data, out_dir, formats=formats, base_url=base_url, service_version=image_api)
     except (ExportError, CollectionError, ClustersFileError, AnnotationError) as e:
         raise click.ClickException(str(e)) from e
-    except KeyboardInterrupt as e:  # click's bare "Aborted!" would not say what is left in --out
-        err = click.ClickException(f"interrupted: {out_dir} holds the older export (if there was one) or the whole "
-                                   "new one, never a mix (the folder is replaced in one step); run the same command "
-                                   "again.")
-        err.exit_code = 130  # the shell's code for a process stopped by SIGINT
-        raise err from e
     except OSError as e:
         raise click.ClickException(f"{e.filename or out_dir}: cannot write the export ({e.strerror or e}); pass "
                                    "--out a folder you can write.") from e

@@ -56,6 +56,7 @@ from data.collection import (
     read_connections,
     write_connections,
 )
+from data.interrupt import ctrl_c_says
 from data.paths import UserPath
 
 _ROUND = re.compile(r"^annotation:(\d+)$")
@@ -364,16 +365,12 @@ def _training_effect(collection: Collection, rows: list[Connection], report: Acc
 def accept(collection_dir: Path, round_: int | None, policy: str) -> None:
     """Add the annotation decisions (minus undone ones) to connections.csv; safe to run twice."""
     try:
-        report = accept_annotations(collection_dir, round=round_, policy=policy)
+        with ctrl_c_says(f"{Path(collection_dir) / CONNECTIONS_FILE} is whole, either as it was or with every "
+                         "decision added (it is replaced in one step, the old one backed up first); run the same "
+                         "command again to finish: it adds only what is missing."):
+            report = accept_annotations(collection_dir, round=round_, policy=policy)
     except (CollectionError, AnnotationError, PolicyError) as e:
         raise click.ClickException(str(e)) from e
-    except KeyboardInterrupt as e:  # click's bare "Aborted!" would not say whether the museum's file changed
-        err = click.ClickException(
-            f"interrupted: {Path(collection_dir) / CONNECTIONS_FILE} is whole, either as it was or with every "
-            "decision added (it is replaced in one step, the old one backed up first); run the same command again "
-            "to finish: it adds only what is missing.")
-        err.exit_code = 130  # the shell's code for a process stopped by SIGINT
-        raise err from e
     for line in report.lines():
         click.echo(line)
 

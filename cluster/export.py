@@ -226,11 +226,6 @@ def _check_clusters_file(data: ExportData) -> None:
 # -- CSV rows --------------------------------------------------------------------------------------------------------
 
 
-def _column(meta: dict[str, str], names: Sequence[str]) -> str | None:
-    """The key of the first column of `names` that images.csv has (any case), or None."""
-    return column(meta, names)
-
-
 def _meta_header(collection: Collection, taken: Sequence[str]) -> tuple[list[str], list[str]]:
     """images.csv's columns (header names, and the keys rows keep them under), renamed where they clash with ours."""
     fmt = collection.images_format
@@ -406,11 +401,11 @@ def _format(name: str) -> str:
 def image_source(collection: Collection, rec: ImageRecord, size: tuple[int, int], opts: IiifOptions) -> ImageSource:
     """The painting body of an image: its IIIF image service (a column of images.csv), else its image URL, else
     its local file (a path relative to the iiif folder: usable on this machine only)."""
-    col = _column(rec.meta, SERVICE_COLUMNS)
+    col = column(rec.meta, SERVICE_COLUMNS)
     service = rec.meta.get(col, "").strip() if col else ""
     if service:
         return ImageSource(_service_body(service, size, service_version(service, opts.service_version)), "service")
-    urls = [rec.url or ""] + [rec.meta.get(c, "") for c in filter(None, (_column(rec.meta, (n,)) for n in URL_COLUMNS))]
+    urls = [rec.url or ""] + [rec.meta.get(c, "") for c in filter(None, (column(rec.meta, (n,)) for n in URL_COLUMNS))]
     url = next((u.strip() for u in urls if _is_image_url(u.strip())), None)
     if url:
         return ImageSource({"id": url, "type": "Image", "format": _format(urlsplit(url).path),
@@ -423,7 +418,7 @@ def image_source(collection: Collection, rec: ImageRecord, size: tuple[int, int]
 
 def image_size(collection: Collection, rec: ImageRecord) -> tuple[int, int] | None:
     """Width and height: images.csv's width/height columns, else the local file's header; None if neither."""
-    w, h = _column(rec.meta, WIDTH_COLUMNS), _column(rec.meta, HEIGHT_COLUMNS)
+    w, h = column(rec.meta, WIDTH_COLUMNS), column(rec.meta, HEIGHT_COLUMNS)
     try:
         if w and h and int(rec.meta[w]) > 0 and int(rec.meta[h]) > 0:
             return int(rec.meta[w]), int(rec.meta[h])
@@ -645,7 +640,7 @@ def _iiif_files(data: ExportData, opts: IiifOptions, result: ExportResult) -> di
 def _service_column(collection: Collection) -> str | None:
     """The IIIF service column as images.csv names it, or None when it has none."""
     fmt = collection.images_format
-    return _column({k: k for k in fmt.keys}, SERVICE_COLUMNS) if fmt else None
+    return column({k: k for k in fmt.keys}, SERVICE_COLUMNS) if fmt else None
 
 
 def _iiif_notes(local: list[str], column: str | None, sizes: dict[str, tuple[int, int] | None],

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data.paths import unwritable_dir
+
 SPECTRAL_MAX = 20_000  # above this many points the layout starts from PCA (see `initial_layout`)
 
 
@@ -143,7 +145,7 @@ def _numba_cache_fallback() -> str | None:
     spec = importlib.util.find_spec("umap")
     places = [Path(spec.origin).parent / "__pycache__"] if spec is not None and spec.origin else []
     places.append(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "numba")
-    if any(_writable(p) for p in places):
+    if any(unwritable_dir(p) is None for p in places):
         return None
     path = tempfile.mkdtemp(prefix="vsig-numba-")
     atexit.register(shutil.rmtree, path, ignore_errors=True)
@@ -151,14 +153,3 @@ def _numba_cache_fallback() -> str | None:
     print(f"note: numba (UMAP's compiler) cannot cache in {' or '.join(map(str, places))}; it compiles into a "
           f"temporary folder (set NUMBA_CACHE_DIR to a writable folder to keep the compiled code).", file=sys.stderr)
     return path
-
-
-def _writable(folder: Path) -> bool:
-    """Whether a file can be made in `folder` (made if missing), as numba itself tries."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError:
-        return False
-    return True

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from data.atomic import atomic_write_text
-from data.metadata import FIELDS, column
+from data.metadata import FIELDS, columns
 
 APP_ADDRESS = "http://127.0.0.1:8765/"  # where `cluster annotate` listens by default (its --port)
 _YEAR = re.compile(r"-?\d{3,4}")
@@ -68,18 +68,12 @@ def parse_year(text: str) -> float:
     return float(m.group()) if m else float("nan")
 
 
-def date_column(names: Iterable[str]) -> str | None:
-    """The images.csv column the map's years come from: the first present of data.metadata's date columns."""
-    return column(names, FIELDS["date"])
-
-
 def years(meta: dict[str, list[str]], n: int) -> np.ndarray:
     """Each image's year: the first 3-4 digit number in its date columns (data.metadata's, in that order), NaN
     where none has one. Per image, as its caption's date is its first non-blank date column: an export whose
     `Dating` is blank or "XVI secolo" on some rows still places them by its `BeginDate`."""
     out = np.full(n, np.nan, np.float32)
-    names = dict.fromkeys(column(meta, [name]) for name in FIELDS["date"])  # present columns, in FIELDS' order
-    for name in (k for k in names if k is not None):
+    for name in columns(meta, "date"):
         missing = np.isnan(out)
         if not missing.any():
             break
@@ -129,7 +123,6 @@ def write_map_data(folder: Path, pts: MapPoints, meta: dict[str, list[str]], *, 
         write_column(data / f"col-{j}.js", j, name, pts.uids if j == 0 else meta[name])
     group_names = sorted(set(pts.groups.values()))
     gindex = {g: i for i, g in enumerate(group_names)}
-    dcol = date_column(meta)
     xy = normalised(pts.coords)
     base = None
     if thumbs_dir is not None:
@@ -146,7 +139,8 @@ def write_map_data(folder: Path, pts: MapPoints, meta: dict[str, list[str]], *, 
         "cluster": b64(pts.labels, np.int32),
         "group": b64([gindex.get(pts.groups.get(u, ""), -1) for u in pts.uids], np.int32),
         "year": b64(years(meta, len(pts.uids)), np.float32),
-        "date_column": dcol,
+        # title/author/date/place -> the column numbers holding it (data.metadata), first non-blank wins per image
+        "fields": {name: [names.index(k) for k in columns(meta, name)] for name in FIELDS},
         "groups": group_names,
         "links": b64(np.asarray(pts.links, np.int32).reshape(-1), np.int32),
         "columns": [{"name": n, "file": f"data/col-{j}.js"} for j, n in enumerate(names)],

@@ -10,6 +10,7 @@ import click
 
 from data.collection import CollectionError
 from data.gc_policy import for_this_process
+from data.interrupt import ctrl_c_says
 from data.paths import UserPath
 
 
@@ -21,12 +22,6 @@ def cli() -> None:
 def _fail(msg: str) -> None:
     click.echo(f"error: {msg}", err=True)
     sys.exit(2)
-
-
-def _interrupted(what: str) -> None:
-    """Ctrl-C: one line saying what is kept, exit 130 (click's bare "Aborted!" would not say it)."""
-    click.echo(f"interrupted: {what}.", err=True)
-    sys.exit(130)
 
 
 @cli.command()
@@ -54,12 +49,11 @@ def check(collection: Path, quick: bool, no_decode: bool, workers: int | None, n
         _fail("--quick and --no-decode exclude each other: --no-decode reads no image at all.")
     mode = "exists" if no_decode else "quick" if quick else "full"
     try:
-        rep = validate(collection, mode=mode, workers=workers or default_workers(), cache=not no_cache,
-                       progress=not no_progress)
+        with ctrl_c_says("the results so far are kept in the check cache; run the command again to continue."):
+            rep = validate(collection, mode=mode, workers=workers or default_workers(), cache=not no_cache,
+                           progress=not no_progress)
     except (CollectionError, WorkerDiedError) as e:
         _fail(str(e))
-    except KeyboardInterrupt:
-        _interrupted("the results so far are kept in the check cache; run the command again to continue")
     for p in rep.problems:
         click.echo(str(p))
     click.echo(rep.format_summary())
@@ -84,12 +78,11 @@ def thumbs(collection: Path, size: int, workers: int | None, thumb_cache: Path |
     from data.thumbs import ThumbCache, ThumbCacheError
 
     try:
-        cache = ThumbCache.for_collection(collection, size, thumb_cache)
-        rep = cache.ensure(workers=workers, progress=not no_progress)
+        with ctrl_c_says("the thumbnails made so far are kept; run the command again to continue."):
+            cache = ThumbCache.for_collection(collection, size, thumb_cache)
+            rep = cache.ensure(workers=workers, progress=not no_progress)
     except (CollectionError, ThumbCacheError, WorkerDiedError) as e:
         _fail(str(e))
-    except KeyboardInterrupt:
-        _interrupted("the thumbnails made so far are kept; run the command again to continue")
     for uid, why in rep.unreadable:
         click.echo(f"UNREADABLE uid {uid}: {why}")  # the reason names the file
     from data.image import note_lines

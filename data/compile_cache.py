@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import jax
+
+from data.paths import unwritable_dir
 
 ENV_VAR = "VISUAL_SIGNATURES_CACHE"
 MIN_COMPILE_SECONDS = 1.0
@@ -52,18 +53,10 @@ def enable_compilation_cache(enabled: bool = True, *, environ=None,
     path = cache_dir(environ) if enabled else None
     if path is None:
         return None
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        print(f"compilation cache off: cannot create {path} ({e}); set {ENV_VAR} to a writable directory.",
-              file=sys.stderr)
-        return None
-    try:  # a folder that exists but is read-only: JAX would warn once per program it compiles
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        print(f"compilation cache off: cannot write in {path} ({e.strerror}); set {ENV_VAR} to a writable "
-              "directory (or to 'off').", file=sys.stderr)
+    problem = unwritable_dir(path)  # a read-only folder: JAX would warn once per program it compiles
+    if problem is not None:
+        print(f"compilation cache off: cannot write in {path} ({problem.strerror or problem}); set {ENV_VAR} to a "
+              "writable directory (or to 'off').", file=sys.stderr)
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))

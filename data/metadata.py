@@ -34,16 +34,33 @@ def column(keys: Iterable[str], names: Iterable[str]) -> str | None:
     return next((found[_name(n)] for n in names if _name(n) in found), None)
 
 
-def meta_value(meta: Mapping[str, str], name: str) -> str:
-    """The image's `name` ("title", "author", "date", "place"): the first non-blank of its columns, or ""."""
+def columns(keys: Iterable[str], name: str) -> list[str]:
+    """The keys among `keys` that hold the field `name` ("date"...), in FIELDS' order: where a whole column is
+    read (the map's years, its captions and search), each image's value is the first non-blank of these."""
+    found = [column(keys, [n]) for n in FIELDS[name]]
+    return list(dict.fromkeys(k for k in found if k is not None))
+
+
+def _filled(meta: Mapping[str, str]) -> dict[str, str]:
+    """The image's non-blank values by compared column name (the first column of a name wins)."""
     found: dict[str, str] = {}
     for k, v in meta.items():
         if v and v.strip():
             found.setdefault(_name(k), v.strip())
+    return found
+
+
+def _pick(found: Mapping[str, str], name: str) -> str:
     return next((found[n] for n in FIELDS[name] if n in found), "")
+
+
+def meta_value(meta: Mapping[str, str], name: str) -> str:
+    """The image's `name` ("title", "author", "date", "place"): the first non-blank of its columns, or ""."""
+    return _pick(_filled(meta), name)
 
 
 def meta_values(meta: Mapping[str, str]) -> dict[str, str]:
     """Every field the image has a value for, in FIELDS' order (title, author, date, place)."""
-    out = {name: meta_value(meta, name) for name in FIELDS}
+    found = _filled(meta)
+    out = {name: _pick(found, name) for name in FIELDS}
     return {k: v for k, v in out.items() if v}

@@ -114,14 +114,13 @@ def map_chunks(fn: Callable[[list[T]], list[R]], items: Sequence[T], *, workers:
     todo = iter(chunks)
     try:
         for chunk in todo:
-            try:  # the pool breaks between two submissions too (a worker killed while the caller wrote)
-                pending.append((len(chunk), pool.submit(fn, chunk)))
-            except BrokenProcessPool as e:
-                raise WorkerDiedError(WORKER_DIED) from e
+            pending.append((len(chunk), pool.submit(fn, chunk)))
             if len(pending) >= 4 * workers:
                 yield from _next_done(pending, on_done)
         while pending:
             yield from _next_done(pending, on_done)
+    except BrokenProcessPool as e:  # at a result, or at a submission (a worker killed while the caller wrote):
+        raise WorkerDiedError(WORKER_DIED) from e  # what is done is kept by the callers' atomic writes
     finally:  # also on Ctrl-C or when the caller stops early: nothing queued runs any more
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -136,10 +135,7 @@ WORKER_DIED = ("a worker process ended abruptly (killed, or out of memory: try f
 
 def _next_done(pending: deque[tuple[int, Future]], on_done: Callable[[int], None] | None) -> list:
     n, fut = pending.popleft()
-    try:
-        results = fut.result()
-    except BrokenProcessPool as e:  # what is done is kept by the callers' atomic writes: say so, no traceback
-        raise WorkerDiedError(WORKER_DIED) from e
+    results = fut.result()
     if on_done is not None:
         on_done(n)
     return results

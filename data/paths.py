@@ -13,9 +13,22 @@ It lives in `data/` because every package may import `data/`.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import click
+
+
+def unwritable_dir(folder: Path) -> OSError | None:
+    """Why a file cannot be made in `folder` (made if missing), or None when one can: what a cache that writes
+    there meets (numba's, JAX's), tried the way they try it, before they warn once per program."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return e
+    return None
 
 
 def resolve_path(path: str | os.PathLike) -> Path:

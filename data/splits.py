@@ -217,8 +217,10 @@ def usable_negatives(collection: Collection, split_of: Mapping[str, str], *, tra
     if groups is None:
         groups = pattern_groups(collection, with_duplicates=True)
 
+    known = collection.uid_index
+
     def in_pool(uid: str) -> bool:
-        return uid in collection and uid not in skipped and split_of.get(uid, train_split) == train_split
+        return uid in known and uid not in skipped and split_of.get(uid, train_split) == train_split
 
     return {c.pair for c in collection.connections
             if c.type == NEGATIVE and c.a != c.b and in_pool(c.a) and in_pool(c.b)

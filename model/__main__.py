@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from data.gc_policy import for_this_process
+from data.interrupt import ctrl_c_says
 from data.paths import PathOrWord, UserPath
 from model.embed import CHUNK_IMAGES
 from model.lowering import CONV_IMPLS
@@ -173,15 +174,14 @@ def embed(
     if weights == "random":
         meta["seed"] = seed
     try:
-        resolution = _resolution(weights, resolution)
-        model = set_conv_impl(load_or_init(weights, arch, seed=seed, dtype=dtype, pooling=pooling), conv_impl)
-        res = embed_to_store(collection, model, out, resolution=resolution, batch_size=batch_size,
-                             workers=_workers(workers), dtype=store_dtype, chunk_images=chunk_images, meta=meta,
-                             progress=not no_progress)
+        with ctrl_c_says(lambda: _kept(out)):
+            resolution = _resolution(weights, resolution)
+            model = set_conv_impl(load_or_init(weights, arch, seed=seed, dtype=dtype, pooling=pooling), conv_impl)
+            res = embed_to_store(collection, model, out, resolution=resolution, batch_size=batch_size,
+                                 workers=_workers(workers), dtype=store_dtype, chunk_images=chunk_images, meta=meta,
+                                 progress=not no_progress)
     except (WeightsError, CollectionError, ValueError) as e:
         raise _fail(e) from e
-    except KeyboardInterrupt as e:
-        raise _interrupted(out) from e
     if res.written:
         click.echo(f"{res.count} signatures ({res.dim}-d), {res.skipped} skipped -> {out}")
     else:
@@ -238,17 +238,14 @@ def index(collection, weights, arch, seed, resolution, pooling, scales, pca_dim,
                                  pca_images=pca_images,
                                  batch_size=batch_size, workers=_workers(workers), chunk_images=chunk_images,
                                  seed=seed, progress=not no_progress)
-        result = build_index(collection, net, out, settings, weights=recorded)
+        with ctrl_c_says(f"the parts finished so far are kept in {out}; run the same command again to index the "
+                         "rest."):
+            result = build_index(collection, net, out, settings, weights=recorded)
     except (WeightsError, CollectionError, IndexError_, ValueError) as e:
         raise _fail(e) from e
     except OSError as e:
         raise click.ClickException(f"{out}: cannot write the index there ({e.strerror or e}); give --out a folder "
                                    f"you can write.") from e
-    except KeyboardInterrupt as e:
-        err = click.ClickException(f"interrupted: the parts finished so far are kept in {out}; run the same command "
-                                   f"again to index the rest.")
-        err.exit_code = 130
-        raise err from e
     click.echo(f"indexed {result.added} image{'s' * (result.added != 1)} ({result.skipped} unreadable, "
                f"{result.already} indexed before); the index {out} holds {result.total}")
 
@@ -343,15 +340,13 @@ def _write_gallery(service, answer, metadata, qcoll, index_dir: str, out) -> Non
     write_gallery(out, page)
 
 
-def _interrupted(out: str) -> click.ClickException:
-    """Ctrl-C (or SIGINT from a scheduler): click's bare "Aborted!" would not say that the work is kept."""
+def _kept(out: str) -> str:
+    """What an interrupted `embed` leaves (Ctrl-C, or SIGINT from a scheduler): the chunks it finished."""
     from data.signatures import StoreParts
 
     parts = StoreParts.beside(out)
     kept = f"the chunks finished so far are kept in {parts.folder}; " if parts.done() else ""
-    err = click.ClickException(f"interrupted: {kept}run the same command again to resume.")
-    err.exit_code = 130  # the shell's code for a process stopped by SIGINT
-    return err
+    return f"{kept}run the same command again to resume."
 
 
 def _workers(workers: int | None) -> int:

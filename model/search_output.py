@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from data.atomic import atomic_write_text
-from data.metadata import meta_value
+from data.metadata import meta_value, meta_values
 from model.query import Query
 from model.search import Hit
 
@@ -76,9 +76,10 @@ def _figure(uri: str | None, why: str | None, box, size, caption: str) -> str:
 
 def _caption(uid: str, meta: dict, extra: str) -> str:
     parts = [f"<b>{html.escape(uid)}</b>{extra}"]
+    values = meta_values(meta)
     for key in META_FIELDS:
-        if value := meta_value(meta, key):
-            parts.append(f'<span class="{key}">{html.escape(value)}</span>')
+        if key in values:
+            parts.append(f'<span class="{key}">{html.escape(values[key])}</span>')
     return "<br>".join(parts)
 
 

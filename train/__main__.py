@@ -177,7 +177,7 @@ def evaluate_cmd(signatures, collection, split, splits_file, ignore_unknown) -> 
         raise click.ClickException(str(e)) from e
     for note in notes:
         click.echo(f"warning: {note}", err=True)
-    group = {m: name for name, members in assignment.groups.items() for m in members}
+    group = assignment.group_of()
     result = evaluate_split(sig.dense(), sig.uids, group, assignment.split_of, split)
     result = {"split": split, "signatures": str(signatures), "num_signatures": len(sig.uids),
               "num_images": len(coll.uids), **result}

@@ -190,7 +190,7 @@ def _prepare(collection: Collection, cfg: TrainConfig, folder: RunFolder, model,
     previous = previous_splits if previous_splits is not None else load_previous(collection)
     assignment = assign_splits(collection, previous)
     _save_splits(collection, folder, assignment, log)
-    group_name = {m: name for name, members in assignment.groups.items() for m in members}
+    group_name = assignment.group_of()
     inputs = train_inputs(collection, assignment.split_of, assignment.connections("train"),
                           skipped=list(source.skipped))
     present = np.array([collection.uids[i] not in source.skipped for i in range(len(collection.uids))], bool)
@@ -394,7 +394,7 @@ def _start_line(start_eval: dict, prepared_val: float | None) -> str:
     epoch 1 whenever the two differ (downscaled JPEGs of the prepared dataset against the original files)."""
     if start_eval["val"].get("mAP") is None:
         return NO_VAL_LINE
-    line = f"start: val mAP {start_eval['val'].get('mAP', float('nan')):.4f} on the original files"
+    line = f"start: val mAP {start_eval['val']['mAP']:.4f} on the original files"
     if prepared_val is not None:
         line += f" ({prepared_val:.4f} on the prepared training images, which the epochs below are compared with)"
     return line

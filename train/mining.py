@@ -133,7 +133,8 @@ def mining_inputs(
          and split_of.get(c.a) == train_split and split_of.get(c.b) == train_split}
     )
     neg = sorted({tuple(sorted((index[a], index[b])))
-                  for a, b in usable_negatives(collection, split_of, train_split=train_split, skipped=bad)})
+                  for a, b in usable_negatives(collection, split_of, train_split=train_split, skipped=bad,
+                                                   groups=groups)})
     return MiningInputs(
         positives=np.asarray(pos, np.int64).reshape(-1, 2),
         group=group,

@@ -29,7 +29,7 @@ const canvas = $("cv"), tip = $("tip"), sel = $("sel"), status = $("status");
 
 // ---- columns (metadata), loaded after the first frame -------------------------------------------------
 const COLS = D.columns.map(c => c.name);
-const colIndex = name => COLS.findIndex(c => c.toLowerCase() === name);
+const FIELDS = D.fields || {};  // title/author/date/place -> column numbers, any name a museum gave them
 const cols = [];   // j -> {values, codes}
 function loadColumns() {
   let j = 0;
@@ -50,7 +50,10 @@ function loadColumns() {
 }
 function cell(j, i) { const c = cols[j]; return c ? c.values[c.codes[i]] : undefined; }
 function uid(i) { return cell(0, i); }
-function meta(name, i) { const j = colIndex(name); return j > 0 ? cell(j, i) : undefined; }
+function meta(name, i) {  // the first of the field's columns with a value for this image (as data/metadata.py reads it)
+  for (const j of FIELDS[name] || []) { const v = cell(j, i); if (v) return v; }
+  return undefined;
+}
 function thumbURL(i) {
   if (!HAS[i]) return null;
   const name = D.thumbs.names[i] || (uid(i) === undefined ? null : uid(i) + ".jpg");
@@ -96,7 +99,7 @@ window.addEventListener("mousemove", e => { mouse = [e.clientX, e.clientY]; });
 function el(tag, text, cls) { const e = document.createElement(tag); if (text) e.textContent = text; if (cls) e.className = cls; return e; }
 function caption(i) {
   const shown = ["title", "author", "date", "place"].map(k => meta(k, i)).filter(Boolean);
-  return shown.length ? shown : COLS.slice(1, 4).map(c => cell(colIndex(c.toLowerCase()), i)).filter(Boolean);
+  return shown.length ? shown : [1, 2, 3].filter(j => j < COLS.length).map(j => cell(j, i)).filter(Boolean);
 }
 function describe(i, box) {
   const parts = caption(i);
@@ -298,7 +301,7 @@ function search(text) {
   const box = $("results"); box.replaceChildren();
   const needle = text.trim().toLowerCase();
   if (!needle) return;
-  const which = [0, colIndex("title"), colIndex("author")].filter(j => j >= 0);
+  const which = [0, ...(FIELDS.title || []), ...(FIELDS.author || [])];
   if (which.some(j => !cols[j])) { box.appendChild(el("div", "metadata still loading\u2026", "small")); setTimeout(() => search($("search").value), 500); return; }
   const hits = which.map(j => [cols[j].codes, matching(j, needle)]);
   const rows = [];

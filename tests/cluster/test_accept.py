@@ -407,6 +407,6 @@ def test_ctrl_c_during_accept_is_one_line_and_the_file_is_whole(annot_collection
     r = CliRunner().invoke(accept, ["--collection", str(annot_collection.root)])
     assert r.exit_code == 130 and "Traceback" not in r.output and "Aborted" not in r.output, r.output
     lines = r.output.strip().splitlines()
-    assert lines[-1].startswith("Error: interrupted:") and "connections.csv" in lines[-1], r.output
+    assert lines[-1].startswith("interrupted:") and "connections.csv" in lines[-1], r.output
     assert "run the same command again" in lines[-1]
     assert (annot_collection.root / "connections.csv").read_bytes() == before

@@ -402,5 +402,5 @@ def test_ctrl_c_during_export_is_one_line(decided, tmp_path, monkeypatch):
     r = _export(coll, tmp_path / "exp")
     assert r.exit_code == 130 and "Traceback" not in r.output and "Aborted" not in r.output, r.output
     last = r.output.strip().splitlines()[-1]
-    assert last.startswith("Error: interrupted:") and "run the same command again" in last, r.output
+    assert last.startswith("interrupted:") and "run the same command again" in last, r.output
     assert not (tmp_path / "exp").exists()

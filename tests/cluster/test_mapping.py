@@ -242,8 +242,13 @@ def test_map_years_come_from_each_images_first_date_column_with_a_year(tiny):
     r = CliRunner().invoke(cli, ["map", str(tmp / "sig.npz"), "--collection", str(root), "--out", str(tmp / "m4"),
                                  "--n-neighbors", "5", "--workers", "1"])  # fmt: skip
     assert r.exit_code == 0, r.output
-    years = _decode(read_points(tmp / "m4")["year"], "<f4").tolist()
+    points = read_points(tmp / "m4")
+    years = _decode(points["year"], "<f4").tolist()
     assert years == [[1503.0, 1400.0 + i, 1400.0 + i, 1620.0][i % 4] for i in range(N)]
+    # the page's captions and search read the same columns (data.metadata), whatever their names
+    names = [c["name"] for c in points["columns"]]
+    assert {k: [names[j] for j in v] for k, v in points["fields"].items()} == {
+        "title": ["Titolo"], "author": [], "date": ["Dating", "BeginDate"], "place": []}
 
 
 @pytest.mark.slow  # UMAP compiles its numba kernels (~20 s of CPU)
