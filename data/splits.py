@@ -28,12 +28,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.atomic import atomic_write_text
-from data.collection import DUPLICATE, NEGATIVE, POSITIVE, SPLITS, Collection, Connection
+from data.collection import CONNECTIONS_FILE, DUPLICATE, NEGATIVE, POSITIVE, SPLITS, Collection, Connection
 from data.graph import components, pattern_groups
 
 SPLITS_FILE = "splits.json"
 # Order of protection: a component touching a held-out split is held out.
 _RANK = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class SplitNote:
+    """What the split assignment had to decide about a row or a uid (a pin conflict): `data check` reports it
+    as a warning with its line and uid, `data splits` prints it as text (`str`)."""
+
+    line: int | None
+    uid: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{CONNECTIONS_FILE}:{self.line}: " if self.line else ""
+        return f"{where}uid {self.uid}: {self.message}" if self.uid else f"{where}{self.message}"
 
 
 @dataclass(frozen=True)
@@ -57,7 +71,7 @@ class SplitAssignment:
     split_of: dict[str, str]
     groups: dict[str, list[str]]  # component name (smallest uid) -> sorted members
     excluded: list[tuple[Connection, str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # pin conflicts, reported by `data check`
+    notes: list[SplitNote] = field(default_factory=list)  # pin conflicts, reported by `data check`
     _usable: list[Connection] = field(default_factory=list, repr=False)
 
     def group_of(self) -> dict[str, str]:
@@ -108,34 +122,33 @@ def _pattern_groups(known: list[Connection]) -> dict[str, list[str]]:
     return {name: members for name, members in groups.items() if not pos_nodes.isdisjoint(members)}
 
 
-def _pin(pins: dict[str, str], uid: str, split: str, line: int | None, notes: list[str]) -> None:
+def _pin(pins: dict[str, str], uid: str, split: str, line: int | None, notes: list[SplitNote]) -> None:
     """Pin `uid` to `split` as connections.csv's line `line` says; of two different pins the more protected stays."""
     old = pins.get(uid)
     if old is not None and old != split:
         keep = max(old, split, key=_RANK.__getitem__)
-        notes.append(
-            f"connections.csv:{line}: uid {uid} is given split {split!r} here and {old!r} on an "
-            f"earlier line; it stays {keep!r}."
-        )
+        notes.append(SplitNote(line, uid, f"is given split {split!r} here and {old!r} on an earlier line; it stays "
+                                          f"{keep!r}."))
         pins[uid] = keep
     else:
         pins[uid] = split
 
 
-def _pins(known: list[Connection], previous: dict[str, str], notes: list[str]) -> dict[str, str]:
+def _pins(known: list[Connection], previous: dict[str, str], notes: list[SplitNote]) -> dict[str, str]:
     """uid -> split fixed in advance: connections.csv's `split` cells, overruled by the previous splits."""
     pins: dict[str, str] = {}
     for c in known:
         if c.split is None or c.type not in (POSITIVE, DUPLICATE):
             continue
         if c.split not in SPLITS:
-            notes.append(f"connections.csv:{c.line}: split {c.split!r} is not one of {SPLITS}; ignored.")
+            notes.append(SplitNote(c.line, None, f"split {c.split!r} is not one of {SPLITS}; ignored."))
             continue
         for u in (c.a, c.b):
             _pin(pins, u, c.split, c.line, notes)
     for u, s in previous.items():
         if u in pins and pins[u] != s:
-            notes.append(f"uid {u}: connections.csv says split {pins[u]!r} but it was {s!r} before; it stays {s!r}.")
+            notes.append(SplitNote(None, u, f"{CONNECTIONS_FILE} says split {pins[u]!r} but it was {s!r} before; it "
+                                            f"stays {s!r}."))
         pins[u] = s
     return pins
 
@@ -198,7 +211,7 @@ def assign_splits(
     _check_previous(previous)
     known = [c for c in collection.connections if c.a != c.b and c.a in collection and c.b in collection]
     groups = _pattern_groups(known)
-    notes: list[str] = []
+    notes: list[SplitNote] = []
     split_of = _group_splits(groups, _pins(known, previous, notes), fractions)
     usable, excluded = _usable(known, split_of)
     return SplitAssignment(split_of=split_of, groups=groups, excluded=excluded, notes=notes, _usable=usable)

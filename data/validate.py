@@ -8,7 +8,6 @@ listed twice, a remote image not fetched yet).
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -75,19 +74,6 @@ class Problem:
         where = self.file + (f":{self.line}" if self.line else "")
         who = f" uid {self.uid}:" if self.uid else ""
         return f"{self.severity.upper()} {where}:{who} {self.message}"
-
-
-_SPLIT_NOTE = re.compile(rf"{re.escape(CONNECTIONS_FILE)}:(\d+): (?:uid (\S+) )?")
-
-
-def _split_note_problem(note: str) -> Problem:
-    """A note of `assign_splits` as a warning. Why parsed: the notes are plain text that `data splits` prints
-    as they are, and those about a row start `connections.csv:LINE: uid U ...`; kept whole in the message,
-    the report said the file twice and `--json` had no line."""
-    m = _SPLIT_NOTE.match(note)
-    if m is None:
-        return Problem(WARNING, CONNECTIONS_FILE, None, None, note)
-    return Problem(WARNING, CONNECTIONS_FILE, int(m.group(1)), m.group(2), note[m.end():])
 
 
 @dataclass
@@ -334,7 +320,7 @@ def validate(collection: Collection | str | Path, *, decode_images: bool = True,
     sp = assign_splits(coll, previous)
     rep.splits = sp
     for note in sp.notes:
-        add(_split_note_problem(note))
+        add(Problem(WARNING, CONNECTIONS_FILE, note.line, note.uid, note.message))
     for c, reason in sp.excluded:
         add(Problem(WARNING, CONNECTIONS_FILE, c.line, c.a, f"connection ({c.a}, {c.b}) {c.type} excluded: {reason}."))
     sizes = Counter(len(m) for m in sp.groups.values())
