@@ -124,11 +124,13 @@ class NearestMembers:
     """The cosine distance from each member shown to the nearest other member of its cluster, from the
     signatures the clustering used (opened on first use, memory-mapped)."""
 
-    def __init__(self, path: Path | None, note: str | None = None, *, centre: bool = False) -> None:
+    def __init__(self, path: Path | None, note: str | None = None, *, centre: bool = False,
+                 mean: Sequence[float] | None = None) -> None:
         self.path = path
         self.note = note  # why there are no distances (None while they may be computed)
         self.centre = centre  # the clustering centred the signatures (clusters.json `centre`): so are these
-        self._mean: np.ndarray | None = None
+        # the mean it subtracted (clusters.json `centre_mean`); computed from the file where not recorded
+        self._mean: np.ndarray | None = None if mean is None else np.asarray(mean, np.float32)
         self._sig: Signatures | None = None
         self._row: dict[str, int] = {}
         self._cache: OrderedDict[tuple, dict[str, dict]] = OrderedDict()
@@ -145,7 +147,7 @@ class NearestMembers:
         if not path.is_file():
             return cls(None, f"nearest-member distances are not shown: the signatures file {path} (named by "
                              "clusters.json) is not there; start the app with --signatures FILE where it is now.")
-        return cls(path, centre=bool(params.get("centre")))
+        return cls(path, centre=bool(params.get("centre")), mean=params.get("centre_mean"))
 
     def _open(self) -> Signatures | None:
         if self._sig is None and self.note is None:
@@ -155,7 +157,8 @@ class NearestMembers:
                 self.note = f"nearest-member distances are not shown: {e}"
                 return None
             self._row = self._sig.index()
-            if self.centre:  # the mean of all rows, as `cluster.clustering.centre_rows` subtracts it
+            if self.centre and self._mean is None:  # the mean of all rows, as `cluster.clustering.centre_rows`
+                # subtracts it: a pass over the whole file (older clusters.json, or --pca)
                 total = np.zeros(self._sig.dim, np.float64)
                 for _, block in self._sig.blocks():
                     total += block.sum(axis=0, dtype=np.float64)

@@ -228,3 +228,41 @@ def test_nearest_members_of_a_centred_clustering_are_measured_on_centred_signatu
         best = min(d, key=d.get)
         assert m["explain"]["nearest"]["uid"] == best
         assert m["explain"]["nearest"]["distance"] == pytest.approx(d[best], abs=1e-5)
+
+
+def test_a_recorded_centre_mean_spares_the_pass_over_the_signatures(annot_collection, tmp_path, monkeypatch):
+    """`cluster optics` records the mean it subtracted (clusters.json `centre_mean`): the page centres by it and
+    does not read the whole signatures file again for it (8 GB at 10^6 x 2048; loading the file checks its rows
+    once, that pass stays); the mean is the file's own mean."""
+    from cluster.__main__ import cli as cluster_cli
+    from cluster.explain import NearestMembers
+    from data.signatures import Signatures
+
+    path, v = _signatures(annot_collection)
+    out = tmp_path / "clusters.csv"
+    r = CliRunner().invoke(cluster_cli, ["optics", str(path), "--out", str(out), "--min-samples", "2"])
+    assert r.exit_code == 0, r.output
+    params = json.loads(out.with_suffix(".json").read_text())
+    assert params["centre"] is True
+    np.testing.assert_allclose(params["centre_mean"], v.mean(axis=0), atol=1e-6)
+    r = CliRunner().invoke(cluster_cli, ["optics", str(path), "--out", str(tmp_path / "p.csv"), "--min-samples", "2",
+                                         "--pca", "4"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "centre_mean" not in json.loads((tmp_path / "p.json").read_text())  # PCA's space: not the file's
+
+    passes, blocks = [], Signatures.blocks
+
+    def counted(self, *a, **k):
+        passes.append(1)
+        return blocks(self, *a, **k)
+
+    monkeypatch.setattr(Signatures, "blocks", counted)
+    u = annot_collection.uids
+    pages = {}
+    for name, p in (("recorded", params), ("older clusters.json", {k: v for k, v in params.items() if k != "centre_mean"})):
+        passes.clear()
+        near = NearestMembers.for_clusters(p)
+        pages[name] = near.page(2, [u[i] for i in range(6)], [u[0], u[4]])
+        assert near.note is None and pages[name][u[4]]["uid"] == u[5]
+        assert len(passes) == (1 if name == "recorded" else 2), name  # load's row check (+ the mean's pass)
+    assert pages["recorded"] == pages["older clusters.json"]
