@@ -152,7 +152,7 @@ class NearestMembers:
     def _open(self) -> Signatures | None:
         if self._sig is None and self.note is None:
             try:
-                self._sig = load_signatures(self.path)
+                self._sig = load_signatures(self.path, check_rows_now=False)  # rows checked as read (`_compute`)
             except ValueError as e:
                 self.note = f"nearest-member distances are not shown: {e}"
                 return None
@@ -190,6 +190,8 @@ class NearestMembers:
         mine = [(u, self._row[u]) for u in shown if u in self._row]
         if len(rows) < 2 or not mine:
             return {}
+        # rows are checked as they are read (the file is not read whole): a row that is not finite is nobody's
+        # nearest member and gets no distance itself
         q = self._prepare(np.asarray(sig.vectors[np.array([r for _, r in mine])], np.float32))
         best = np.full(len(mine), -np.inf)
         arg = np.full(len(mine), -1)
@@ -198,7 +200,10 @@ class NearestMembers:
             idx = np.array([r for _, r in block])
             order = np.argsort(idx)  # memmap reads in file order
             b = self._prepare(np.asarray(sig.vectors[idx[order]], np.float32))
-            sims = q @ b.T
+            with np.errstate(invalid="ignore"):
+                sims = q @ b.T
+            sims[:, ~np.isfinite(b).all(axis=1)] = -np.inf
+            sims[~np.isfinite(q).all(axis=1)] = -np.inf
             for i, (_, r) in enumerate(mine):
                 sims[i, idx[order] == r] = -np.inf  # itself
             j = sims.argmax(axis=1)

@@ -232,8 +232,8 @@ def test_nearest_members_of_a_centred_clustering_are_measured_on_centred_signatu
 
 def test_a_recorded_centre_mean_spares_the_pass_over_the_signatures(annot_collection, tmp_path, monkeypatch):
     """`cluster optics` records the mean it subtracted (clusters.json `centre_mean`): the page centres by it and
-    does not read the whole signatures file again for it (8 GB at 10^6 x 2048; loading the file checks its rows
-    once, that pass stays); the mean is the file's own mean."""
+    does not read the whole signatures file for it (8 GB at 10^6 x 2048; nor to check its rows: those it reads
+    are checked as read); the mean is the file's own mean."""
     from cluster.__main__ import cli as cluster_cli
     from cluster.explain import NearestMembers
     from data.signatures import Signatures
@@ -264,5 +264,25 @@ def test_a_recorded_centre_mean_spares_the_pass_over_the_signatures(annot_collec
         near = NearestMembers.for_clusters(p)
         pages[name] = near.page(2, [u[i] for i in range(6)], [u[0], u[4]])
         assert near.note is None and pages[name][u[4]]["uid"] == u[5]
-        assert len(passes) == (1 if name == "recorded" else 2), name  # load's row check (+ the mean's pass)
+        assert len(passes) == (0 if name == "recorded" else 1), name  # no row check on load; the mean's pass
     assert pages["recorded"] == pages["older clusters.json"]
+
+
+def test_a_row_that_is_not_finite_is_nobodys_nearest_member(annot_collection, tmp_path):
+    """The page reads only the rows it shows (no pass over the whole file to check them): a NaN row among the
+    members is never anyone's nearest, and gets no distance itself; the others' answers are unchanged."""
+    from cluster.explain import NearestMembers
+    from data.signatures import Signatures, save_signatures
+
+    path, v = _signatures(annot_collection)
+    u = annot_collection.uids
+    members, shown = [u[i] for i in range(6)], [u[0], u[4], u[5]]
+    clean = NearestMembers(path).page(2, members, shown)
+    bad = v.copy()
+    bad[5] = np.nan  # u5 was u4's nearest
+    broken = tmp_path / "broken.npz"
+    save_signatures(broken, Signatures(uids=list(annot_collection.uids), vectors=bad))
+    got = NearestMembers(broken).page(2, members, shown)
+    assert u[5] not in got and got[u[4]]["uid"] != u[5] and all(g["uid"] != u[5] for g in got.values())
+    assert got[u[0]] == clean[u[0]] or clean[u[0]]["uid"] == u[5]
+    assert np.isfinite([g["distance"] for g in got.values()]).all()
