@@ -120,19 +120,25 @@ def test_the_map_link_works_from_wherever_the_report_is_written(annot_collection
     assert (tmp_path / "elsewhere" / href).resolve() == (mapdir / "map.html").resolve()
 
 
-def test_the_report_lists_the_known_groups_no_cluster_found(annot_collection, tmp_path):
+def _missed_section(annot_collection, tmp_path, links: list[tuple[int, int, str]]) -> str:
+    """connections.csv set to `links` (uid numbers), then `cluster report`'s page from its missed-groups heading on."""
     from data.collection import Connection, write_connections
-    from tests.cluster.conftest import KNOWN
 
     u = annot_collection.uids
-    write_connections(annot_collection.root / "connections.csv",
-                      [Connection(u[a], u[b], t) for a, b, t in KNOWN] + [Connection(u[8], u[10], "POSITIVE")])
+    write_connections(annot_collection.root / "connections.csv", [Connection(u[a], u[b], t) for a, b, t in links])
     out = tmp_path / "report.html"
     res = CliRunner().invoke(cli, ["report", "--collection", str(annot_collection.root), "--clusters",
                                    str(annot_collection.clusters), "--out", str(out)])
     assert res.exit_code == 0, res.output
     page = out.read_text()
-    section = page[page.index("Known groups the clustering missed"):]
+    return page[page.index("Known groups the clustering missed"):]
+
+
+def test_the_report_lists_the_known_groups_no_cluster_found(annot_collection, tmp_path):
+    from tests.cluster.conftest import KNOWN
+
+    u = annot_collection.uids
+    section = _missed_section(annot_collection, tmp_path, [*KNOWN, (8, 10, "POSITIVE")])
     assert "2 known pattern group(s) of 4 images" in section
     assert f"({min(u[8], u[10])}) <span>" in section and f"({min(u[14], u[15])}) <span>" in section  # “title” (uid)
     assert "cluster 0</span>" in section and "cluster 3</span>" in section and section.count(">noise</span>") == 2
@@ -179,16 +185,8 @@ def test_the_reports_missed_groups_are_named_by_a_title_as_on_the_annotation_pag
     (ms020)); the report's list of missed groups said `group ms020` only."""
     import html
 
-    from data.collection import Connection, write_connections
-
     u = annot_collection.uids
-    write_connections(annot_collection.root / "connections.csv", [Connection(u[8], u[10], "POSITIVE")])
-    out = tmp_path / "report.html"
-    res = CliRunner().invoke(cli, ["report", "--collection", str(annot_collection.root), "--clusters",
-                                   str(annot_collection.clusters), "--out", str(out)])
-    assert res.exit_code == 0, res.output
-    section = out.read_text()
-    section = section[section.index("Known groups the clustering missed"):]
+    section = _missed_section(annot_collection, tmp_path, [(8, 10, "POSITIVE")])
     name = min(u[8], u[10])
     title = load_collection(annot_collection.root).record(name).meta["title"]
     assert title and html.escape(f"group “{title}” ({name})") in section
