@@ -40,21 +40,24 @@ def components(edges: Iterable[tuple[str, str]], nodes: Iterable[str] = ()) -> d
     return {m[0]: m for m in out.values()}
 
 
-def pattern_groups(collection: Collection, *, with_duplicates: bool = False) -> dict[str, str]:
-    """Map each uid that has a POSITIVE connection to the name of its pattern group.
-
-    With `with_duplicates`, DUPLICATE edges also join components (used for splitting and for
-    mining, where a duplicate of a group member must never be a negative). Uids unknown to
-    images.csv are ignored: validation reports them.
-    """
+def group_members(collection: Collection, *, with_duplicates: bool = False) -> dict[str, list[str]]:
+    """The pattern groups: name (smallest uid) -> sorted members, the components of the POSITIVE links (and,
+    with `with_duplicates`, the DUPLICATE ones) that hold at least one POSITIVE link. Only links between two
+    different uids of images.csv count (validation reports the others). One definition for splits, mining,
+    evaluation, the app and the report."""
     types = (POSITIVE, DUPLICATE) if with_duplicates else (POSITIVE,)
     known = collection.uid_index
-    edges = [(c.a, c.b) for c in collection.connections if c.type in types and c.a != c.b and c.a in known
-             and c.b in known]  # fmt: skip
-    positive_nodes = {u for c in collection.connections if c.type == POSITIVE for u in (c.a, c.b) if u in known}
-    out: dict[str, str] = {}
-    for name, members in components(edges).items():
-        if positive_nodes.intersection(members):
-            for m in members:
-                out[m] = name
-    return out
+    links = [c for c in collection.connections if c.type in types and c.a != c.b and c.a in known and c.b in known]
+    positive_nodes = {u for c in links if c.type == POSITIVE for u in (c.a, c.b)}
+    return {name: members for name, members in components((c.a, c.b) for c in links).items()
+            if not positive_nodes.isdisjoint(members)}
+
+
+def pattern_groups(collection: Collection, *, with_duplicates: bool = False) -> dict[str, str]:
+    """Map each uid of a pattern group (`group_members`) to the group's name.
+
+    With `with_duplicates`, DUPLICATE edges also join components (used for splitting and for
+    mining, where a duplicate of a group member must never be a negative).
+    """
+    return {m: name for name, members in group_members(collection, with_duplicates=with_duplicates).items()
+            for m in members}

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from data.atomic import atomic_write_text
 from data.collection import CONNECTIONS_FILE, DUPLICATE, NEGATIVE, POSITIVE, SPLITS, Collection, Connection
-from data.graph import components, pattern_groups
+from data.graph import group_members, pattern_groups
 
 SPLITS_FILE = "splits.json"
 # Order of protection: a component touching a held-out split is held out.
@@ -113,13 +113,6 @@ def _check_previous(previous: dict[str, str]) -> None:
     for u, s in previous.items():
         if s not in SPLITS:
             raise ValueError(f"previous split of uid {u!r} is {s!r}; expected one of {SPLITS}.")
-
-
-def _pattern_groups(known: list[Connection]) -> dict[str, list[str]]:
-    """Components of the POSITIVE and DUPLICATE edges that hold at least one POSITIVE edge."""
-    groups = components((c.a, c.b) for c in known if c.type in (POSITIVE, DUPLICATE))
-    pos_nodes = {u for c in known if c.type == POSITIVE for u in (c.a, c.b)}
-    return {name: members for name, members in groups.items() if not pos_nodes.isdisjoint(members)}
 
 
 def _pin(pins: dict[str, str], uid: str, split: str, line: int | None, notes: list[SplitNote]) -> None:
@@ -210,7 +203,7 @@ def assign_splits(
     previous = dict(previous or {})
     _check_previous(previous)
     known = [c for c in collection.connections if c.a != c.b and c.a in collection and c.b in collection]
-    groups = _pattern_groups(known)
+    groups = group_members(collection, with_duplicates=True)
     notes: list[SplitNote] = []
     split_of = _group_splits(groups, _pins(known, previous, notes), fractions)
     usable, excluded = _usable(known, split_of)

@@ -155,4 +155,8 @@ def test_usable_negatives_one_rule_for_mining_and_accept():
 
     split = assign_splits(coll)
     assert split.group_of() == pattern_groups(coll, with_duplicates=True)
+    # one definition of a group (data.graph.group_members): a POSITIVE link to a uid images.csv lacks makes no
+    # group of a DUPLICATE pair, for the splits and for pattern_groups alike (the two once differed here)
+    dup = _coll(uids + ["d1", "d2"], conns + [("d1", "d2", "DUPLICATE", None), ("d1", "ghost2", "POSITIVE", None)])
+    assert "d1" not in pattern_groups(dup, with_duplicates=True) and "d1" not in assign_splits(dup).group_of()
     assert usable_negatives(coll, split_of, groups=split.group_of()) == usable_negatives(coll, split_of)
